@@ -1,0 +1,57 @@
+/**
+ * Typed errors. Every failure names the op and argument, the expected and the actual value, e.g.
+ * `moeRoute: k must be in [1, E=16], got 20`. Native code throws the same classes (they are handed to the
+ * addon when it loads), so callers can branch with `instanceof` whichever layer caught the problem.
+ */
+
+/** A shape, length or dimension is wrong. */
+export class ShapeError extends RangeError {
+  override name = 'ShapeError';
+}
+
+/** A dtype or typed-array kind is wrong (a Float64Array where f32 is expected, ...). */
+export class DTypeError extends TypeError {
+  override name = 'DTypeError';
+}
+
+/** Tensors live on different devices, or the op does not run on this device. */
+export class DeviceError extends Error {
+  override name = 'DeviceError';
+}
+
+/** A tensor or buffer was used after dispose(). */
+export class DisposedError extends Error {
+  override name = 'DisposedError';
+}
+
+/** One attempt the loader made, and why it failed. */
+export interface LoadAttempt {
+  path: string;
+  error: string;
+}
+
+/** The requested backend (or any backend) cannot be loaded on this machine. */
+export class BackendUnavailableError extends Error {
+  override name = 'BackendUnavailableError';
+  readonly attempts: LoadAttempt[];
+  constructor(message: string, attempts: LoadAttempt[] = []) {
+    super(message);
+    this.attempts = attempts;
+  }
+}
+
+/** Shorthand used by the TS-side validators. */
+export function fail(kind: 'shape' | 'dtype' | 'device' | 'type' | 'range', message: string): never {
+  switch (kind) {
+    case 'shape':
+      throw new ShapeError(message);
+    case 'dtype':
+      throw new DTypeError(message);
+    case 'device':
+      throw new DeviceError(message);
+    case 'type':
+      throw new TypeError(message);
+    default:
+      throw new RangeError(message);
+  }
+}

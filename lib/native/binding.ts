@@ -1,0 +1,98 @@
+/**
+ * The native surface, described once. The CPU build (binding.gyp) and the CUDA flavor (CMakeLists.txt)
+ * export the same functions; the CUDA flavor additionally accepts DeviceBuffer arguments and exports the
+ * device-memory functions. lib/ never calls the addon except through this interface.
+ *
+ * Conventions: functions are synchronous, write into caller-provided output arrays, and take dims as plain
+ * numbers. Host arrays are borrowed for the duration of the call only.
+ */
+
+export type NativeDType = 'f32' | 'i32' | 'i64' | 'bf16' | 'u8';
+
+/** Host storage as native code sees it. */
+export type HostArray = Float32Array | Int32Array | BigInt64Array | Uint16Array | Uint8Array;
+
+/** Device memory owned by the CUDA flavor (an ObjectWrap); freed by dispose(), idempotently. */
+export interface NativeDeviceBuffer {
+  readonly byteLength: number;
+  readonly dtype: NativeDType;
+  readonly count: number;
+  readonly disposed: boolean;
+  dispose(): void;
+}
+
+/** Either a host array or a device buffer; ops run where their arguments live. */
+export type NativeArray = HostArray | NativeDeviceBuffer;
+
+export interface CudaDeviceInfo {
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  flavor: 'cpu' | 'cuda';
+  error?: string;
+  deviceCount?: number;
+  driverVersion?: number;
+  runtimeVersion?: number;
+  devices?: CudaDeviceInfo[];
+  archs?: string;
+}
+
+export interface NativeInfo {
+  flavor: 'cpu' | 'cuda';
+  cpuFeatures: Record<string, boolean>;
+  isa: 'scalar' | 'avx2' | 'avx512';
+  bestIsa: 'scalar' | 'avx2' | 'avx512';
+  threads: number;
+  physicalCores: number;
+  napiVersion: number;
+  compiler: string;
+}
+
+// ---- core ------------------------------------------------------------------------------------------------
+export interface CoreBinding {
+  setErrorClasses(classes: Record<string, unknown>): void;
+  info(): NativeInfo;
+  probe(): ProbeResult;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  setIsa(isa: 'scalar' | 'avx2' | 'avx512'): void;
+}
+
+// ---- device memory (CUDA flavor only) --------------------------------------------------------------------
+export interface DeviceBinding {
+  deviceAlloc?(count: number, dtype: NativeDType): NativeDeviceBuffer;
+  copyToDevice?(dst: NativeDeviceBuffer, src: HostArray): void;
+  copyToHost?(dst: HostArray, src: NativeDeviceBuffer): void;
+  copyDeviceToDevice?(dst: NativeDeviceBuffer, src: NativeDeviceBuffer): void;
+  deviceFill?(dst: NativeDeviceBuffer, value: number): void;
+  deviceSynchronize?(): void;
+  deviceMemory?(): { allocatedBytes: number; liveBuffers: number };
+}
+
+// ---- GEMM (issue: foundation) ----------------------------------------------------------------------------
+export interface GemmBinding {}
+
+// ---- MoE (issue: MoE kernels) ----------------------------------------------------------------------------
+export interface MoeBinding {}
+
+// ---- PKM / PEER (issue: PKM and PEER) --------------------------------------------------------------------
+export interface PkmBinding {}
+
+// ---- Transformer ops (issue: training) -------------------------------------------------------------------
+export interface NnBinding {}
+
+// ---- optimisers -----------------------------------------------------------------------------------------
+export interface OptimBinding {}
+
+export interface NativeBinding
+  extends CoreBinding,
+    DeviceBinding,
+    GemmBinding,
+    MoeBinding,
+    PkmBinding,
+    NnBinding,
+    OptimBinding {}

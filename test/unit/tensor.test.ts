@@ -1,0 +1,146 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  BackendUnavailableError,
+  DisposedError,
+  DTypeError,
+  DeviceError,
+  ShapeError,
+  Tensor,
+  keep,
+  memory,
+  tidy,
+} from '../../lib/index.js';
+import { guardLeaks } from '../helpers.js';
+
+describe('Tensor', () => {
+  guardLeaks();
+
+  it('builds from nested arrays with an inferred shape', () => {
+    using t = Tensor.from([
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
+    expect(t.shape).toEqual([2, 3]);
+    expect(t.dtype).toBe('f32');
+    expect(t.device).toBe('cpu');
+    expect(t.toArray()).toEqual([
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
+  });
+
+  it('adopts a matching typed array without copying', () => {
+    const a = new Float32Array([1, 2, 3, 4]);
+    using t = Tensor.from(a, { shape: [2, 2] });
+    expect(t.data()).toBe(a);
+    a[0] = 9;
+    expect(t.toArray()).toEqual([
+      [9, 2],
+      [3, 4],
+    ]);
+  });
+
+  it('supports i32, i64 and bf16 storage', () => {
+    using i = Tensor.from([1, -2, 3], { dtype: 'i32' });
+    expect(i.data()).toBeInstanceOf(Int32Array);
+    using l = Tensor.from([1, 2 ** 40], { dtype: 'i64' });
+    expect(l.toArray()).toEqual([1, 2 ** 40]);
+    using b = Tensor.from([1.5, -2, 0.1], { dtype: 'bf16' });
+    expect(b.data()).toBeInstanceOf(Uint16Array);
+    const back = b.toArray() as number[];
+    expect(back[0]).toBe(1.5);
+    expect(back[1]).toBe(-2);
+    expect(Math.abs(back[2] - 0.1)).toBeLessThan(1e-3);
+  });
+
+  it('reshape is a view over the same storage; -1 infers a dim', () => {
+    using t = Tensor.from([1, 2, 3, 4, 5, 6]);
+    using v = t.reshape([3, -1]);
+    expect(v.shape).toEqual([3, 2]);
+    (t.data() as Float32Array)[5] = 60;
+    expect(v.toArray()).toEqual([
+      [1, 2],
+      [3, 4],
+      [5, 60],
+    ]);
+    expect(() => t.reshape([4, -1])).toThrow(ShapeError);
+  });
+
+  it('zeros, full, item, clone', () => {
+    using z = Tensor.zeros([2, 3], { dtype: 'i32' });
+    expect(z.toArray()).toEqual([
+      [0, 0, 0],
+      [0, 0, 0],
+    ]);
+    using f = Tensor.full([1], 2.5);
+    expect(f.item()).toBe(2.5);
+    using c = f.clone();
+    (c.data() as Float32Array)[0] = 1;
+    expect(f.item()).toBe(2.5);
+  });
+
+  it('tidy disposes intermediates and keeps results and keep()s', () => {
+    const start = memory().liveTensors;
+    let kept: Tensor | undefined;
+    const out = tidy(() => {
+      Tensor.zeros([4]);
+      kept = keep(Tensor.zeros([2]));
+      return { a: Tensor.zeros([3]), b: [Tensor.zeros([1])] };
+    });
+    expect(memory().liveTensors).toBe(start + 3);
+    expect(out.a.isDisposed).toBe(false);
+    out.a.dispose();
+    out.b[0].dispose();
+    kept!.dispose();
+    expect(() => tidy(() => Promise.resolve() as never)).toThrow(TypeError);
+  });
+
+  it('memory() returns to its start after 10,000 small tensors', () => {
+    const before = memory();
+    for (let i = 0; i < 10_000; i++) {
+      tidy(() => {
+        const t = Tensor.from([i, i + 1]);
+        t.reshape([2, 1]);
+      });
+    }
+    expect(memory()).toEqual(before);
+  });
+
+  describe('bad input', () => {
+    it('rejects a Float64Array where f32 is expected', () => {
+      expect(() => Tensor.from(new Float64Array(4))).toThrow(DTypeError);
+      expect(() => Tensor.from(new Float64Array(4), { dtype: 'f32' })).toThrow(/Float32Array.*Float64Array/);
+      expect(() => Tensor.from(new Int32Array(4), { dtype: 'f32' })).toThrow(DTypeError);
+    });
+    it('rejects wrong lengths, negative and fractional dims', () => {
+      expect(() => Tensor.from(new Float32Array(5), { shape: [2, 2] })).toThrow(/shape \[2, 2\] needs 4 elements, data has 5/);
+      expect(() => Tensor.zeros([2, -1])).toThrow(/shape\[1\] must be a non-negative integer, got -1/);
+      expect(() => Tensor.zeros([1.5])).toThrow(ShapeError);
+      expect(() =>
+        Tensor.from([
+          [1, 2],
+          [3] as number[],
+        ]),
+      ).toThrow(/ragged/);
+    });
+    it('rejects unknown dtypes and devices', () => {
+      expect(() => Tensor.zeros([1], { dtype: 'f64' as never })).toThrow(DTypeError);
+      expect(() => Tensor.zeros([1], { device: 'tpu' as never })).toThrow(DeviceError);
+    });
+    it('using a disposed tensor throws DisposedError; dispose is idempotent', () => {
+      const t = Tensor.zeros([2]);
+      t.dispose();
+      t.dispose();
+      expect(t.isDisposed).toBe(true);
+      expect(() => t.data()).toThrow(DisposedError);
+      expect(() => t.reshape([2])).toThrow(DisposedError);
+      expect(() => t.to('cpu')).toThrow(DisposedError);
+    });
+    it('cuda tensors on the CPU flavor give BackendUnavailableError', async () => {
+      const { info } = await import('../../lib/index.js');
+      if (info().backend === 'cuda') return;
+      expect(() => Tensor.zeros([2], { device: 'cuda' })).toThrow(BackendUnavailableError);
+    });
+  });
+});
