@@ -1,2 +1,7 @@
 /** The benchmark suites: name -> lazy module with run(args). Each suite lives in bench/<name>.ts. */
-export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {};
+export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
+  // gemm
+  // moe
+  // pkm
+  // train
+};

@@ -15,3 +15,13 @@ export {
   type TensorOptions,
 } from './tensor.js';
 export { info, formatInfo, setNumThreads, getNumThreads, setIsa, type BackendInfo } from './info.js';
+
+// ---- ops: GEMM (foundation) ----
+
+// ---- ops: MoE ----
+
+// ---- ops: PKM / PEER ----
+
+// ---- ops: Transformer (nn ops) ----
+
+// ---- autograd, layers, optimisers, data, training ----

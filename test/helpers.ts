@@ -118,3 +118,34 @@ export function guardLeaks(): void {
     expect(memory(), 'memory() after the test').toEqual(before);
   });
 }
+
+/** Every CPU ISA path this machine can run (tests run each kernel on all of them). */
+export async function cpuIsas(): Promise<('scalar' | 'avx2' | 'avx512')[]> {
+  const { info } = await import('../lib/index.js');
+  const order = ['scalar', 'avx2', 'avx512'] as const;
+  return order.slice(0, order.indexOf(info().cpu.bestIsa as (typeof order)[number]) + 1);
+}
+
+/** Runs fn with the CPU kernels forced to `isa`, then restores the best ISA. */
+export async function withIsa<T>(isa: 'scalar' | 'avx2' | 'avx512', fn: () => T): Promise<T> {
+  const { info, setIsa } = await import('../lib/index.js');
+  const best = info().cpu.bestIsa as 'scalar' | 'avx2' | 'avx512';
+  setIsa(isa);
+  try {
+    return fn();
+  } finally {
+    setIsa(best);
+  }
+}
+
+/** Runs fn with the thread pool at n threads, then restores the previous count. */
+export async function withThreads<T>(n: number, fn: () => T): Promise<T> {
+  const { getNumThreads, setNumThreads } = await import('../lib/index.js');
+  const old = getNumThreads();
+  setNumThreads(n);
+  try {
+    return fn();
+  } finally {
+    setNumThreads(old);
+  }
+}
