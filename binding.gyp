@@ -1,6 +1,6 @@
 # The CPU addon: needs only python3, make and g++. Sources are listed by tools/sources.cjs.
 # ISA-specific kernels (*.avx2.cpp, *.avx512.cpp) are compiled into their own static libraries with their
-# own -m flags; everything else targets baseline x86-64 and dispatches at run time.
+# own -m flags (x64 only); everything else targets the baseline ISA and dispatches at run time.
 {
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
@@ -12,22 +12,28 @@
   },
   "targets": [
     {
-      "target_name": "sffn_avx2",
-      "type": "static_library",
-      "sources": ["<!@(node tools/sources.cjs avx2)"],
-      "cflags": ["-mavx2", "-mfma", "-mf16c"]
-    },
-    {
-      "target_name": "sffn_avx512",
-      "type": "static_library",
-      "sources": ["<!@(node tools/sources.cjs avx512)"],
-      "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-Wno-uninitialized", "-Wno-maybe-uninitialized"]
-    },
-    {
       "target_name": "sparse_ffn",
-      "dependencies": ["sffn_avx2", "sffn_avx512"],
       "sources": ["<!@(node tools/sources.cjs base)"],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "conditions": [["target_arch=='x64'", {"dependencies": ["sffn_avx2", "sffn_avx512"]}]]
     }
+  ],
+  "conditions": [
+    ["target_arch=='x64'", {
+      "targets": [
+        {
+          "target_name": "sffn_avx2",
+          "type": "static_library",
+          "sources": ["<!@(node tools/sources.cjs avx2)"],
+          "cflags": ["-mavx2", "-mfma", "-mf16c"]
+        },
+        {
+          "target_name": "sffn_avx512",
+          "type": "static_library",
+          "sources": ["<!@(node tools/sources.cjs avx512)"],
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-Wno-uninitialized", "-Wno-maybe-uninitialized"]
+        }
+      ]
+    }]
   ]
 }

@@ -2,6 +2,9 @@
 // the same closure with its own tid, then waits; workers spin briefly before sleeping so back-to-back ops
 // (one training step issues hundreds) do not pay a futex wake-up each.
 //
+// Sleeping uses pthread condition variables directly: std::condition_variable::wait would raise the
+// binary's libstdc++ floor to GLIBCXX_3.4.30 (GCC 12), which older distributions do not have.
+//
 // Default size: physical cores (SMT siblings share FMA units, so they slow GEMMs down), capped by the
 // CPUs this process may run on.
 #include <sched.h>
@@ -9,7 +12,7 @@
 
 #include <atomic>
 #include <exception>
-#include <condition_variable>
+#include <pthread.h>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -59,12 +62,11 @@ class Pool {
     for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t] { loop(t); });
   }
   ~Pool() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-      ++gen_;
-    }
-    cv_.notify_all();
+    pthread_mutex_lock(&mu_);
+    stop_ = true;
+    ++gen_;
+    pthread_cond_broadcast(&cv_);
+    pthread_mutex_unlock(&mu_);
     for (auto& w : workers_) w.join();
   }
   int size() const { return n_; }
@@ -74,13 +76,12 @@ class Pool {
       fn(0, 1);
       return;
     }
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
-      pending_.store(n_ - 1, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-    }
-    cv_.notify_all();
+    pthread_mutex_lock(&mu_);
+    fn_ = &fn;
+    pending_.store(n_ - 1, std::memory_order_relaxed);
+    gen_.fetch_add(1, std::memory_order_release);
+    pthread_cond_broadcast(&cv_);
+    pthread_mutex_unlock(&mu_);
     std::exception_ptr mine;
     try {
       fn(0, n_);
@@ -106,8 +107,9 @@ class Pool {
       int spin = 0;
       while (gen_.load(std::memory_order_acquire) == seen && spin < 40000) ++spin;
       if (gen_.load(std::memory_order_acquire) == seen) {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+        pthread_mutex_lock(&mu_);
+        while (gen_.load(std::memory_order_acquire) == seen) pthread_cond_wait(&cv_, &mu_);
+        pthread_mutex_unlock(&mu_);
       }
       seen = gen_.load(std::memory_order_acquire);
       if (stop_) return;
@@ -126,8 +128,8 @@ class Pool {
 
   int n_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable cv_;
+  pthread_mutex_t mu_ = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv_ = PTHREAD_COND_INITIALIZER;
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> pending_{0};
   const std::function<void(int, int)>* fn_ = nullptr;
