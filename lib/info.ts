@@ -10,6 +10,8 @@ export interface BackendInfo {
   backend: 'cpu' | 'cuda';
   reason: string;
   binaryPath: string;
+  /** 'prebuilt' (shipped in prebuilds/) or 'source' (compiled on this machine). */
+  binaryOrigin: 'prebuilt' | 'source';
   napiVersion: number;
   node: string;
   cpu: {
@@ -38,6 +40,7 @@ export function info(): BackendInfo {
     backend: b.backend,
     reason: b.reason,
     binaryPath: b.path,
+    binaryOrigin: b.origin,
     napiVersion: n.napiVersion,
     node: process.version,
     cpu: {
@@ -67,7 +70,7 @@ export function formatInfo(i: BackendInfo = info()): string {
   const lines = [
     `sparse-ffn ${i.version} (node ${i.node}, N-API ${i.napiVersion})`,
     `backend:  ${i.backend} — ${i.reason}`,
-    `binary:   ${i.binaryPath}`,
+    `binary:   ${i.binaryPath} (${i.binaryOrigin === 'prebuilt' ? 'prebuilt binary' : 'built from source'})`,
     `cpu:      isa ${i.cpu.isa} (best ${i.cpu.bestIsa}), ${i.cpu.threads} threads, ${i.cpu.physicalCores} physical cores`,
     `features: ${i.cpu.features.join(' ')}`,
   ];

@@ -66,6 +66,15 @@ if (!args.has('--no-arm64') && process.arch === 'x64' && has('aarch64-linux-gnu-
     PREBUILD_STRIP_BIN: 'aarch64-linux-gnu-strip',
   });
   record('prebuilds/linux-arm64/sparse-ffn.node', 'arm64', 'cpu', 'aarch64-linux-gnu-objdump');
+  // Every x86 kernel must be behind #if defined(__x86_64__) in the baseline dispatch code; an unresolved
+  // sffn:: symbol would make the arm64 binary fail to load (or die when called).
+  const undef = execFileSync('aarch64-linux-gnu-nm', ['-D', '--undefined-only', '-C', 'prebuilds/linux-arm64/sparse-ffn.node'], {
+    cwd: root,
+  })
+    .toString()
+    .split('\n')
+    .filter((l) => l.includes('sffn::'));
+  if (undef.length) throw new Error(`linux-arm64 prebuild has unresolved kernel symbols:\n${undef.join('\n')}`);
   // prebuildify's arm64 run rebuilt build/ for arm64; rebuild the host addon so local tests keep working.
   run('npm', ['run', 'build:native']);
 } else if (!args.has('--no-arm64')) {

@@ -32,9 +32,13 @@ export interface LoadedBackend {
   backend: BackendName;
   path: string;
   reason: string;
+  /** 'prebuilt' for a binary shipped in prebuilds/, 'source' for one compiled on this machine. */
+  origin: 'prebuilt' | 'source';
   attempts: LoadAttempt[];
   probe: ProbeResult;
 }
+
+const originOf = (file: string): 'prebuilt' | 'source' => (/[\\/]prebuilds[\\/]/.test(file) ? 'prebuilt' : 'source');
 
 let cachedRoot: string | undefined;
 
@@ -126,6 +130,7 @@ export function loadBackend(): LoadedBackend {
           backend: probe.flavor,
           path: path.resolve(explicit),
           reason: `SPARSE_FFN_BINARY=${explicit}`,
+          origin: originOf(explicit),
           attempts,
           probe,
         };
@@ -155,6 +160,7 @@ export function loadBackend(): LoadedBackend {
           backend: 'cuda',
           path: file,
           reason: `CUDA flavor probe passed: ${describeProbe(probe)}`,
+          origin: originOf(file),
           attempts,
           probe,
         };
@@ -177,7 +183,15 @@ export function loadBackend(): LoadedBackend {
     want === 'cpu'
       ? 'SPARSE_FFN_BACKEND=cpu'
       : `no usable CUDA flavor (${attempts.map((a) => `${path.relative(root, a.path)}: ${a.error}`).join('; ')})`;
-  return { binding: register(b), backend: 'cpu', path: cpuPath, reason: why, attempts, probe: b.probe() };
+  return {
+    binding: register(b),
+    backend: 'cpu',
+    path: cpuPath,
+    reason: why,
+    origin: originOf(cpuPath),
+    attempts,
+    probe: b.probe(),
+  };
 }
 
 function unavailable(what: string, attempts: LoadAttempt[]): BackendUnavailableError {
