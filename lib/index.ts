@@ -25,3 +25,23 @@ export { info, formatInfo, setNumThreads, getNumThreads, setIsa, type BackendInf
 // ---- ops: Transformer (nn ops) ----
 
 // ---- autograd, layers, optimisers, data, training ----
+export { Variable, noGrad, isGradEnabled, needsGrad, record, record1, releaseGraph, type BackwardFn, type TapeNode } from './autograd.js';
+export { Module, Parameter, type ParamOptions } from './nn/module.js';
+export * as F from './nn/functional.js';
+export { cosineLr, type ScheduleOptions } from './optim/schedule.js';
+export {
+  loadCorpus,
+  Batcher,
+  evalBatches,
+  splitBytes,
+  enwik8Split,
+  encodeText,
+  decodeBytes,
+  DataError,
+  BYTE_VOCAB,
+  type Corpus,
+  type Batch,
+  type BatchOptions,
+} from './data/corpus.js';
+export { saveSafetensors, loadSafetensors, encodeSafetensors, decodeSafetensors, type SafetensorsFile } from './train/safetensors.js';
+export { JsonlLog, Progress } from './train/log.js';

@@ -1,0 +1,56 @@
+/**
+ * Seeded, stateless randomness: every draw is a pure function of (seed, stream, counter), so a batcher or
+ * an initialiser resumed at step n produces exactly what an uninterrupted run would (bit-identical resume).
+ */
+
+/** 32-bit mix of up to four integers (a murmur3-style finaliser over a running hash). */
+export function hash32(a: number, b = 0, c = 0, d = 0): number {
+  let h = 0x9e3779b9 ^ (a >>> 0);
+  for (const v of [b, c, d]) {
+    h = Math.imul(h ^ (v >>> 0), 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+  }
+  h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d);
+  h = Math.imul(h ^ (h >>> 12), 0x297a2d39);
+  return (h ^ (h >>> 15)) >>> 0;
+}
+
+/** A small sequential PRNG (mulberry32) for initialisation and sampling. */
+export class Rng {
+  #s: number;
+  constructor(seed: number) {
+    this.#s = hash32(seed) >>> 0;
+  }
+  /** Uniform in [0, 1). */
+  next(): number {
+    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
+    let t = this.#s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  /** Integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+  /** Standard normal (Box-Muller). */
+  normal(): number {
+    const u = Math.max(this.next(), 1e-300);
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
+  }
+  /** Normal truncated to ±2 standard deviations (resampled), the initialiser the paper's code uses. */
+  truncNormal(): number {
+    for (;;) {
+      const z = this.normal();
+      if (z >= -2 && z <= 2) return z;
+    }
+  }
+  get state(): number {
+    return this.#s;
+  }
+  set state(s: number) {
+    this.#s = s >>> 0;
+  }
+}

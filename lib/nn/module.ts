@@ -1,0 +1,175 @@
+/**
+ * Module: the unit layers and models are built from. A module owns named parameters (leaf Variables with
+ * requiresGrad), named buffers (state that is saved but not trained) and named child modules; it exposes
+ * them as a flat, dotted, deterministic-order state dict (`blocks.0.ffn.w1`) for checkpoints.
+ *
+ * @example
+ * ```ts
+ * class Scale extends Module {
+ *   w = this.param('w', Tensor.full([4], 1));
+ *   forward(x: Variable) { return F.mul(x, this.w); }
+ * }
+ * const m = new Scale();
+ * m.parameters().length;   // 1
+ * m.eval();                // m.training === false (dropout off, expert dropout off)
+ * ```
+ */
+import { ShapeError } from '../errors.js';
+import { Tensor, shapeStr } from '../tensor.js';
+import { Variable } from '../autograd.js';
+
+export interface ParamOptions {
+  /**
+   * Sparse-row parameters (PKM values, PEER expert tables) are updated by the sparse AdamW step, which only
+   * touches the rows a step read; they may have their own learning rate.
+   */
+  sparse?: boolean;
+  /** Excluded from weight decay (LayerNorm, biases). */
+  noDecay?: boolean;
+}
+
+/** A trainable leaf variable with optimiser hints. */
+export class Parameter extends Variable {
+  readonly sparse: boolean;
+  readonly noDecay: boolean;
+  constructor(data: Tensor, name: string, opts: ParamOptions = {}) {
+    super(data, { requiresGrad: true, name });
+    this.sparse = opts.sparse ?? false;
+    this.noDecay = opts.noDecay ?? false;
+  }
+}
+
+export abstract class Module {
+  training = true;
+  readonly #params = new Map<string, Parameter>();
+  readonly #buffers = new Map<string, Tensor>();
+  readonly #children = new Map<string, Module>();
+
+  /** Registers a parameter under `name`. */
+  protected param(name: string, data: Tensor, opts: ParamOptions = {}): Parameter {
+    if (this.#params.has(name)) throw new Error(`Module: parameter ${name} registered twice`);
+    const p = new Parameter(data, name, opts);
+    this.#params.set(name, p);
+    return p;
+  }
+
+  /** Registers a child module under `name` (arrays of children use `name.i`). */
+  protected child<M extends Module>(name: string, m: M): M {
+    if (this.#children.has(name)) throw new Error(`Module: child ${name} registered twice`);
+    this.#children.set(name, m);
+    return m;
+  }
+
+  /** Registers a buffer (saved in the state dict, not trained). */
+  protected buffer(name: string, t: Tensor): Tensor {
+    this.#buffers.set(name, t);
+    return t;
+  }
+
+  /** (name, parameter) pairs of this module and its children, depth-first, in registration order. */
+  namedParameters(prefix = ''): [string, Parameter][] {
+    const out: [string, Parameter][] = [];
+    const seen = new Set<Parameter>();
+    const walk = (m: Module, pre: string): void => {
+      for (const [n, p] of m.#params) {
+        // A parameter shared by several modules (one router for every MoE layer) appears once.
+        if (seen.has(p)) continue;
+        seen.add(p);
+        out.push([pre + n, p]);
+      }
+      for (const [n, c] of m.#children) walk(c, `${pre}${n}.`);
+    };
+    walk(this, prefix);
+    return out;
+  }
+
+  parameters(): Parameter[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+
+  namedBuffers(prefix = ''): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [n, b] of this.#buffers) out.push([prefix + n, b]);
+    for (const [n, c] of this.#children) out.push(...c.namedBuffers(`${prefix}${n}.`));
+    return out;
+  }
+
+  /** Child modules, depth-first (this module first). */
+  modules(): Module[] {
+    const out: Module[] = [this];
+    for (const c of this.#children.values()) out.push(...c.modules());
+    return out;
+  }
+
+  /** Total number of parameter elements (shared parameters counted once). */
+  numParameters(): number {
+    return this.parameters().reduce((a, p) => a + p.data.size, 0);
+  }
+
+  /** Training mode: dropout and expert dropout on, routing statistics collected. */
+  train(on = true): this {
+    for (const m of this.modules()) m.training = on;
+    return this;
+  }
+
+  /** Evaluation mode (same as train(false)). */
+  eval(): this {
+    return this.train(false);
+  }
+
+  zeroGrad(): void {
+    for (const p of this.parameters()) p.zeroGrad();
+  }
+
+  /** Parameters and buffers by dotted name. The tensors are the live ones (not copies). */
+  stateDict(): Map<string, Tensor> {
+    const sd = new Map<string, Tensor>();
+    for (const [n, p] of this.namedParameters()) sd.set(n, p.data);
+    for (const [n, b] of this.namedBuffers()) sd.set(n, b);
+    return sd;
+  }
+
+  /**
+   * Copies values from a state dict into the live tensors. Every entry must be present with the same
+   * shape and dtype (strict), so a checkpoint of another architecture fails with a clear message.
+   */
+  loadStateDict(sd: Map<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): void {
+    const src = sd instanceof Map ? sd : new Map(Object.entries(sd));
+    const strict = opts.strict ?? true;
+    const own = this.stateDict();
+    if (strict) {
+      const missing = [...own.keys()].filter((k) => !src.has(k));
+      const extra = [...src.keys()].filter((k) => !own.has(k));
+      if (missing.length || extra.length)
+        throw new ShapeError(
+          `loadStateDict: keys differ (missing: ${missing.slice(0, 5).join(', ') || 'none'}${missing.length > 5 ? ', ...' : ''}; unexpected: ${extra.slice(0, 5).join(', ') || 'none'}${extra.length > 5 ? ', ...' : ''})`,
+        );
+    }
+    for (const [k, dst] of own) {
+      const s = src.get(k);
+      if (!s) continue;
+      if (s.dtype !== dst.dtype || s.size !== dst.size || s.shape.some((d, i) => d !== dst.shape[i]))
+        throw new ShapeError(
+          `loadStateDict: ${k} must be ${dst.dtype} ${shapeStr(dst.shape)}, got ${s.dtype} ${shapeStr(s.shape)}`,
+        );
+      copyInto(dst, s);
+    }
+  }
+
+  /** Frees every parameter, gradient and buffer. */
+  dispose(): void {
+    for (const p of this.parameters()) p.dispose();
+    for (const [, b] of this.namedBuffers()) b.dispose();
+  }
+}
+
+/** dst ← src (same size), across devices. */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  if (dst.device === 'cpu') {
+    const d = dst.data();
+    const s = src.data();
+    (d as Float32Array).set(s as Float32Array);
+    return;
+  }
+  throw new Error('copyInto: device tensors are not supported yet (CPU only)');
+}

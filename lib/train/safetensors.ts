@@ -1,0 +1,119 @@
+/**
+ * safetensors read/write (the Hugging Face format): an 8-byte little-endian header length, a JSON header
+ * `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__: {string: string}}`, then the raw
+ * little-endian tensor bytes. Writes are atomic: a temp file in the same directory, fsync, then rename, so
+ * an interrupted save never leaves a truncated checkpoint under the final name.
+ */
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import path from 'node:path';
+
+import { DTypeError, ShapeError } from '../errors.js';
+import { Tensor, type DType, type HostData } from '../tensor.js';
+
+const TO_ST: Record<DType, string> = { f32: 'F32', i32: 'I32', i64: 'I64', bf16: 'BF16' };
+const FROM_ST: Record<string, DType> = { F32: 'f32', I32: 'i32', I64: 'i64', BF16: 'bf16' };
+
+export interface SafetensorsFile {
+  tensors: Map<string, Tensor>;
+  metadata: Record<string, string>;
+}
+
+/** Serialises tensors (host copies are taken for device tensors) and string metadata into one buffer. */
+export function encodeSafetensors(tensors: Map<string, Tensor>, metadata: Record<string, string> = {}): Buffer {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length) header.__metadata__ = metadata;
+  const blobs: Uint8Array[] = [];
+  let off = 0;
+  // Sorted names: the same state gives the same bytes, whatever order it was built in.
+  for (const name of [...tensors.keys()].sort()) {
+    const t = tensors.get(name)!;
+    const h = t.data();
+    const bytes = new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+    header[name] = { dtype: TO_ST[t.dtype], shape: [...t.shape], data_offsets: [off, off + bytes.length] };
+    blobs.push(bytes);
+    off += bytes.length;
+  }
+  let json = JSON.stringify(header);
+  // Pad the header with spaces so the data starts 8-byte aligned (allowed by the format).
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+  const head = Buffer.from(json, 'utf8');
+  const out = Buffer.alloc(8 + head.length + off);
+  out.writeBigUInt64LE(BigInt(head.length), 0);
+  head.copy(out, 8);
+  let p = 8 + head.length;
+  for (const b of blobs) {
+    out.set(b, p);
+    p += b.length;
+  }
+  return out;
+}
+
+/** Parses a safetensors buffer into CPU tensors (copies, so the buffer may be dropped). */
+export function decodeSafetensors(buf: Uint8Array, what = 'safetensors'): SafetensorsFile {
+  if (buf.length < 8) throw new ShapeError(`${what}: file too short (${buf.length} bytes)`);
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const n = Number(dv.getBigUint64(0, true));
+  if (n > buf.length - 8) throw new ShapeError(`${what}: header length ${n} exceeds the file (${buf.length} bytes)`);
+  let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+  try {
+    header = JSON.parse(Buffer.from(buf.subarray(8, 8 + n)).toString('utf8'));
+  } catch (e) {
+    throw new ShapeError(`${what}: header is not valid JSON (${(e as Error).message})`);
+  }
+  const base = 8 + n;
+  const tensors = new Map<string, Tensor>();
+  let metadata: Record<string, string> = {};
+  for (const [name, e] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      metadata = e as Record<string, string>;
+      continue;
+    }
+    const { dtype: st, shape, data_offsets } = e as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    const dtype = FROM_ST[st];
+    if (!dtype) throw new DTypeError(`${what}: tensor ${name} has unsupported dtype ${st}`);
+    const [b, eo] = data_offsets;
+    const count = shape.reduce((a, d) => a * d, 1);
+    const bpe = dtype === 'bf16' ? 2 : dtype === 'i64' ? 8 : 4;
+    if (eo - b !== count * bpe || base + eo > buf.length || b < 0)
+      throw new ShapeError(`${what}: tensor ${name} [${shape.join(', ')}] ${st} has a bad byte range [${b}, ${eo})`);
+    const bytes = Uint8Array.prototype.slice.call(buf, base + b, base + eo); // a real copy (Buffer.slice is a view), aligned at 0
+    const ab = bytes.buffer;
+    const data: HostData =
+      dtype === 'f32'
+        ? new Float32Array(ab)
+        : dtype === 'i32'
+          ? new Int32Array(ab)
+          : dtype === 'i64'
+            ? new BigInt64Array(ab)
+            : new Uint16Array(ab);
+    tensors.set(name, Tensor.fromHost(data, shape, dtype));
+  }
+  return { tensors, metadata };
+}
+
+/** Writes a file atomically: temp file in the same directory, fsync, rename. */
+export function writeFileAtomic(file: string, data: Uint8Array): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
+  const fd = openSync(tmp, 'w');
+  try {
+    let off = 0;
+    while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  closeSync(fd);
+  renameSync(tmp, file);
+}
+
+/** Saves tensors and metadata as a safetensors file (atomic). */
+export function saveSafetensors(file: string, tensors: Map<string, Tensor>, metadata: Record<string, string> = {}): void {
+  writeFileAtomic(file, encodeSafetensors(tensors, metadata));
+}
+
+/** Loads a safetensors file into CPU tensors. */
+export function loadSafetensors(file: string): SafetensorsFile {
+  return decodeSafetensors(readFileSync(file), file);
+}
