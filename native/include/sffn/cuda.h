@@ -1,0 +1,86 @@
+// CUDA flavor: plain C++ declarations of the device-memory helpers and kernel launchers in native/kernels/cuda/.
+// nvcc compiles the .cu files that define these; napi/*.cpp (compiled by g++, never seen by nvcc) calls them.
+// Nothing here includes CUDA headers, so the N-API glue needs no CUDA include path.
+//
+// Conventions: every function returns a Status; code 0 means success, otherwise `message` names the CUDA call
+// and carries the runtime's error text. Nothing aborts or exits. Kernels run on the legacy default stream, so
+// launches are ordered with each other and with the synchronous copies below. All index arithmetic is 64-bit.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sffn {
+namespace cuda {
+
+struct Status {
+  int code = 0;          // cudaError_t value (0 = cudaSuccess)
+  std::string message;  // "cudaMalloc(4096 bytes): out of memory"
+  bool ok() const { return code == 0; }
+  bool out_of_memory() const;  // cudaErrorMemoryAllocation
+};
+
+// ---- probe -------------------------------------------------------------------------------------------------
+struct DeviceProps {
+  std::string name;
+  int major = 0, minor = 0;
+  uint64_t total_memory = 0;
+  int sm_count = 0;
+  int clock_khz = 0;
+};
+
+struct ProbeInfo {
+  int device_count = 0;
+  int driver_version = 0;   // e.g. 13000; 0 when no driver is installed
+  int runtime_version = 0;  // the statically linked cudart
+  std::vector<DeviceProps> devices;
+  std::string archs;  // the architectures this binary was compiled for (CMAKE_CUDA_ARCHITECTURES)
+};
+
+// Fills what it can into `out` even on failure. Success means: a device exists, the driver is new enough for
+// the runtime, and a kernel from this binary launched and completed on device 0 (so the binary carries code
+// for this GPU).
+Status probe(ProbeInfo* out);
+
+// ---- device memory -----------------------------------------------------------------------------------------
+Status device_malloc(void** ptr, size_t bytes);
+// Never fails loudly: errors at process teardown (cudart unloading) are ignored.
+Status device_free(void* ptr);
+Status copy_to_device(void* dst, const void* src, size_t bytes);
+Status copy_to_host(void* dst, const void* src, size_t bytes);
+Status copy_device_to_device(void* dst, const void* src, size_t bytes);
+// Fills `count` elements of `elem_bytes` (1, 2, 4 or 8) with the bit pattern `pattern` (low bytes used).
+Status device_fill(void* dst, int64_t count, int elem_bytes, uint64_t pattern);
+Status device_synchronize();
+// Free and total memory of the current device.
+Status device_mem_info(size_t* free_bytes, size_t* total_bytes);
+
+// ---- GEMM (kernels/cuda/gemm.cu) ---------------------------------------------------------------------------
+// C = alpha · op(A) · op(B) + beta · C, row-major, with the same conventions as sffn::gemm_f32 (gemm.h):
+//   op(A) is M×K: A stored M×K (lda >= K), or with trans_a stored K×M (lda >= M).
+//   op(B) is K×N: B stored K×N (ldb >= N), or with trans_b stored N×K (ldb >= K).
+//   C is M×N (ldc >= N); beta == 0 means C is write-only. Batch b uses A + b·stride_a, B + b·stride_b, C + b·stride_c.
+// All pointers are device pointers. Deterministic: each C element is reduced over K in a fixed order by one
+// thread block (no split-K, no atomics), so results are bit-identical run to run.
+//   gemm_f32:  f32 SIMT FMA (exact f32 products, f32 accumulation).
+//   gemm_bf16: A and B are bf16 bit patterns, C is f32; tensor cores (WMMA m16n16k16) with f32 accumulation.
+//              Needs compute capability >= 8.0.
+Status gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t batch = 1,
+                int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
+Status gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                 int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t batch = 1,
+                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
+
+// ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
+// Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
+// and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the
+// per-iteration milliseconds of each timed run into ms_out (iters entries).
+Status bench_gemm(int dtype, int64_t M, int64_t N, int64_t K, int warmup, int iters, float* ms_out);
+// Measured peak: a register-resident loop of independent FMAs (dtype 0, f32 SIMT) or bf16 mma.sync m16n8k16
+// (dtype 1, tensor cores, f32 accumulate) over every SM. Returns TFLOP/s (2 flops per multiply-add).
+Status bench_peak(int dtype, double* tflops);
+
+}  // namespace cuda
+}  // namespace sffn
