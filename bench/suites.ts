@@ -4,4 +4,6 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   // moe
   // pkm
   // train
+  // cuda
+  'gemm-cuda': () => import('./gemm-cuda.js'),
 };

@@ -28,6 +28,8 @@ export interface CudaDeviceInfo {
   name: string;
   computeCapability: string;
   totalMemory: number;
+  multiprocessors?: number;
+  clockKHz?: number;
 }
 
 export interface ProbeResult {
@@ -71,6 +73,50 @@ export interface DeviceBinding {
   deviceFill?(dst: NativeDeviceBuffer, value: number): void;
   deviceSynchronize?(): void;
   deviceMemory?(): { allocatedBytes: number; liveBuffers: number };
+  /** C = alpha·op(A)·op(B) + beta·C on device buffers (f32 SIMT); conventions of native/include/sffn/gemm.h. */
+  cudaGemmF32?(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: NativeDeviceBuffer,
+    lda: number,
+    B: NativeDeviceBuffer,
+    ldb: number,
+    beta: number,
+    C: NativeDeviceBuffer,
+    ldc: number,
+    batch?: number,
+    strideA?: number,
+    strideB?: number,
+    strideC?: number,
+  ): void;
+  /** The same with bf16 A and B (tensor cores, f32 accumulate) and an f32 C. */
+  cudaGemmBf16?(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: NativeDeviceBuffer,
+    lda: number,
+    B: NativeDeviceBuffer,
+    ldb: number,
+    beta: number,
+    C: NativeDeviceBuffer,
+    ldc: number,
+    batch?: number,
+    strideA?: number,
+    strideB?: number,
+    strideC?: number,
+  ): void;
+  /** Per-run milliseconds (CUDA events) of `iters` M×N×K GEMMs after `warmup` untimed ones. */
+  cudaBenchGemm?(dtype: 'f32' | 'bf16', M: number, N: number, K: number, warmup: number, iters: number): Float32Array;
+  /** Measured TFLOP/s of a register-only FMA (f32) or mma.sync (bf16) loop over every SM. */
+  cudaPeakTflops?(dtype: 'f32' | 'bf16'): number;
 }
 
 // ---- GEMM (issue: foundation) ----------------------------------------------------------------------------
