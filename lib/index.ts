@@ -21,6 +21,25 @@ export { info, formatInfo, setNumThreads, getNumThreads, setIsa, type BackendInf
 // ---- ops: MoE ----
 
 // ---- ops: PKM / PEER ----
+export {
+  pkmTopk,
+  pkmTopkBackward,
+  embeddingBag,
+  embeddingBagBackward,
+  peerExperts,
+  peerExpertsBackward,
+  sparseRowsToDense,
+  subKeyCount,
+  memBandwidth,
+  type PkmScoreAct,
+  type PeerAct,
+  type PkmTopkOptions,
+  type PkmTopkResult,
+  type PeerOptions,
+  type SparseRows,
+  type ImplOption,
+} from './ops/pkm.js';
+export { adamwStep, sparseAdamwStep, type AdamwOptions } from './ops/optim.js';
 
 // ---- ops: Transformer (nn ops) ----
 

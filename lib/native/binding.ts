@@ -126,13 +126,59 @@ export interface GemmBinding {}
 export interface MoeBinding {}
 
 // ---- PKM / PEER (issue: PKM and PEER) --------------------------------------------------------------------
-export interface PkmBinding {}
+/** Sparse row gradient as returned by the backward kernels: unique rows ascending, values [U, D] row-major. */
+export interface NativeSparseRows {
+  rows: Int32Array;
+  values: Float32Array;
+}
+
+export interface PkmBinding {
+  /** act: 0 none, 1 softmax (per head), 2 softmax over all heads, 3 relu, 4 sigmoid. */
+  pkmTopk(
+    q: NativeArray, keys: NativeArray, idx: NativeArray, scores: NativeArray, weights: NativeArray,
+    T: number, H: number, Hq: number, Hk: number, Dk: number, n: number, k: number, act: number, ref?: boolean,
+  ): void;
+  pkmTopkBackward(
+    q: NativeArray, keys: NativeArray, idx: NativeArray, scores: NativeArray, weights: NativeArray,
+    dweights: NativeArray, dq: NativeArray, dkeys: NativeArray,
+    T: number, H: number, Hq: number, Hk: number, Dk: number, n: number, k: number, act: number, ref?: boolean,
+  ): void;
+  embeddingBag(
+    idx: NativeArray, w: NativeArray, V: NativeArray, out: NativeArray,
+    T: number, J: number, N: number, D: number, ref?: boolean,
+  ): void;
+  embeddingBagBackward(
+    idx: NativeArray, w: NativeArray, V: NativeArray, dout: NativeArray, dw: NativeArray,
+    T: number, J: number, N: number, D: number, ref?: boolean,
+  ): NativeSparseRows;
+  /** act: 0 relu, 1 gelu (erf), 2 silu, 3 identity. */
+  peerExperts(
+    x: NativeArray, idx: NativeArray, g: NativeArray, U: NativeArray, V: NativeArray, out: NativeArray, h: NativeArray,
+    T: number, J: number, N: number, D: number, act: number, ref?: boolean,
+  ): void;
+  peerExpertsBackward(
+    x: NativeArray, idx: NativeArray, g: NativeArray, U: NativeArray, V: NativeArray, h: NativeArray,
+    dout: NativeArray, dx: NativeArray, dg: NativeArray,
+    T: number, J: number, N: number, D: number, act: number, ref?: boolean,
+  ): { rows: Int32Array; dU: Float32Array; dV: Float32Array };
+  /** STREAM-like copy and triad bandwidth in GB/s (10⁹ bytes moved per second). */
+  memBandwidth(bytes: number, threads: number): { copy: number; triad: number };
+}
 
 // ---- Transformer ops (issue: training) -------------------------------------------------------------------
 export interface NnBinding {}
 
 // ---- optimisers -----------------------------------------------------------------------------------------
-export interface OptimBinding {}
+export interface OptimBinding {
+  adamwStep(
+    p: NativeArray, g: NativeArray, m: NativeArray, v: NativeArray,
+    lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, ref?: boolean,
+  ): void;
+  sparseAdamwStep(
+    p: NativeArray, m: NativeArray, v: NativeArray, steps: NativeArray, rows: NativeArray, g: NativeArray,
+    N: number, D: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, ref?: boolean,
+  ): void;
+}
 
 export interface NativeBinding
   extends CoreBinding,

@@ -1,0 +1,472 @@
+/**
+ * Product-Key Memory and PEER ops (Lample et al. 2019; Csordás et al. 2023 §3.2; He 2024), forward and backward.
+ * These are the building blocks of the `ProductKeyMemory` and `PEER` layers:
+ *
+ * - {@link pkmTopk}: exact top-k over N = n² product keys per (token, head), with score activation.
+ * - {@link embeddingBag}: `out[t] = Σ_j w[t,j] · V[idx[t,j]]` (the PKM value read).
+ * - {@link peerExperts}: `out[t] = Σ_j g[t,j] · act(U[i]·x[t]) · V[i]` (PEER singleton experts, fused).
+ *
+ * Table gradients come back sparse ({@link SparseRows}: unique rows ascending plus one [U, D] block), built
+ * deterministically, so a 1024² × D table never gets an N×D gradient; {@link sparseAdamwStep} consumes them.
+ *
+ * Shape letters: T tokens, H heads, D width, N = n² slots, k slots per head, J = H·k slots per token.
+ * All ops run on the CPU (multithreaded, AVX2/AVX-512 where available) and are bit-identical for any thread count.
+ *
+ * @example A Lample PKM read (4 heads, per-head sub-keys, softmax), and its backward:
+ * ```ts
+ * const q = Tensor.from(randn(T * 4 * 256), { shape: [T, 4, 256] });      // queries [T, H, Dk]
+ * const keys = Tensor.from(randn(4 * 2 * 512 * 128), { shape: [4, 2, 512, 128] }); // [H, 2, n, Dk/2]
+ * const sel = pkmTopk(q, keys, 32);                                     // indices/weights [T, 4, 32]
+ * const out = embeddingBag(values, sel.indices, sel.weights);           // values [512², D] → out [T, D]
+ * const { dWeights, dV } = embeddingBagBackward(dOut, values, sel.indices, sel.weights);
+ * const { dq, dkeys } = pkmTopkBackward(dWeights, q, keys, sel);
+ * ```
+ */
+import { DeviceError, ShapeError } from '../errors.js';
+import { native } from '../native/loader.js';
+import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
+
+/** Activation of the selected scores: softmax per head (Lample, PEER), softmax over all H·k slots of a token
+ * (Csordás' code), ReLU (non-competitive, Csordás), sigmoid, or none. */
+export type PkmScoreAct = 'softmax' | 'softmax-all' | 'relu' | 'sigmoid' | 'none';
+
+/** Expert activation of PEER's singleton experts: σ in `σ(u·x)·v`. `gelu` is the erf form (torch.nn.GELU()). */
+export type PeerAct = 'relu' | 'gelu' | 'silu' | 'identity';
+
+/** `impl: 'ref'` runs the scalar float64 reference kernels instead of the fast ones (for tests). */
+export interface ImplOption {
+  impl?: 'cpu' | 'ref';
+}
+
+const PKM_ACTS: Record<PkmScoreAct, number> = { none: 0, softmax: 1, 'softmax-all': 2, relu: 3, sigmoid: 4 };
+const PEER_ACTS: Record<PeerAct, number> = { relu: 0, gelu: 1, silu: 2, identity: 3 };
+
+function pkmAct(act: unknown, op: string): number {
+  const a = PKM_ACTS[act as PkmScoreAct];
+  if (a === undefined)
+    throw new RangeError(`${op}: act must be one of ${Object.keys(PKM_ACTS).join(', ')}, got ${String(act)}`);
+  return a;
+}
+
+function peerAct(act: unknown, op: string): number {
+  const a = PEER_ACTS[act as PeerAct];
+  if (a === undefined)
+    throw new RangeError(`${op}: act must be one of ${Object.keys(PEER_ACTS).join(', ')}, got ${String(act)}`);
+  return a;
+}
+
+function isRef(opts: ImplOption | undefined, op: string): boolean {
+  const impl = opts?.impl ?? 'cpu';
+  if (impl !== 'cpu' && impl !== 'ref') throw new RangeError(`${op}: impl must be 'cpu' or 'ref', got ${String(impl)}`);
+  return impl === 'ref';
+}
+
+function cpuOnly(op: string, tensors: Record<string, Tensor | undefined>): void {
+  const dev = sameDevice(op, tensors);
+  if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
+}
+
+/**
+ * Number of sub-keys per half for a memory of N slots: n = √N. Throws unless N is a perfect square.
+ *
+ * @example
+ * ```ts
+ * subKeyCount(1024 * 1024); // 1024
+ * subKeyCount(1000);        // ShapeError: pkm: N must be a perfect square (n² slots), got 1000
+ * ```
+ */
+export function subKeyCount(N: number, op = 'pkm'): number {
+  if (!Number.isInteger(N) || N < 1) throw new ShapeError(`${op}: N must be a positive integer, got ${String(N)}`);
+  const n = Math.round(Math.sqrt(N));
+  if (n * n !== N) throw new ShapeError(`${op}: N must be a perfect square (n² slots), got ${N}`);
+  return n;
+}
+
+// ---- product-key top-k -----------------------------------------------------------------------------------------
+
+export interface PkmTopkOptions extends ImplOption {
+  /** Score activation producing `weights` (default 'softmax'). */
+  act?: PkmScoreAct;
+  /** Number of heads H; only needed when both q and keys have a single head (default max(Hq, Hk)). */
+  heads?: number;
+}
+
+/** What {@link pkmTopk} returns; pass it back to {@link pkmTopkBackward}. */
+export interface PkmTopkResult {
+  /** Selected slots `a·n + b` (a: first-half sub-key, b: second-half), i32 [T, H, k], best first. */
+  indices: Tensor;
+  /** Raw selected scores `q1·c_a + q2·c'_b`, f32 [T, H, k]. */
+  scores: Tensor;
+  /** `act(scores)`, f32 [T, H, k]: the weights of the value read. */
+  weights: Tensor;
+  /** The activation used (the backward needs it). */
+  act: PkmScoreAct;
+}
+
+
+interface PkmDimsTs {
+  T: number;
+  H: number;
+  Hq: number;
+  Hk: number;
+  Dk: number;
+  n: number;
+}
+
+function pkmDims(q: Tensor, keys: Tensor, op: string, heads?: number): PkmDimsTs {
+  expectTensor(q, op, 'q', 'f32');
+  expectTensor(keys, op, 'keys', 'f32');
+  if (q.rank !== 3) throw new ShapeError(`${op}: q must be [T, H, Dk] (or [T, 1, Dk] shared by heads), got ${shapeStr(q.shape)}`);
+  if (keys.rank !== 4 || keys.shape[1] !== 2)
+    throw new ShapeError(`${op}: keys must be [Hk, 2, n, Dk/2] (Hk = H per-head or 1 shared), got ${shapeStr(keys.shape)}`);
+  const [T, Hq, Dk] = q.shape;
+  const [Hk, , n, half] = keys.shape;
+  if (Dk % 2 !== 0) throw new ShapeError(`${op}: q width Dk must be even (two halves), got ${Dk}`);
+  if (half * 2 !== Dk) throw new ShapeError(`${op}: keys width must be Dk/2=${Dk / 2} for q ${shapeStr(q.shape)}, got ${half}`);
+  if (heads !== undefined && (!Number.isInteger(heads) || heads < 1))
+    throw new RangeError(`${op}: heads must be a positive integer, got ${String(heads)}`);
+  const H = heads ?? Math.max(Hq, Hk);
+  if ((Hq !== 1 && Hq !== H) || (Hk !== 1 && Hk !== H))
+    throw new ShapeError(`${op}: query heads (${Hq}) and key tables (${Hk}) must each be 1 or the same H`);
+  if (n < 1) throw new ShapeError(`${op}: keys must have at least one sub-key, got n=0`);
+  cpuOnly(op, { q, keys });
+  return { T, H, Hq, Hk, Dk, n };
+}
+
+/**
+ * Exact product-key top-k: for every token t and head h, splits `q[t, h]` into halves q1, q2, scores them
+ * against the head's sub-key tables C (`keys[h, 0]`) and C' (`keys[h, 1]`), and returns the k best slots of
+ * the N = n² sums `q1·C[a] + q2·C'[b]` (ties: lower slot first), identical to exhaustive search over all N keys
+ * `[C[a]; C'[b]]`. Sub-key scores run as GEMMs; only the candidates (i, j) with (i+1)(j+1) ≤ k of the two
+ * sorted top-k lists are ever scored.
+ *
+ * - PKM (Lample): q [T, H, Dk], keys [H, 2, n, Dk/2] (per-head sub-keys).
+ * - PEER (He): q [T, H, Dk], keys [1, 2, n, Dk/2] (sub-keys shared by all heads).
+ * - Csordás PKM: q [T, 1, Dk] (the input itself, read by every head), keys [H, 2, n, Dk/2], act 'relu'.
+ *
+ * @param k slots per head, 1 ≤ k ≤ n.
+ * @example
+ * ```ts
+ * const { indices, weights } = pkmTopk(q, keys, 16, { act: 'softmax' }); // PEER: keys [1, 2, 1024, 128]
+ * ```
+ */
+export function pkmTopk(q: Tensor, keys: Tensor, k: number, opts: PkmTopkOptions = {}): PkmTopkResult {
+  const op = 'pkmTopk';
+  const d = pkmDims(q, keys, op, opts.heads);
+  if (!Number.isInteger(k) || k < 1 || k > d.n)
+    throw new RangeError(`${op}: k must be an integer in [1, n=${d.n}] (n = √N sub-keys per half), got ${String(k)}`);
+  const act = opts.act ?? 'softmax';
+  const a = pkmAct(act, op);
+  const ref = isRef(opts, op);
+  const shape = [d.T, d.H, k];
+  const indices = Tensor.zeros(shape, { dtype: 'i32' });
+  const scores = Tensor.zeros(shape);
+  const weights = Tensor.zeros(shape);
+  try {
+    native().pkmTopk(
+      q.nativeArg(op, 'q'), keys.nativeArg(op, 'keys'), indices.nativeArg(op, 'indices'), scores.nativeArg(op, 'scores'),
+      weights.nativeArg(op, 'weights'), d.T, d.H, d.Hq, d.Hk, d.Dk, d.n, k, a, ref,
+    );
+  } catch (e) {
+    indices.dispose();
+    scores.dispose();
+    weights.dispose();
+    throw e;
+  }
+  return { indices, scores, weights, act };
+}
+
+/**
+ * Backward of {@link pkmTopk}: the selection is piecewise constant, so the gradient of the weights flows
+ * through the activation into the selected scores, then into the queries and the selected sub-key rows:
+ * `dq1 += ds·C[a]`, `dq2 += ds·C'[b]`, `dC[a] += ds·q1`, `dC'[b] += ds·q2` (summed over heads sharing a query or
+ * a table, in a fixed order).
+ *
+ * @param dWeights gradient of `sel.weights`, f32 [T, H, k].
+ * @returns dq shaped like q, dkeys shaped like keys (dense: the sub-key tables are small).
+ * @example
+ * ```ts
+ * const { dq, dkeys } = pkmTopkBackward(dWeights, q, keys, sel);
+ * ```
+ */
+export function pkmTopkBackward(
+  dWeights: Tensor,
+  q: Tensor,
+  keys: Tensor,
+  sel: PkmTopkResult,
+  opts: ImplOption = {},
+): { dq: Tensor; dkeys: Tensor } {
+  const op = 'pkmTopkBackward';
+  if (!sel || typeof sel !== 'object') throw new TypeError(`${op}: sel must be the result of pkmTopk, got ${String(sel)}`);
+  expectTensor(sel.indices, op, 'sel.indices', 'i32');
+  if (sel.indices.rank !== 3) throw new ShapeError(`${op}: sel.indices must be [T, H, k], got ${shapeStr(sel.indices.shape)}`);
+  const d = pkmDims(q, keys, op, sel.indices.shape[1]);
+  const k = sel.indices.shape[2];
+  const shape = [d.T, d.H, k];
+  expectTensor(sel.indices, op, 'sel.indices', 'i32', shape);
+  expectTensor(sel.scores, op, 'sel.scores', 'f32', shape);
+  expectTensor(sel.weights, op, 'sel.weights', 'f32', shape);
+  expectTensor(dWeights, op, 'dWeights', 'f32', shape);
+  if (!(k >= 1 && k <= d.n)) throw new RangeError(`${op}: k must be in [1, n=${d.n}], got ${k}`);
+  const a = pkmAct(sel.act ?? 'softmax', op);
+  const ref = isRef(opts, op);
+  const dq = Tensor.zeros(q.shape);
+  const dkeys = Tensor.zeros(keys.shape);
+  try {
+    native().pkmTopkBackward(
+      q.nativeArg(op, 'q'), keys.nativeArg(op, 'keys'), sel.indices.nativeArg(op, 'sel.indices'),
+      sel.scores.nativeArg(op, 'sel.scores'), sel.weights.nativeArg(op, 'sel.weights'),
+      dWeights.nativeArg(op, 'dWeights'), dq.nativeArg(op, 'dq'), dkeys.nativeArg(op, 'dkeys'),
+      d.T, d.H, d.Hq, d.Hk, d.Dk, d.n, k, a, ref,
+    );
+  } catch (e) {
+    dq.dispose();
+    dkeys.dispose();
+    throw e;
+  }
+  return { dq, dkeys };
+}
+
+// ---- sparse row gradients --------------------------------------------------------------------------------------
+
+/**
+ * A row-sparse gradient of a table [numRows, D]: `rows` (i32 [U], distinct, ascending) and `values`
+ * (f32 [U, D], row u is the gradient of table row rows[u]); every other row's gradient is zero.
+ */
+export interface SparseRows {
+  rows: Tensor;
+  values: Tensor;
+  numRows: number;
+}
+
+/** The dense [numRows, D] form of a {@link SparseRows} (for small tables and tests). */
+export function sparseRowsToDense(sp: SparseRows): Tensor {
+  const op = 'sparseRowsToDense';
+  expectTensor(sp?.rows, op, 'rows', 'i32');
+  expectTensor(sp.values, op, 'values', 'f32');
+  const U = sp.rows.size;
+  if (sp.values.rank !== 2 || sp.values.shape[0] !== U)
+    throw new ShapeError(`${op}: values must be [U=${U}, D], got ${shapeStr(sp.values.shape)}`);
+  const D = sp.values.shape[1];
+  const out = Tensor.zeros([sp.numRows, D]);
+  const o = out.data() as Float32Array;
+  const r = sp.rows.data() as Int32Array;
+  const v = sp.values.data() as Float32Array;
+  for (let u = 0; u < U; u++) {
+    if (r[u] < 0 || r[u] >= sp.numRows) {
+      out.dispose();
+      throw new RangeError(`${op}: rows[${u}] must be in [0, ${sp.numRows}), got ${r[u]}`);
+    }
+    o.set(v.subarray(u * D, (u + 1) * D), r[u] * D);
+  }
+  return out;
+}
+
+// ---- embedding bag ---------------------------------------------------------------------------------------------
+
+/** [T, J] view of an index/weight tensor [T, ...] (J = product of the trailing dims). */
+function bagDims(indices: Tensor, op: string): { T: number; J: number } {
+  if (indices.rank < 1) throw new ShapeError(`${op}: indices must be [T, ...], got a scalar`);
+  const T = indices.shape[0];
+  return { T, J: T === 0 ? indices.shape.slice(1).reduce((a, b) => a * b, 1) : indices.size / T };
+}
+
+function tableDims(V: Tensor, op: string, name: string): { N: number; D: number } {
+  expectTensor(V, op, name, 'f32');
+  if (V.rank !== 2) throw new ShapeError(`${op}: ${name} must be [N, D], got ${shapeStr(V.shape)}`);
+  if (V.shape[0] < 1 || V.shape[1] < 1) throw new ShapeError(`${op}: ${name} must be non-empty, got ${shapeStr(V.shape)}`);
+  return { N: V.shape[0], D: V.shape[1] };
+}
+
+/**
+ * Weighted row gather (EmbeddingBag, sum mode): `out[t] = Σ_j weights[t, j] · V[indices[t, j]]`.
+ *
+ * @param V value table f32 [N, D] (N up to 2³¹ − 1, e.g. 1024² slots).
+ * @param indices i32 [T, ...] (e.g. [T, H, k] from pkmTopk), every entry in [0, N).
+ * @param weights f32, same shape as indices.
+ * @returns f32 [T, D].
+ * @example
+ * ```ts
+ * const out = embeddingBag(values, sel.indices, sel.weights);
+ * ```
+ */
+export function embeddingBag(V: Tensor, indices: Tensor, weights: Tensor, opts: ImplOption = {}): Tensor {
+  const op = 'embeddingBag';
+  const { N, D } = tableDims(V, op, 'V');
+  expectTensor(indices, op, 'indices', 'i32');
+  expectTensor(weights, op, 'weights', 'f32', indices.shape);
+  cpuOnly(op, { V, indices, weights });
+  const { T, J } = bagDims(indices, op);
+  const ref = isRef(opts, op);
+  const out = Tensor.zeros([T, D]);
+  try {
+    native().embeddingBag(
+      indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'), out.nativeArg(op, 'out'),
+      T, J, N, D, ref,
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * Backward of {@link embeddingBag}: `dWeights[t, j] = ⟨dOut[t], V[indices[t, j]]⟩` and the row-sparse
+ * `dV[r] = Σ_{indices[t, j] = r} weights[t, j] · dOut[t]`, built with a deterministic reverse index (one owner
+ * per row, positions summed in ascending order). Never allocates an [N, D] buffer.
+ *
+ * @example
+ * ```ts
+ * const { dWeights, dV } = embeddingBagBackward(dOut, values, sel.indices, sel.weights);
+ * sparseAdamwStep(values, m, v, steps, dV, { lr: 1e-3 });
+ * ```
+ */
+export function embeddingBagBackward(
+  dOut: Tensor,
+  V: Tensor,
+  indices: Tensor,
+  weights: Tensor,
+  opts: ImplOption = {},
+): { dWeights: Tensor; dV: SparseRows } {
+  const op = 'embeddingBagBackward';
+  const { N, D } = tableDims(V, op, 'V');
+  expectTensor(indices, op, 'indices', 'i32');
+  expectTensor(weights, op, 'weights', 'f32', indices.shape);
+  const { T, J } = bagDims(indices, op);
+  expectTensor(dOut, op, 'dOut', 'f32', [T, D]);
+  cpuOnly(op, { V, indices, weights, dOut });
+  const ref = isRef(opts, op);
+  const dWeights = Tensor.zeros(indices.shape);
+  let res;
+  try {
+    res = native().embeddingBagBackward(
+      indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'),
+      dOut.nativeArg(op, 'dOut'), dWeights.nativeArg(op, 'dWeights'), T, J, N, D, ref,
+    );
+  } catch (e) {
+    dWeights.dispose();
+    throw e;
+  }
+  const U = res.rows.length;
+  return {
+    dWeights,
+    dV: { rows: Tensor.fromHost(res.rows, [U]), values: Tensor.fromHost(res.values, [U, D]), numRows: N },
+  };
+}
+
+// ---- PEER experts ----------------------------------------------------------------------------------------------
+
+export interface PeerOptions extends ImplOption {
+  /** Expert activation σ (default 'relu'; the PEER paper allows ReLU or GELU). */
+  act?: PeerAct;
+}
+
+function peerCheck(x: Tensor, U: Tensor, V: Tensor, indices: Tensor, gates: Tensor, op: string) {
+  const { N, D } = tableDims(U, op, 'U');
+  expectTensor(V, op, 'V', 'f32', [N, D]);
+  expectTensor(indices, op, 'indices', 'i32');
+  expectTensor(gates, op, 'gates', 'f32', indices.shape);
+  const { T, J } = bagDims(indices, op);
+  expectTensor(x, op, 'x', 'f32', [T, D]);
+  cpuOnly(op, { x, U, V, indices, gates });
+  return { T, J, N, D };
+}
+
+/**
+ * PEER's singleton experts, token-centric and fused (He 2024 §2): for each token t and selected expert i,
+ * `out[t] += g · act(U[i] · x[t]) · V[i]`, reading each of the J = H·k rows of U and V once.
+ *
+ * @param x layer input f32 [T, D].
+ * @param U down-projection table f32 [N, D] (u_i), V up-projection table f32 [N, D] (v_i).
+ * @param indices i32 [T, ...] selected experts (from pkmTopk with shared keys), gates f32 same shape.
+ * @returns out f32 [T, D] and h = U[i]·x (f32, shaped like indices), which the backward needs.
+ * @example
+ * ```ts
+ * const sel = pkmTopk(q, keys, 16);                       // q [T, 8, Dk], keys [1, 2, 1024, Dk/2]
+ * const { out, h } = peerExperts(x, U, V, sel.indices, sel.weights, { act: 'gelu' });
+ * ```
+ */
+export function peerExperts(
+  x: Tensor,
+  U: Tensor,
+  V: Tensor,
+  indices: Tensor,
+  gates: Tensor,
+  opts: PeerOptions = {},
+): { out: Tensor; h: Tensor } {
+  const op = 'peerExperts';
+  const { T, J, N, D } = peerCheck(x, U, V, indices, gates, op);
+  const a = peerAct(opts.act ?? 'relu', op);
+  const ref = isRef(opts, op);
+  const out = Tensor.zeros([T, D]);
+  const h = Tensor.zeros(indices.shape);
+  try {
+    native().peerExperts(
+      x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
+      V.nativeArg(op, 'V'), out.nativeArg(op, 'out'), h.nativeArg(op, 'h'), T, J, N, D, a, ref,
+    );
+  } catch (e) {
+    out.dispose();
+    h.dispose();
+    throw e;
+  }
+  return { out, h };
+}
+
+/**
+ * Backward of {@link peerExperts}. With c = ⟨V[i], dOut[t]⟩: `dGates = act(h)·c`, `dx[t] = Σ g·c·act'(h)·U[i]`,
+ * and row-sparse `dU[i] = Σ g·c·act'(h)·x[t]`, `dV[i] = Σ g·act(h)·dOut[t]` over the rows the batch touched
+ * (same rows for both; deterministic reverse index, no [N, D] buffers).
+ *
+ * @example
+ * ```ts
+ * const { dx, dGates, dU, dV } = peerExpertsBackward(dOut, x, U, V, sel.indices, sel.weights, h, { act: 'gelu' });
+ * ```
+ */
+export function peerExpertsBackward(
+  dOut: Tensor,
+  x: Tensor,
+  U: Tensor,
+  V: Tensor,
+  indices: Tensor,
+  gates: Tensor,
+  h: Tensor,
+  opts: PeerOptions = {},
+): { dx: Tensor; dGates: Tensor; dU: SparseRows; dV: SparseRows } {
+  const op = 'peerExpertsBackward';
+  const { T, J, N, D } = peerCheck(x, U, V, indices, gates, op);
+  expectTensor(h, op, 'h', 'f32', indices.shape);
+  expectTensor(dOut, op, 'dOut', 'f32', [T, D]);
+  const a = peerAct(opts.act ?? 'relu', op);
+  const ref = isRef(opts, op);
+  const dx = Tensor.zeros([T, D]);
+  const dGates = Tensor.zeros(indices.shape);
+  let res;
+  try {
+    res = native().peerExpertsBackward(
+      x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
+      V.nativeArg(op, 'V'), h.nativeArg(op, 'h'), dOut.nativeArg(op, 'dOut'), dx.nativeArg(op, 'dx'),
+      dGates.nativeArg(op, 'dGates'), T, J, N, D, a, ref,
+    );
+  } catch (e) {
+    dx.dispose();
+    dGates.dispose();
+    throw e;
+  }
+  const nu = res.rows.length;
+  return {
+    dx,
+    dGates,
+    dU: { rows: Tensor.fromHost(res.rows, [nu]), values: Tensor.fromHost(res.dU, [nu, D]), numRows: N },
+    dV: { rows: Tensor.fromHost(res.rows.slice(), [nu]), values: Tensor.fromHost(res.dV, [nu, D]), numRows: N },
+  };
+}
+
+/**
+ * Measures this machine's memory bandwidth with a STREAM-like copy and triad over three buffers of `bytes`
+ * each (default 256 MiB) on `threads` threads (default: the pool size). GB/s = 10⁹ bytes moved per second.
+ */
+export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number): { copy: number; triad: number } {
+  return native().memBandwidth(bytes, threads ?? native().getNumThreads());
+}

@@ -1,0 +1,35 @@
+// Weighted row gather (EmbeddingBag, sum mode) on the CPU. Spec: kernels/ref/embedding_bag.cpp.
+//   out[t] = Σ_j w[t, j] · V[idx[t, j]];   dw[t, j] = ⟨dout[t], V[idx[t, j]]⟩;   dV sparse over the touched rows.
+// Forward and dw: one owner per token (threads split tokens). dV: one owner per unique row over the reverse
+// index (row_index.cpp), summing in position order: deterministic for any thread count, no N×D buffer.
+// Bandwidth-bound (each token reads J rows of D floats); the row loops live in pkm_rows.h, compiled per ISA.
+// Shapes: idx, w, dw [T, J]; V [N, D]; out, dout [T, D]; dV_rows [U, D].
+#include "pkm_isa.h"
+#include "sffn/core.h"
+#include "sffn/pkm.h"
+
+namespace sffn {
+
+void embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                           const float* V, float* out) {
+  (void)N;
+  const PkmRowKernels& kern = pkm_row_kernels();
+  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.eb_forward(b, e, J, D, idx, w, V, out); }, 4);
+}
+
+void embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                            const float* V, const float* dout, float* dw, int64_t U, const int32_t* rows,
+                            const int64_t* offsets, const int64_t* pos, float* dV_rows) {
+  (void)N;
+  (void)rows;
+  const PkmRowKernels& kern = pkm_row_kernels();
+  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.eb_backward_dw(b, e, J, D, idx, V, dout, dw); }, 4);
+  parallel_for(
+      U,
+      [&](int64_t b, int64_t e, int) {
+        kern.rows_accumulate(b, e, J, D, offsets, pos, w, dout, dV_rows, nullptr, nullptr, nullptr);
+      },
+      16);
+}
+
+}  // namespace sffn

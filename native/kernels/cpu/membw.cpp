@@ -1,0 +1,33 @@
+// STREAM-like memory bandwidth probe (McCalpin's copy and triad), used by the benchmarks to express kernel
+// throughput as a fraction of what this machine can move. Each thread works on its own contiguous slice, so
+// pages stay local to the thread that first touched them.
+#include <chrono>
+#include <cstring>
+
+#include "sffn/core.h"
+#include "sffn/pkm.h"
+
+namespace sffn {
+
+MemBandwidth mem_bandwidth(float* a, float* b, float* c, int64_t n, int reps) {
+  parallel_for(n, [&](int64_t s, int64_t e, int) {
+    for (int64_t i = s; i < e; ++i) a[i] = 1.0f, b[i] = 2.0f, c[i] = 0.5f;
+  });
+  using clock = std::chrono::steady_clock;
+  double best_copy = 1e30, best_triad = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = clock::now();
+    parallel_for(n, [&](int64_t s, int64_t e, int) { std::memcpy(b + s, a + s, (size_t)(e - s) * sizeof(float)); });
+    auto t1 = clock::now();
+    parallel_for(n, [&](int64_t s, int64_t e, int) {
+      for (int64_t i = s; i < e; ++i) a[i] = b[i] + 0.5f * c[i];
+    });
+    auto t2 = clock::now();
+    best_copy = std::min(best_copy, std::chrono::duration<double>(t1 - t0).count());
+    best_triad = std::min(best_triad, std::chrono::duration<double>(t2 - t1).count());
+  }
+  const double bytes = (double)n * sizeof(float);
+  return MemBandwidth{2 * bytes / best_copy, 3 * bytes / best_triad};
+}
+
+}  // namespace sffn

@@ -1,0 +1,47 @@
+// PEER singleton experts on the CPU, token-centric and fused (He 2024 §2; kernels.md §7). Spec: kernels/ref/peer.cpp.
+//   forward:  per token, h_j = U[i_j] · x, out = Σ_j g_j · act(h_j) · V[i_j]  (J = H·k rows of U and of V read)
+//   backward: per token, c_j = ⟨V[i_j], dout⟩, dg_j = act(h_j) c_j, dh_j = g_j c_j act'(h_j), dx = Σ_j dh_j U[i_j];
+//             then per unique row (reverse index, one owner): dU[i] = Σ dh · x[t], dV[i] = Σ g act(h) · dout[t].
+// Token-centric is the right order at N = 1024² where a row is hit ~T·J/N < 1 times per batch: there is no reuse
+// to win by sorting by expert. Deterministic for any thread count (fixed orders, no atomics).
+// Shapes: x, out, dout, dx [T, D]; idx, g, h, dg [T, J]; U, V [N, D]; dU_rows, dV_rows [nrows, D].
+#include "pkm_isa.h"
+#include "sffn/core.h"
+#include "sffn/pkm.h"
+
+namespace sffn {
+
+void peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, const float* x, const int32_t* idx,
+                  const float* g, const float* U, const float* V, float* out, float* h) {
+  (void)N;
+  const PkmRowKernels& kern = pkm_row_kernels();
+  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_forward(b, e, J, D, (int)act, x, idx, g, U, V, out, h); },
+               2);
+}
+
+size_t peer_backward_work_bytes(int64_t T, int64_t J) { return (size_t)(2 * T * J) * sizeof(float) + 128; }
+
+void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, const float* x, const int32_t* idx,
+                   const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
+                   float* dg, int64_t nrows, const int32_t* rows, const int64_t* offsets, const int64_t* pos,
+                   float* dU_rows, float* dV_rows, void* work) {
+  (void)N;
+  (void)rows;
+  const PkmRowKernels& kern = pkm_row_kernels();
+  float* dh = static_cast<float*>(work);
+  float* gv = dh + T * J;
+  parallel_for(
+      T,
+      [&](int64_t b, int64_t e, int) {
+        kern.peer_backward_tokens(b, e, J, D, (int)act, idx, g, U, V, h, dout, dx, dg, dh, gv);
+      },
+      2);
+  parallel_for(
+      nrows,
+      [&](int64_t b, int64_t e, int) {
+        kern.rows_accumulate(b, e, J, D, offsets, pos, dh, x, dU_rows, gv, dout, dV_rows);
+      },
+      16);
+}
+
+}  // namespace sffn

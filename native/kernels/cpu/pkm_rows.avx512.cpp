@@ -1,0 +1,14 @@
+// pkm_rows.h compiled with the avx512 flags (see pkm_isa.h).
+#include "pkm_isa.h"
+#include "pkm_rows.h"
+
+namespace sffn {
+namespace avx512 {
+
+PkmRowKernels pkm_row_kernels_avx512() {
+  return PkmRowKernels{eb_forward_range, eb_backward_dw_range, rows_accumulate_range, peer_forward_range,
+                       peer_backward_tokens_range};
+}
+
+}  // namespace avx512
+}  // namespace sffn

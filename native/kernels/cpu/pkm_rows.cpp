@@ -1,0 +1,20 @@
+// Baseline x86-64 build of the row kernels (pkm_rows.h) and the per-ISA dispatch table (pkm_isa.h).
+#include "pkm_isa.h"
+#include "pkm_rows.h"
+#include "sffn/core.h"
+
+namespace sffn {
+
+const PkmRowKernels& pkm_row_kernels() {
+  static const PkmRowKernels scalar{eb_forward_range, eb_backward_dw_range, rows_accumulate_range,
+                                    peer_forward_range, peer_backward_tokens_range};
+  static const PkmRowKernels k_avx2 = avx2::pkm_row_kernels_avx2();
+  static const PkmRowKernels k_avx512 = avx512::pkm_row_kernels_avx512();
+  switch (active_isa()) {
+    case Isa::Avx512: return k_avx512;
+    case Isa::Avx2: return k_avx2;
+    default: return scalar;
+  }
+}
+
+}  // namespace sffn
