@@ -19,6 +19,27 @@ export { info, formatInfo, setNumThreads, getNumThreads, setIsa, type BackendInf
 // ---- ops: GEMM (foundation) ----
 
 // ---- ops: MoE ----
+export {
+  moeRoute,
+  moeRouteBackward,
+  moeExperts,
+  moeExpertsBackward,
+  moeExpertUp,
+  moeExpertDown,
+  moeCombine,
+  type MoeGate,
+  type MoeSelect,
+  type Activation,
+  type MoeRouteOptions,
+  type MoeRouting,
+  type MoeAuxLosses,
+  type MoeAuxWeights,
+  type MoeExpertParams,
+  type MoeExpertsSaved,
+  type MoeExpertsOptions,
+  type MoeExpertsGrads,
+} from './ops/moe.js';
+export { ffnDense, ffnDenseBackward, type FfnParams, type FfnOptions, type FfnSaved, type FfnGrads } from './ops/ffn.js';
 
 // ---- ops: PKM / PEER ----
 export {

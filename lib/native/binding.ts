@@ -123,7 +123,58 @@ export interface DeviceBinding {
 export interface GemmBinding {}
 
 // ---- MoE (issue: MoE kernels) ----------------------------------------------------------------------------
-export interface MoeBinding {}
+export type NativeMoeGate = 'sigmoid' | 'softmax' | 'softmax-renorm';
+export type NativeMoeSelect = 'topk' | 'adaptive' | 'threshold';
+export type NativeAct = 'relu' | 'gelu' | 'silu';
+export interface MoeBinding {
+  /** Routing forward; writes every output array and returns the auxiliary losses. */
+  moeRoute(
+    T: number, E: number, k: number, gate: NativeMoeGate, select: NativeMoeSelect, threshold: number, dropout: number,
+    seed: number, capacity: number, ref: boolean, z: Float32Array, choices: Int32Array, ids: Int32Array,
+    gates: Float32Array, counts: Int32Array, offsets: BigInt64Array, sortedSlots: Int32Array, slotRank: Int32Array,
+    dropped: Int32Array,
+  ): { entropy: number; balance: number; zloss: number };
+  moeRouteBackward(
+    T: number, E: number, k: number, gate: NativeMoeGate, select: NativeMoeSelect, threshold: number, dropout: number,
+    seed: number, capacity: number, ref: boolean, z: Float32Array, choices: Int32Array, ids: Int32Array,
+    dgates: Float32Array, entropyWeight: number, balanceWeight: number, zLossWeight: number, dz: Float32Array,
+  ): void;
+  moeExperts(
+    T: number, D: number, E: number, k: number, G: number, act: NativeAct, ref: boolean, gates: Float32Array,
+    offsets: BigInt64Array, sortedSlots: Int32Array, slotRank: Int32Array, x: Float32Array, w1: Float32Array,
+    b1: Float32Array | null, w2: Float32Array, b2: Float32Array | null, pre: Float32Array, hs: Float32Array,
+    y: Float32Array,
+  ): void;
+  moeExpertsBackward(
+    T: number, D: number, E: number, k: number, G: number, act: NativeAct, ref: boolean, gates: Float32Array,
+    offsets: BigInt64Array, sortedSlots: Int32Array, slotRank: Int32Array, x: Float32Array, w1: Float32Array,
+    w2: Float32Array, pre: Float32Array, hs: Float32Array, dy: Float32Array, dx: Float32Array, dw1: Float32Array,
+    db1: Float32Array | null, dw2: Float32Array, db2: Float32Array | null, dgates: Float32Array,
+  ): void;
+  moeExpertUp(
+    T: number, D: number, E: number, k: number, G: number, act: NativeAct, gates: Float32Array, offsets: BigInt64Array,
+    sortedSlots: Int32Array, slotRank: Int32Array, x: Float32Array, w1: Float32Array, b1: Float32Array | null,
+    pre: Float32Array, hs: Float32Array | null,
+  ): void;
+  moeExpertDown(
+    T: number, D: number, E: number, k: number, G: number, act: NativeAct, gates: Float32Array, offsets: BigInt64Array,
+    sortedSlots: Int32Array, slotRank: Int32Array, hs: Float32Array, w2: Float32Array, yr: Float32Array,
+  ): void;
+  moeCombine(
+    T: number, D: number, E: number, k: number, G: number, act: NativeAct, gates: Float32Array, offsets: BigInt64Array,
+    sortedSlots: Int32Array, slotRank: Int32Array, yr: Float32Array, b2: Float32Array | null, y: Float32Array,
+  ): void;
+  ffnDense(
+    T: number, D: number, F: number, act: NativeAct, topk: number, ref: boolean, x: Float32Array, w1: Float32Array,
+    b1: Float32Array | null, w2: Float32Array, b2: Float32Array | null, pre: Float32Array, h: Float32Array,
+    y: Float32Array,
+  ): void;
+  ffnDenseBackward(
+    T: number, D: number, F: number, act: NativeAct, topk: number, ref: boolean, x: Float32Array, w1: Float32Array,
+    w2: Float32Array, pre: Float32Array, h: Float32Array, dy: Float32Array, dx: Float32Array, dw1: Float32Array,
+    db1: Float32Array | null, dw2: Float32Array, db2: Float32Array | null,
+  ): void;
+}
 
 // ---- PKM / PEER (issue: PKM and PEER) --------------------------------------------------------------------
 /** Sparse row gradient as returned by the backward kernels: unique rows ascending, values [U, D] row-major. */

@@ -1,0 +1,352 @@
+// MoE expert block on the CPU as grouped GEMMs over the sorted slot list (kernels.md §1, §5; methods.md §1.3–1.4,
+// §1.9). Every matrix product is sffn::gemm_f32_rows over row-pointer tables:
+//   up:    A rows = x[token(r)] gathered through sorted_slots (no permuted copy of X), B = W1[e] [D, G],
+//          epilogue pre += b1[e]; hs = gate · act(pre) on the tile while it is hot;
+//   down:  A rows = hs[r] (already in rank order), B = W2[e] [G, D], C rows = yr[r];
+//   combine: y[t] = Σ_j yr[rank(t, j)] (+ b2) in slot order j = 0..K-1 (deterministic K-sum).
+// Backward: dhs = dy[token]·W2[e]ᵀ with the gate gradient (row dot) and act' in the epilogue; dW2[e] = hsᵀ·dy
+// and dW1[e] = xᵀ·dpre as variable-length reductions (A transposed, its K dimension gathered) where each
+// output tile has one owner walking the expert's rows in rank order; dxr = dpre·W1[e]ᵀ, then the K-sum.
+//
+// Work items are (expert, row block, column block) tiles, split across threads by a static cost-balanced walk;
+// a tile's arithmetic does not depend on which thread runs it, so results are bit-identical for any thread
+// count. x [T, D], w1 [E, D, G], b1 [E, G], w2 [E, G, D], b2 [D], pre/hs/dpre [S, G], yr/dxr [S, D].
+// Spec: kernels/ref/moe_experts.cpp. Test: test/ops/moe-experts.test.ts. Benchmark: npm run bench -- moe.
+#include <algorithm>
+#include <cmath>
+
+#include "sffn/core.h"
+#include "sffn/gemm.h"
+#include "sffn/moe.h"
+
+namespace sffn {
+
+// ---- activations -------------------------------------------------------------------------------------------
+namespace {
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+}  // namespace
+
+float act_forward(Act act, float a) {
+  switch (act) {
+    case Act::Relu: return a > 0 ? a : 0.0f;
+    case Act::Gelu: return 0.5f * a * (1.0f + std::erf(a * kInvSqrt2));  // exact (erf) GELU, as PyTorch
+    case Act::Silu: return a / (1.0f + std::exp(-a));
+    default: return a;
+  }
+}
+
+float act_backward(Act act, float a) {
+  switch (act) {
+    case Act::Relu: return a > 0 ? 1.0f : 0.0f;
+    case Act::Gelu: return 0.5f * (1.0f + std::erf(a * kInvSqrt2)) + a * kInvSqrt2Pi * std::exp(-0.5f * a * a);
+    case Act::Silu: {
+      float s = 1.0f / (1.0f + std::exp(-a));
+      return s * (1.0f + a * (1.0f - s));
+    }
+    default: return 1.0f;
+  }
+}
+
+double act_forward_d(Act act, double a) {
+  switch (act) {
+    case Act::Relu: return a > 0 ? a : 0.0;
+    case Act::Gelu: return 0.5 * a * (1.0 + std::erf(a / std::sqrt(2.0)));
+    case Act::Silu: return a / (1.0 + std::exp(-a));
+    default: return a;
+  }
+}
+
+double act_backward_d(Act act, double a) {
+  switch (act) {
+    case Act::Relu: return a > 0 ? 1.0 : 0.0;
+    case Act::Gelu:
+      return 0.5 * (1.0 + std::erf(a / std::sqrt(2.0))) + a * std::exp(-0.5 * a * a) / std::sqrt(2.0 * M_PI);
+    case Act::Silu: {
+      double s = 1.0 / (1.0 + std::exp(-a));
+      return s * (1.0 + a * (1.0 - s));
+    }
+    default: return 1.0;
+  }
+}
+
+namespace {
+
+constexpr int kScratchSlot = 7;  // per-thread pointer tables (slot 7 is reserved for MoE kernels)
+constexpr int64_t kRowBlock = 256;   // rows of one expert per tile (the M block)
+constexpr int64_t kColBlock = 128;   // output columns per tile (the N block)
+constexpr int64_t kRedBlock = 1024;  // rows per step of the dW reductions (accumulated in fixed order)
+
+struct Tile {
+  int64_t e, m0, m1, n0, n1;
+};
+
+// Row-pointer tables of one thread: A rows, B rows, C rows.
+struct Tables {
+  const float** a;
+  const float** b;
+  float** c;
+};
+
+// Walks every tile of a grouped problem and runs body(tile, tid, tables) on exactly one thread.
+//   rows_mode: the tile rows are the expert's slots (M = m_e); otherwise M = Mfix for every expert and the
+//   cost scales with m_e (the dW reductions). with_empty: experts with m_e = 0 still get their tiles
+//   (to zero their dW).
+// The split is a static walk over the cumulative cost, so it depends only on (shapes, routing, thread count),
+// and each tile's arithmetic is independent of the owner.
+template <class Body>
+void for_tiles(const int64_t* off, int64_t E, bool rows_mode, int64_t Mfix, int64_t MB, int64_t N, int64_t NB,
+               int64_t kdim, bool with_empty, size_t table_ptrs, Body body) {
+  auto tile_cost = [&](int64_t m_e, int64_t dm, int64_t dn) -> double {
+    return (double)dm * (double)dn * (double)(rows_mode ? kdim : std::max<int64_t>(m_e, 1)) + 1e3;
+  };
+  double total = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t m_e = off[e + 1] - off[e];
+    int64_t M = rows_mode ? m_e : Mfix;
+    if (M == 0 || (m_e == 0 && !with_empty)) continue;
+    for (int64_t m0 = 0; m0 < M; m0 += MB)
+      for (int64_t n0 = 0; n0 < N; n0 += NB) total += tile_cost(m_e, std::min(MB, M - m0), std::min(NB, N - n0));
+  }
+  if (total == 0) return;
+  auto run = [&](int tid, int nt) {
+    char* mem = static_cast<char*>(scratch(tid, kScratchSlot, table_ptrs * 3 * sizeof(void*)));
+    Tables tables{reinterpret_cast<const float**>(mem), reinterpret_cast<const float**>(mem) + table_ptrs,
+                  reinterpret_cast<float**>(mem + 2 * table_ptrs * sizeof(void*))};
+    double lo = total * tid / nt, hi = total * (tid + 1) / nt, acc = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t m_e = off[e + 1] - off[e];
+      int64_t M = rows_mode ? m_e : Mfix;
+      if (M == 0 || (m_e == 0 && !with_empty)) continue;
+      for (int64_t m0 = 0; m0 < M; m0 += MB)
+        for (int64_t n0 = 0; n0 < N; n0 += NB) {
+          int64_t m1 = std::min(M, m0 + MB), n1 = std::min(N, n0 + NB);
+          double c = tile_cost(m_e, m1 - m0, n1 - n0);
+          double mid = acc + 0.5 * c;
+          acc += c;
+          if (mid >= lo && mid < hi) body(Tile{e, m0, m1, n0, n1}, tables);
+        }
+    }
+  };
+  // Few, small tiles: one thread avoids the wake-up cost.
+  if (total < 2e6 || num_threads() == 1) run(0, 1);
+  else parallel_run(run);
+}
+
+inline int64_t token_of(const MoeRoutingView& r, int64_t rank, int64_t K) { return r.sorted_slots[rank] / K; }
+
+}  // namespace
+
+void moe_expert_up_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
+                           const float* b1, float* pre, float* hs) {
+  const int64_t D = s.D, G = s.G, K = s.K;
+  const size_t cap = (size_t)std::max<int64_t>({kRowBlock, D, G});
+  for_tiles(r.offsets, s.E, true, 0, kRowBlock, G, kColBlock, D, false, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = r.offsets[tl.e], m = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      arows[i] = x + token_of(r, rk, K) * D;  // the fused gather
+      crows[i] = pre + rk * G + tl.n0;
+    }
+    const float* we = w1 + tl.e * D * G + tl.n0;
+    for (int64_t k = 0; k < D; ++k) brows[k] = we + k * G;
+    gemm_f32_rows(false, false, m, n, D, 1.0f, arows, brows, 0.0f, crows);
+    // Epilogue on the hot tile: bias, activation, gate scale.
+    const float* be = b1 ? b1 + tl.e * G + tl.n0 : nullptr;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      float* p = crows[i];
+      if (be)
+        for (int64_t j = 0; j < n; ++j) p[j] += be[j];
+      if (!hs) continue;
+      float g = r.gates[r.sorted_slots[rk]];
+      float* h = hs + rk * G + tl.n0;
+      switch (s.act) {
+        case Act::Relu:
+          for (int64_t j = 0; j < n; ++j) h[j] = p[j] > 0 ? g * p[j] : 0.0f;
+          break;
+        default:
+          for (int64_t j = 0; j < n; ++j) h[j] = g * act_forward(s.act, p[j]);
+      }
+    }
+  });
+}
+
+void moe_expert_down_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* hs, const float* w2,
+                             float* yr) {
+  const int64_t D = s.D, G = s.G;
+  const size_t cap = (size_t)std::max<int64_t>({kRowBlock, D, G});
+  for_tiles(r.offsets, s.E, true, 0, kRowBlock, D, kColBlock, G, false, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = r.offsets[tl.e], m = tl.m1 - tl.m0;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      arows[i] = hs + rk * G;
+      crows[i] = yr + rk * D + tl.n0;
+    }
+    const float* we = w2 + tl.e * G * D + tl.n0;
+    for (int64_t k = 0; k < G; ++k) brows[k] = we + k * D;
+    gemm_f32_rows(false, false, m, tl.n1 - tl.n0, G, 1.0f, arows, brows, 0.0f, crows);
+  });
+}
+
+void moe_combine_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* yr, const float* b2,
+                         float* y) {
+  const int64_t D = s.D, K = s.K;
+  parallel_for(
+      s.T,
+      [&](int64_t t0, int64_t t1, int) {
+        for (int64_t t = t0; t < t1; ++t) {
+          float* out = y + t * D;
+          if (b2)
+            for (int64_t d = 0; d < D; ++d) out[d] = b2[d];
+          else
+            for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
+          for (int64_t j = 0; j < K; ++j) {
+            int64_t rk = r.slot_rank[t * K + j];
+            if (rk < 0) continue;
+            const float* src = yr + rk * D;
+            for (int64_t d = 0; d < D; ++d) out[d] += src[d];
+          }
+        }
+      },
+      16);
+}
+
+void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
+                         const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* yr,
+                         float* y) {
+  moe_expert_up_forward(s, r, x, w1, b1, pre, hs);
+  moe_expert_down_forward(s, r, hs, w2, yr);
+  moe_combine_forward(s, r, yr, b2, y);
+}
+
+void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
+                          const float* w2, const float* pre, const float* hs, const float* dy, float* dx, float* dw1,
+                          float* db1, float* dw2, float* db2, float* dgates, float* dpre, float* dxr) {
+  const int64_t T = s.T, D = s.D, E = s.E, K = s.K, G = s.G;
+  const int64_t* off = r.offsets;
+  const size_t cap = (size_t)std::max<int64_t>({kRowBlock, kRedBlock, D, G});
+
+  // Slots that were not kept get no gate gradient.
+  for (int64_t i = 0; i < T * K; ++i)
+    if (r.slot_rank[i] < 0) dgates[i] = 0.0f;
+
+  // 1. dhs = dy[token]·W2[e]ᵀ, whole G rows per tile so the epilogue can take the gate gradient (a row dot)
+  //    and turn dhs into dpre = gate·dhs·act'(pre) in place.
+  for_tiles(off, E, true, 0, kRowBlock, G, G, D, false, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = off[tl.e], m = tl.m1 - tl.m0;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      arows[i] = dy + token_of(r, rk, K) * D;
+      crows[i] = dpre + rk * G;
+    }
+    const float* we = w2 + tl.e * G * D;
+    for (int64_t j = 0; j < G; ++j) brows[j] = we + j * D;  // B = W2[e]ᵀ: b_rows[j][k] = W2[e][j][k]
+    gemm_f32_rows(false, true, m, G, D, 1.0f, arows, brows, 0.0f, crows);
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      int64_t slot = r.sorted_slots[rk];
+      float g = r.gates[slot];
+      const float* a = pre + rk * G;
+      float* d = crows[i];
+      double dot = 0;
+      for (int64_t j = 0; j < G; ++j) {
+        float av = a[j];
+        dot += (double)d[j] * act_forward(s.act, av);
+        d[j] = g * d[j] * act_backward(s.act, av);
+      }
+      dgates[slot] = (float)dot;
+    }
+  });
+
+  // 2. dW2[e] [G, D] = Σ_r hs[r]ᵀ dy[token(r)], one owner per (e, G block, D block), reduced in rank order.
+  for_tiles(off, E, false, G, kColBlock, D, kColBlock, 0, true, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = off[tl.e], m_e = off[tl.e + 1] - base, mi = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
+    for (int64_t i = 0; i < mi; ++i) crows[i] = dw2 + tl.e * G * D + (tl.m0 + i) * D + tl.n0;
+    if (m_e == 0) {
+      for (int64_t i = 0; i < mi; ++i) std::fill(crows[i], crows[i] + n, 0.0f);
+      return;
+    }
+    for (int64_t k0 = 0; k0 < m_e; k0 += kRedBlock) {
+      int64_t kn = std::min(kRedBlock, m_e - k0);
+      for (int64_t k = 0; k < kn; ++k) {
+        int64_t rk = base + k0 + k;
+        arows[k] = hs + rk * G + tl.m0;
+        brows[k] = dy + token_of(r, rk, K) * D + tl.n0;
+      }
+      gemm_f32_rows(true, false, mi, n, kn, 1.0f, arows, brows, k0 == 0 ? 0.0f : 1.0f, crows);
+    }
+  });
+
+  // 3. dW1[e] [D, G] = Σ_r x[token(r)]ᵀ dpre[r].
+  for_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, true, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = off[tl.e], m_e = off[tl.e + 1] - base, mi = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
+    for (int64_t i = 0; i < mi; ++i) crows[i] = dw1 + tl.e * D * G + (tl.m0 + i) * G + tl.n0;
+    if (m_e == 0) {
+      for (int64_t i = 0; i < mi; ++i) std::fill(crows[i], crows[i] + n, 0.0f);
+      return;
+    }
+    for (int64_t k0 = 0; k0 < m_e; k0 += kRedBlock) {
+      int64_t kn = std::min(kRedBlock, m_e - k0);
+      for (int64_t k = 0; k < kn; ++k) {
+        int64_t rk = base + k0 + k;
+        arows[k] = x + token_of(r, rk, K) * D + tl.m0;
+        brows[k] = dpre + rk * G + tl.n0;
+      }
+      gemm_f32_rows(true, false, mi, n, kn, 1.0f, arows, brows, k0 == 0 ? 0.0f : 1.0f, crows);
+    }
+  });
+
+  // 4. dxr[r] = dpre[r]·W1[e]ᵀ [S, D].
+  for_tiles(off, E, true, 0, kRowBlock, D, kColBlock, G, false, cap, [&](const Tile& tl, const Tables& tab) {
+    const float** arows = tab.a;
+    const float** brows = tab.b;
+    float** crows = tab.c;
+    const int64_t base = off[tl.e], m = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t rk = base + tl.m0 + i;
+      arows[i] = dpre + rk * G;
+      crows[i] = dxr + rk * D + tl.n0;
+    }
+    const float* we = w1 + tl.e * D * G;
+    for (int64_t j = 0; j < n; ++j) brows[j] = we + (tl.n0 + j) * G;  // B = W1[e]ᵀ
+    gemm_f32_rows(false, true, m, n, G, 1.0f, arows, brows, 0.0f, crows);
+  });
+
+  // 5. dx[t] = Σ_j dxr[rank(t, j)] in slot order; biases.
+  moe_combine_forward(s, r, dxr, nullptr, dx);
+  if (db1)
+    parallel_for(
+        E,
+        [&](int64_t e0, int64_t e1, int) {
+          for (int64_t e = e0; e < e1; ++e) {
+            float* b = db1 + e * G;
+            std::fill(b, b + G, 0.0f);
+            for (int64_t rk = off[e]; rk < off[e + 1]; ++rk)
+              for (int64_t j = 0; j < G; ++j) b[j] += dpre[rk * G + j];
+          }
+        },
+        1);
+  if (db2) {
+    std::fill(db2, db2 + D, 0.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t d = 0; d < D; ++d) db2[d] += dy[t * D + d];
+  }
+}
+
+}  // namespace sffn

@@ -1,0 +1,397 @@
+// N-API group "moe": MoE routing, the expert block (grouped GEMMs) and the dense FFN baseline.
+// Every argument is validated here (typed-array kinds, exact lengths, dims, enum strings, and every index that
+// a kernel would follow: expert ids, slot numbers, ranks, offsets) before a kernel runs. Kernels: sffn/moe.h.
+// JS names match lib/ops/moe.ts and lib/ops/ffn.ts (moeRoute <-> moe_route_*, ffnDense <-> ffn_dense_*).
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "sffn/moe.h"
+
+namespace sffn {
+namespace napi {
+namespace {
+
+constexpr int64_t kMaxDim = (int64_t)1 << 40;
+constexpr int64_t kMaxI32 = std::numeric_limits<int32_t>::max();
+
+MoeGate arg_gate(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  std::string s = arg_str(info, i, op, "gate");
+  if (s == "sigmoid") return MoeGate::Sigmoid;
+  if (s == "softmax") return MoeGate::Softmax;
+  if (s == "softmax-renorm") return MoeGate::SoftmaxRenorm;
+  fail(ErrKind::Range, op, ": gate must be one of sigmoid, softmax, softmax-renorm, got '", s, "'");
+}
+
+MoeSelect arg_select(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  std::string s = arg_str(info, i, op, "select");
+  if (s == "topk") return MoeSelect::TopK;
+  if (s == "adaptive") return MoeSelect::Adaptive;
+  if (s == "threshold") return MoeSelect::Threshold;
+  fail(ErrKind::Range, op, ": select must be one of topk, adaptive, threshold, got '", s, "'");
+}
+
+Act arg_act(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  std::string s = arg_str(info, i, op, "act");
+  if (s == "relu") return Act::Relu;
+  if (s == "gelu") return Act::Gelu;
+  if (s == "silu") return Act::Silu;
+  fail(ErrKind::Range, op, ": act must be one of relu, gelu, silu, got '", s, "'");
+}
+
+// These kernels run on host memory only.
+void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
+  for (auto& [name, b] : bufs)
+    if (b->data && b->device) fail(ErrKind::Device, op, ": ", name, " is a cuda buffer; this op runs on the cpu");
+}
+
+// ---- routing -----------------------------------------------------------------------------------------------
+// Params at args [0..9]: T, E, K, gate, select, threshold, dropout, seed, capacity, ref.
+struct RouteArgs {
+  MoeRouteParams p;
+  bool ref = false;
+};
+
+RouteArgs route_params(const Napi::CallbackInfo& info, const char* op) {
+  RouteArgs a;
+  MoeRouteParams& p = a.p;
+  p.T = arg_int(info, 0, op, "T", 0, kMaxI32);
+  p.E = arg_int(info, 1, op, "E", 1, kMaxI32);
+  p.K = arg_int(info, 2, op, "k", 1, kMaxI32);
+  if (p.K > p.E) fail(ErrKind::Range, op, ": k must be in [1, E=", p.E, "], got ", p.K);
+  if (p.T * p.K > kMaxI32) fail(ErrKind::Range, op, ": T·k must be < 2^31 (slot ids are int32), got ", p.T * p.K);
+  p.gate = arg_gate(info, 3, op);
+  p.select = arg_select(info, 4, op);
+  if (p.select == MoeSelect::Adaptive && p.K != 2)
+    fail(ErrKind::Range, op, ": adaptive selection uses k = 2 slots, got k = ", p.K);
+  p.threshold = (float)arg_num(info, 5, op, "threshold");
+  double dr = arg_num(info, 6, op, "dropout");
+  if (dr < 0 || dr >= 1) fail(ErrKind::Range, op, ": dropout must be in [0, 1), got ", dr);
+  p.dropout = (float)dr;
+  p.seed = (uint64_t)arg_int(info, 7, op, "seed", 0, std::numeric_limits<int64_t>::max());
+  p.capacity = arg_int(info, 8, op, "capacity", -1, kMaxI32);
+  a.ref = arg_bool(info, 9, op, "ref");
+  return a;
+}
+
+// moeRoute(T, E, K, gate, select, threshold, dropout, seed, capacity, ref, z, choices, ids, gates, counts, offsets,
+//          sortedSlots, slotRank, dropped) -> { entropy, balance, zloss }
+Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
+  const char* op = "moeRoute";
+  RouteArgs a = route_params(info, op);
+  const MoeRouteParams& p = a.p;
+  const int64_t TK = p.T * p.K;
+  Buf z = arg_buf(info, 10, op, "z", DType::F32, p.T * p.E);
+  Buf choices = arg_buf(info, 11, op, "choices", DType::I32, TK);
+  Buf ids = arg_buf(info, 12, op, "ids", DType::I32, TK);
+  Buf gates = arg_buf(info, 13, op, "gates", DType::F32, TK);
+  Buf counts = arg_buf(info, 14, op, "counts", DType::I32, p.E);
+  Buf offsets = arg_buf(info, 15, op, "offsets", DType::I64, p.E + 1);
+  Buf sorted = arg_buf(info, 16, op, "sortedSlots", DType::I32, TK);
+  Buf rank = arg_buf(info, 17, op, "slotRank", DType::I32, TK);
+  Buf dropped = arg_buf(info, 18, op, "dropped", DType::I32, p.E);
+  host_only(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"gates", &gates}, {"counts", &counts},
+                 {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}, {"dropped", &dropped}});
+  MoeRouteOut out;
+  out.choices = choices.as<int32_t>();
+  out.ids = ids.as<int32_t>();
+  out.gates = gates.as<float>();
+  out.counts = counts.as<int32_t>();
+  out.offsets = offsets.as<int64_t>();
+  out.sorted_slots = sorted.as<int32_t>();
+  out.slot_rank = rank.as<int32_t>();
+  out.dropped = dropped.as<int32_t>();
+  if (a.ref) {
+    moe_route_forward_ref(z.as<float>(), p, out);
+  } else {
+    std::vector<float> work(moe_route_work_floats(p));
+    moe_route_forward(z.as<float>(), p, out, work.data());
+  }
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("entropy", out.aux.entropy);
+  r.Set("balance", out.aux.balance);
+  r.Set("zloss", out.aux.zloss);
+  return r;
+}
+
+// moeRouteBackward(T, E, K, gate, select, threshold, dropout, seed, capacity, ref, z, choices, ids, dgates,
+//                  wEntropy, wBalance, wZ, dz)
+Napi::Value JS_moeRouteBackward(const Napi::CallbackInfo& info) {
+  const char* op = "moeRouteBackward";
+  RouteArgs a = route_params(info, op);
+  const MoeRouteParams& p = a.p;
+  const int64_t TK = p.T * p.K;
+  Buf z = arg_buf(info, 10, op, "z", DType::F32, p.T * p.E);
+  Buf choices = arg_buf(info, 11, op, "choices", DType::I32, TK);
+  Buf ids = arg_buf(info, 12, op, "ids", DType::I32, TK);
+  Buf dgates = arg_buf(info, 13, op, "dgates", DType::F32, TK);
+  float we = (float)arg_num(info, 14, op, "entropyWeight");
+  float wb = (float)arg_num(info, 15, op, "balanceWeight");
+  float wz = (float)arg_num(info, 16, op, "zLossWeight");
+  Buf dz = arg_buf(info, 17, op, "dz", DType::F32, p.T * p.E);
+  host_only(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"dgates", &dgates}, {"dz", &dz}});
+  const int32_t* c = choices.as<int32_t>();
+  const int32_t* id = ids.as<int32_t>();
+  for (int64_t s = 0; s < TK; ++s) {
+    if (c[s] < -1 || c[s] >= p.E)
+      fail(ErrKind::Range, op, ": choices[", s, "] must be in [-1, E=", p.E, "), got ", c[s]);
+    if (id[s] != -1 && id[s] != c[s])
+      fail(ErrKind::Range, op, ": ids[", s, "] must be -1 or choices[", s, "]=", c[s], ", got ", id[s]);
+  }
+  if (a.ref) {
+    moe_route_backward_ref(z.as<float>(), p, c, id, dgates.as<float>(), we, wb, wz, dz.as<float>());
+  } else {
+    std::vector<float> work(moe_route_work_floats(p));
+    moe_route_backward(z.as<float>(), p, c, id, dgates.as<float>(), we, wb, wz, dz.as<float>(), work.data());
+  }
+  return info.Env().Undefined();
+}
+
+// ---- expert block ------------------------------------------------------------------------------------------
+// Routing at args [a..a+3]: gates [T,K] f32, offsets [E+1] i64, sortedSlots [S] i32, slotRank [T·K] i32.
+// Checks everything the kernels follow: offsets non-decreasing from 0 to S <= T·K, every sorted slot in
+// [0, T·K) and slotRank its exact inverse (so each slot is used once, and no rank or token is out of range).
+MoeRoutingView routing_arg(const Napi::CallbackInfo& info, size_t a, const char* op, const MoeExpertsShape& s,
+                           int64_t* S_out, std::vector<Buf>& keep) {
+  const int64_t TK = s.T * s.K;
+  Buf gates = arg_buf(info, a, op, "gates", DType::F32, TK);
+  Buf offsets = arg_buf(info, a + 1, op, "offsets", DType::I64, s.E + 1);
+  Buf sorted = arg_buf(info, a + 2, op, "sortedSlots", DType::I32);
+  Buf rank = arg_buf(info, a + 3, op, "slotRank", DType::I32, TK);
+  host_only(op, {{"gates", &gates}, {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}});
+  const int64_t* off = offsets.as<int64_t>();
+  if (off[0] != 0) fail(ErrKind::Range, op, ": offsets[0] must be 0, got ", off[0]);
+  for (int64_t e = 0; e < s.E; ++e)
+    if (off[e + 1] < off[e])
+      fail(ErrKind::Range, op, ": offsets must be non-decreasing, got offsets[", e + 1, "]=", off[e + 1], " < offsets[",
+           e, "]=", off[e]);
+  const int64_t S = off[s.E];
+  if (S > TK) fail(ErrKind::Range, op, ": offsets[E] must be <= T·k=", TK, ", got ", S);
+  if (sorted.count < S)
+    fail(ErrKind::Shape, op, ": sortedSlots must have at least offsets[E]=", S, " elements, got ", sorted.count);
+  const int32_t* ss = sorted.as<int32_t>();
+  const int32_t* rk = rank.as<int32_t>();
+  int64_t kept = 0;
+  for (int64_t i = 0; i < TK; ++i) {
+    if (rk[i] < -1 || rk[i] >= S) fail(ErrKind::Range, op, ": slotRank[", i, "] must be in [-1, ", S, "), got ", rk[i]);
+    if (rk[i] >= 0) ++kept;
+  }
+  for (int64_t r = 0; r < S; ++r) {
+    if (ss[r] < 0 || ss[r] >= TK)
+      fail(ErrKind::Range, op, ": sortedSlots[", r, "] must be in [0, T·k=", TK, "), got ", ss[r]);
+    if (rk[ss[r]] != r)
+      fail(ErrKind::Range, op, ": slotRank[sortedSlots[", r, "]] must be ", r, ", got ", rk[ss[r]]);
+  }
+  if (kept != S) fail(ErrKind::Range, op, ": slotRank marks ", kept, " kept slots but offsets[E] is ", S);
+  *S_out = S;
+  keep = {gates, offsets, sorted, rank};
+  MoeRoutingView v;
+  v.gates = gates.as<float>();
+  v.offsets = off;
+  v.sorted_slots = ss;
+  v.slot_rank = rk;
+  return v;
+}
+
+MoeExpertsShape experts_shape(const Napi::CallbackInfo& info, size_t a, const char* op) {
+  MoeExpertsShape s;
+  s.T = arg_int(info, a, op, "T", 0, kMaxDim);
+  s.D = arg_int(info, a + 1, op, "D", 1, kMaxDim);
+  s.E = arg_int(info, a + 2, op, "E", 1, kMaxI32);
+  s.K = arg_int(info, a + 3, op, "k", 1, kMaxI32);
+  s.G = arg_int(info, a + 4, op, "G", 1, kMaxDim);
+  if (s.K > s.E) fail(ErrKind::Range, op, ": k must be in [1, E=", s.E, "], got ", s.K);
+  if (s.T * s.K > kMaxI32) fail(ErrKind::Range, op, ": T·k must be < 2^31, got ", s.T * s.K);
+  s.act = arg_act(info, a + 5, op);
+  return s;
+}
+
+// moeExperts(T, D, E, K, G, act, ref, gates, offsets, sortedSlots, slotRank, x, w1, b1|null, w2, b2|null,
+//            pre, hs, y)
+Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
+  const char* op = "moeExperts";
+  MoeExpertsShape s = experts_shape(info, 0, op);
+  bool ref = arg_bool(info, 6, op, "ref");
+  int64_t S = 0;
+  std::vector<Buf> keep;
+  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep);
+  Buf x = arg_buf(info, 11, op, "x", DType::F32, s.T * s.D);
+  Buf w1 = arg_buf(info, 12, op, "w1", DType::F32, s.E * s.D * s.G);
+  Buf b1 = arg_buf_opt(info, 13, op, "b1", DType::F32, s.E * s.G);
+  Buf w2 = arg_buf(info, 14, op, "w2", DType::F32, s.E * s.G * s.D);
+  Buf b2 = arg_buf_opt(info, 15, op, "b2", DType::F32, s.D);
+  Buf pre = arg_buf(info, 16, op, "pre", DType::F32, S * s.G);
+  Buf hs = arg_buf(info, 17, op, "hs", DType::F32, S * s.G);
+  Buf y = arg_buf(info, 18, op, "y", DType::F32, s.T * s.D);
+  host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"hs", &hs}, {"y", &y}});
+  if (ref) {
+    moe_experts_forward_ref(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
+                            pre.as<float>(), hs.as<float>(), y.as<float>());
+  } else {
+    std::vector<float> yr((size_t)(S * s.D));
+    moe_experts_forward(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
+                        pre.as<float>(), hs.as<float>(), yr.data(), y.as<float>());
+  }
+  return info.Env().Undefined();
+}
+
+// moeExpertsBackward(T, D, E, K, G, act, ref, gates, offsets, sortedSlots, slotRank, x, w1, w2, pre, hs, dy,
+//                    dx, dw1, db1|null, dw2, db2|null, dgates)
+Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
+  const char* op = "moeExpertsBackward";
+  MoeExpertsShape s = experts_shape(info, 0, op);
+  bool ref = arg_bool(info, 6, op, "ref");
+  int64_t S = 0;
+  std::vector<Buf> keep;
+  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep);
+  Buf x = arg_buf(info, 11, op, "x", DType::F32, s.T * s.D);
+  Buf w1 = arg_buf(info, 12, op, "w1", DType::F32, s.E * s.D * s.G);
+  Buf w2 = arg_buf(info, 13, op, "w2", DType::F32, s.E * s.G * s.D);
+  Buf pre = arg_buf(info, 14, op, "pre", DType::F32, S * s.G);
+  Buf hs = arg_buf(info, 15, op, "hs", DType::F32, S * s.G);
+  Buf dy = arg_buf(info, 16, op, "dy", DType::F32, s.T * s.D);
+  Buf dx = arg_buf(info, 17, op, "dx", DType::F32, s.T * s.D);
+  Buf dw1 = arg_buf(info, 18, op, "dw1", DType::F32, s.E * s.D * s.G);
+  Buf db1 = arg_buf_opt(info, 19, op, "db1", DType::F32, s.E * s.G);
+  Buf dw2 = arg_buf(info, 20, op, "dw2", DType::F32, s.E * s.G * s.D);
+  Buf db2 = arg_buf_opt(info, 21, op, "db2", DType::F32, s.D);
+  Buf dgates = arg_buf(info, 22, op, "dgates", DType::F32, s.T * s.K);
+  host_only(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"hs", &hs}, {"dy", &dy}, {"dx", &dx},
+                 {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}, {"dgates", &dgates}});
+  if (ref) {
+    moe_experts_backward_ref(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),
+                             dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
+                             db2.as<float>(), dgates.as<float>());
+  } else {
+    std::vector<float> dpre((size_t)(S * s.G)), dxr((size_t)(S * s.D));
+    moe_experts_backward(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),
+                         dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
+                         db2.as<float>(), dgates.as<float>(), dpre.data(), dxr.data());
+  }
+  return info.Env().Undefined();
+}
+
+// Primitives. moeExpertUp(T, D, E, K, G, act, gates, offsets, sortedSlots, slotRank, x, w1, b1|null, pre, hs|null)
+Napi::Value JS_moeExpertUp(const Napi::CallbackInfo& info) {
+  const char* op = "moeExpertUp";
+  MoeExpertsShape s = experts_shape(info, 0, op);
+  int64_t S = 0;
+  std::vector<Buf> keep;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  Buf x = arg_buf(info, 10, op, "x", DType::F32, s.T * s.D);
+  Buf w1 = arg_buf(info, 11, op, "w1", DType::F32, s.E * s.D * s.G);
+  Buf b1 = arg_buf_opt(info, 12, op, "b1", DType::F32, s.E * s.G);
+  Buf pre = arg_buf(info, 13, op, "pre", DType::F32, S * s.G);
+  Buf hs = arg_buf_opt(info, 14, op, "hs", DType::F32, S * s.G);
+  host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"pre", &pre}, {"hs", &hs}});
+  moe_expert_up_forward(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), pre.as<float>(), hs.as<float>());
+  return info.Env().Undefined();
+}
+
+// moeExpertDown(T, D, E, K, G, act, gates, offsets, sortedSlots, slotRank, hs, w2, yr)
+Napi::Value JS_moeExpertDown(const Napi::CallbackInfo& info) {
+  const char* op = "moeExpertDown";
+  MoeExpertsShape s = experts_shape(info, 0, op);
+  int64_t S = 0;
+  std::vector<Buf> keep;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  Buf hs = arg_buf(info, 10, op, "hs", DType::F32, S * s.G);
+  Buf w2 = arg_buf(info, 11, op, "w2", DType::F32, s.E * s.G * s.D);
+  Buf yr = arg_buf(info, 12, op, "yr", DType::F32, S * s.D);
+  host_only(op, {{"hs", &hs}, {"w2", &w2}, {"yr", &yr}});
+  moe_expert_down_forward(s, r, hs.as<float>(), w2.as<float>(), yr.as<float>());
+  return info.Env().Undefined();
+}
+
+// moeCombine(T, D, E, K, G, act, gates, offsets, sortedSlots, slotRank, yr, b2|null, y)
+Napi::Value JS_moeCombine(const Napi::CallbackInfo& info) {
+  const char* op = "moeCombine";
+  MoeExpertsShape s = experts_shape(info, 0, op);
+  int64_t S = 0;
+  std::vector<Buf> keep;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  Buf yr = arg_buf(info, 10, op, "yr", DType::F32, S * s.D);
+  Buf b2 = arg_buf_opt(info, 11, op, "b2", DType::F32, s.D);
+  Buf y = arg_buf(info, 12, op, "y", DType::F32, s.T * s.D);
+  host_only(op, {{"yr", &yr}, {"b2", &b2}, {"y", &y}});
+  moe_combine_forward(s, r, yr.as<float>(), b2.as<float>(), y.as<float>());
+  return info.Env().Undefined();
+}
+
+// ---- dense FFN -----------------------------------------------------------------------------------------------
+FfnShape ffn_shape(const Napi::CallbackInfo& info, const char* op) {
+  FfnShape s;
+  s.T = arg_int(info, 0, op, "T", 0, kMaxDim);
+  s.D = arg_int(info, 1, op, "D", 1, kMaxDim);
+  s.F = arg_int(info, 2, op, "F", 1, kMaxDim);
+  s.act = arg_act(info, 3, op);
+  s.topk = arg_int(info, 4, op, "topk", 0, s.F);
+  return s;
+}
+
+// ffnDense(T, D, F, act, topk, ref, x, w1, b1|null, w2, b2|null, pre, h, y)
+Napi::Value JS_ffnDense(const Napi::CallbackInfo& info) {
+  const char* op = "ffnDense";
+  FfnShape s = ffn_shape(info, op);
+  bool ref = arg_bool(info, 5, op, "ref");
+  Buf x = arg_buf(info, 6, op, "x", DType::F32, s.T * s.D);
+  Buf w1 = arg_buf(info, 7, op, "w1", DType::F32, s.D * s.F);
+  Buf b1 = arg_buf_opt(info, 8, op, "b1", DType::F32, s.F);
+  Buf w2 = arg_buf(info, 9, op, "w2", DType::F32, s.F * s.D);
+  Buf b2 = arg_buf_opt(info, 10, op, "b2", DType::F32, s.D);
+  Buf pre = arg_buf(info, 11, op, "pre", DType::F32, s.T * s.F);
+  Buf h = arg_buf(info, 12, op, "h", DType::F32, s.T * s.F);
+  Buf y = arg_buf(info, 13, op, "y", DType::F32, s.T * s.D);
+  host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"h", &h}, {"y", &y}});
+  (ref ? ffn_dense_forward_ref : ffn_dense_forward)(s, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(),
+                                                    b2.as<float>(), pre.as<float>(), h.as<float>(), y.as<float>());
+  return info.Env().Undefined();
+}
+
+// ffnDenseBackward(T, D, F, act, topk, ref, x, w1, w2, pre, h, dy, dx, dw1, db1|null, dw2, db2|null)
+Napi::Value JS_ffnDenseBackward(const Napi::CallbackInfo& info) {
+  const char* op = "ffnDenseBackward";
+  FfnShape s = ffn_shape(info, op);
+  bool ref = arg_bool(info, 5, op, "ref");
+  Buf x = arg_buf(info, 6, op, "x", DType::F32, s.T * s.D);
+  Buf w1 = arg_buf(info, 7, op, "w1", DType::F32, s.D * s.F);
+  Buf w2 = arg_buf(info, 8, op, "w2", DType::F32, s.F * s.D);
+  Buf pre = arg_buf(info, 9, op, "pre", DType::F32, s.T * s.F);
+  Buf h = arg_buf(info, 10, op, "h", DType::F32, s.T * s.F);
+  Buf dy = arg_buf(info, 11, op, "dy", DType::F32, s.T * s.D);
+  Buf dx = arg_buf(info, 12, op, "dx", DType::F32, s.T * s.D);
+  Buf dw1 = arg_buf(info, 13, op, "dw1", DType::F32, s.D * s.F);
+  Buf db1 = arg_buf_opt(info, 14, op, "db1", DType::F32, s.F);
+  Buf dw2 = arg_buf(info, 15, op, "dw2", DType::F32, s.F * s.D);
+  Buf db2 = arg_buf_opt(info, 16, op, "db2", DType::F32, s.D);
+  host_only(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"h", &h}, {"dy", &dy}, {"dx", &dx},
+                 {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}});
+  if (ref) {
+    ffn_dense_backward_ref(s, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), h.as<float>(),
+                           dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
+                           db2.as<float>());
+  } else {
+    std::vector<float> dpre((size_t)(s.T * s.F));
+    ffn_dense_backward(s, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), h.as<float>(),
+                       dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
+                       db2.as<float>(), dpre.data());
+  }
+  return info.Env().Undefined();
+}
+
+Registrar reg([](Napi::Env env, Napi::Object exports) {
+  def(env, exports, "moeRoute", JS_moeRoute);
+  def(env, exports, "moeRouteBackward", JS_moeRouteBackward);
+  def(env, exports, "moeExperts", JS_moeExperts);
+  def(env, exports, "moeExpertsBackward", JS_moeExpertsBackward);
+  def(env, exports, "moeExpertUp", JS_moeExpertUp);
+  def(env, exports, "moeExpertDown", JS_moeExpertDown);
+  def(env, exports, "moeCombine", JS_moeCombine);
+  def(env, exports, "ffnDense", JS_ffnDense);
+  def(env, exports, "ffnDenseBackward", JS_ffnDenseBackward);
+});
+
+}  // namespace
+}  // namespace napi
+}  // namespace sffn
