@@ -1,6 +1,7 @@
 /** The benchmark suites: name -> lazy module with run(args). Each suite lives in bench/<name>.ts. */
 export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise<void> }>> = {
   // gemm
+  gemm: () => import('./gemm.js'),
   // moe
   // pkm
   // train

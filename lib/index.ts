@@ -17,6 +17,7 @@ export {
 export { info, formatInfo, setNumThreads, getNumThreads, setIsa, type BackendInfo } from './info.js';
 
 // ---- ops: GEMM (foundation) ----
+export { gemm, matmul, type GemmOptions } from './ops/gemm.js';
 
 // ---- ops: MoE ----
 export {

@@ -120,7 +120,47 @@ export interface DeviceBinding {
 }
 
 // ---- GEMM (issue: foundation) ----------------------------------------------------------------------------
-export interface GemmBinding {}
+/** Blocking of the active ISA's GEMM: register tile mr×nr, cache blocks kc (reduction), mc (rows), nc (columns). */
+export interface GemmBlockingInfo {
+  isa: 'scalar' | 'avx2' | 'avx512';
+  mr: number;
+  nr: number;
+  kc: number;
+  mc: number;
+  nc: number;
+}
+
+export interface GemmBinding {
+  /**
+   * C = alpha·op(A)·op(B) + beta·C, f32, row-major, over `batch` matrices (matrix b at b·stride* elements).
+   * op(A) is M×K (A stored K×M with row stride lda when transA), op(B) is K×N (stored N×K when transB).
+   * beta = 0: C is write-only. Every touched element must lie inside its array; C must not overlap A or B.
+   */
+  gemm(
+    transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,
+    A: NativeArray, lda: number, B: NativeArray, ldb: number, beta: number, C: NativeArray, ldc: number,
+    batch: number, strideA: number, strideB: number, strideC: number,
+  ): void;
+  /** The same contract through the float64-accumulating reference (kernels/ref/gemm.cpp), single thread. */
+  gemmRef(
+    transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,
+    A: NativeArray, lda: number, B: NativeArray, ldb: number, beta: number, C: NativeArray, ldc: number,
+    batch: number, strideA: number, strideB: number, strideC: number,
+  ): void;
+  /**
+   * The gathered GEMM sffn::gemm_f32_rows on the calling thread, rows given as element offsets:
+   * A(i,k) = A[aRows[i] + k] (aRows has M entries) or A[aRows[k] + i] when aTrans (K entries);
+   * B(k,j) = B[bRows[k] + j] (K entries) or B[bRows[j] + k] when bTrans (N entries); C row i at cRows[i].
+   */
+  gemmRows(
+    aTrans: boolean, bTrans: boolean, M: number, N: number, K: number, alpha: number,
+    A: Float32Array, aRows: Int32Array, B: Float32Array, bRows: Int32Array, beta: number, C: Float32Array,
+    cRows: Int32Array,
+  ): void;
+  gemmBlocking(): GemmBlockingInfo;
+  /** Measured GFLOP/s of independent FMA chains in registers on `threads` pool threads. */
+  fmaPeak(isa: 'scalar' | 'avx2' | 'avx512', threads: number, iterations: number): number;
+}
 
 // ---- MoE (issue: MoE kernels) ----------------------------------------------------------------------------
 export type NativeMoeGate = 'sigmoid' | 'softmax' | 'softmax-renorm';

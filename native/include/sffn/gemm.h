@@ -11,6 +11,8 @@
 #pragma once
 #include <cstdint>
 
+#include "sffn/core.h"
+
 namespace sffn {
 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
@@ -32,5 +34,20 @@ void gemm_f32_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
 // follows the same fixed reduction order as gemm_f32.
 void gemm_f32_rows(bool a_trans, bool b_trans, int64_t M, int64_t N, int64_t K, float alpha, const float* const* a_rows,
                    const float* const* b_rows, float beta, float* const* c_rows);
+
+// ---- tuning and measurement ------------------------------------------------------------------------------
+// The blocking the active ISA's GEMM uses: register tile MR×NR, cache blocks KC (reduction), MC (rows of A per
+// packed block), NC (columns of B per packed panel). Callers that tile work themselves (grouped GEMMs) can
+// align their tiles to MR/NR; K blocks are ceil(K/KC) equal-ish pieces, fixed by K alone.
+struct GemmBlocking {
+  int mr, nr;
+  int64_t kc, mc, nc;
+};
+GemmBlocking gemm_blocking();
+
+// Measured FMA throughput of `isa` in GFLOP/s: independent FMA chains in registers (the scalar path counts a
+// multiply + add as 2 flops) on `threads` pool threads (clamped to [1, num_threads()]), `iterations` rounds.
+// Used by the benchmark to report GEMM speed as a fraction of the machine's peak.
+double gemm_fma_peak(Isa isa, int threads, int64_t iterations);
 
 }  // namespace sffn

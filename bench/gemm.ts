@@ -1,0 +1,149 @@
+/**
+ * CPU GEMM throughput: GFLOP/s (2·M·N·K per call) of gemm (C = A·B, f32, row-major) at squares 512–4096 and
+ * the FFN shapes, with 1 and 2 threads, next to the naive reference (kernels/ref/gemm.cpp, single thread)
+ * and the machine's measured FMA peak (independent FMA chains in registers) for the same thread count.
+ * The reference is timed on the first R rows of C only (its cost is the same for every row), and the table
+ * says so. Also: the transposed variants the FFN backward uses, and the gathered row-pointer GEMM that the
+ * MoE grouped GEMM builds on (single thread, rows gathered from a larger matrix in scrambled order).
+ *
+ *   npm run bench -- gemm [--quick] [--isa avx2|avx512|scalar] [--threads 1,2]
+ *
+ * Prints tables and writes bench/results/gemm-cpu.json.
+ */
+import { getNumThreads, info, setIsa, setNumThreads } from '../lib/index.js';
+import { native } from '../lib/native/loader.js';
+import { parseArgs, printTable, time, writeResults } from './harness.js';
+
+type Isa = 'scalar' | 'avx2' | 'avx512';
+
+function fill(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = s / 2 ** 31 - 1;
+  }
+  return a;
+}
+
+interface Shape {
+  name: string;
+  M: number;
+  K: number;
+  N: number;
+  ta?: boolean;
+  tb?: boolean;
+}
+
+export async function run(args: string[]): Promise<void> {
+  const o = parseArgs(args);
+  const quick = o.quick === true;
+  const n = native();
+  const best = info().cpu.bestIsa as Isa;
+  const isa = (typeof o.isa === 'string' ? o.isa : best) as Isa;
+  setIsa(isa);
+  const savedThreads = getNumThreads();
+  const threadList = String(o.threads ?? '1,2')
+    .split(',')
+    .map(Number);
+
+  const squares = quick ? [1024] : [512, 1024, 2048, 4096];
+  const shapes: Shape[] = [
+    ...squares.map((s) => ({ name: `square ${s}`, M: s, K: s, N: s })),
+    { name: 'FFN up T×D×F', M: 4096, K: 512, N: 2048 },
+    { name: 'FFN down T×F×D', M: 4096, K: 2048, N: 512 },
+    { name: 'FFN T×D×F', M: 2048, K: 256, N: 1024 },
+  ];
+  if (!quick) {
+    // The FFN backward: dX = dY·Wᵀ-style (transB) and dW = Xᵀ·dY (transA), at the 4096×512×2048 shape.
+    shapes.push({ name: 'FFN dX (B transposed)', M: 4096, K: 2048, N: 512, tb: true });
+    shapes.push({ name: 'FFN dW (A transposed)', M: 512, K: 4096, N: 2048, ta: true });
+  }
+
+  try {
+    // Peak first, on a quiet pool: 1 and 2 threads (or as many as asked), ~0.3 s each.
+    const peak: Record<number, number> = {};
+    for (const t of threadList) {
+      setNumThreads(Math.max(t, 1));
+      const probe = n.fmaPeak(isa, t, 1e5);
+      const iters = Math.max(1e5, Math.round((0.3 * probe * 1e9) / t / (isa === 'avx512' ? 768 : isa === 'avx2' ? 192 : 32)));
+      peak[t] = Math.max(n.fmaPeak(isa, t, iters), n.fmaPeak(isa, t, iters));
+    }
+
+    const rows: Record<string, string | number>[] = [];
+    const json: Record<string, unknown>[] = [];
+    for (const s of shapes) {
+      const { M, K, N } = s;
+      const ta = !!s.ta,
+        tb = !!s.tb;
+      const A = fill(M * K, 1),
+        B = fill(K * N, 2),
+        C = new Float32Array(M * N);
+      const lda = ta ? M : K,
+        ldb = tb ? K : N;
+      const flops = 2 * M * N * K;
+      const call = () => n.gemm(ta, tb, M, N, K, 1, A, lda, B, ldb, 0, C, N, 1, 0, 0, 0);
+      const per: Record<number, number> = {};
+      for (const t of threadList) {
+        setNumThreads(t);
+        const tm = time(call, { warmup: 1, minRuns: quick ? 3 : 5, minSeconds: quick ? 0.2 : 0.6, maxRuns: 50 });
+        per[t] = flops / tm.median / 1e9;
+      }
+      // The naive reference on the first R rows (row i of C costs the same for every i).
+      setNumThreads(1);
+      const R = Math.max(1, Math.min(M, Math.round((quick ? 5e7 : 2e8) / (2 * N * K))));
+      const callRef = () => n.gemmRef(ta, tb, R, N, K, 1, A, lda, B, ldb, 0, C, N, 1, 0, 0, 0);
+      const tr = time(callRef, { warmup: 1, minRuns: 3, minSeconds: 0.2, maxRuns: 10 });
+      const refG = (2 * R * N * K) / tr.median / 1e9;
+      const row: Record<string, string | number> = {
+        shape: s.name,
+        'M×K×N': `${M}×${K}×${N}${ta ? ' Aᵀ' : ''}${tb ? ' Bᵀ' : ''}`,
+      };
+      for (const t of threadList) {
+        row[`GFLOP/s ${t}T`] = per[t];
+        row[`% peak ${t}T`] = (100 * per[t]) / peak[t];
+      }
+      row['naive ref GFLOP/s'] = refG;
+      row['ref rows'] = R === M ? 'all' : `${R} of ${M}`;
+      rows.push(row);
+      json.push({ ...s, ta, tb, gflops: per, pctPeak: Object.fromEntries(threadList.map((t) => [t, (100 * per[t]) / peak[t]])), ref: { gflops: refG, rows: R } });
+    }
+
+    // The gathered GEMM (gemm_f32_rows), single thread, against gemm on the same contiguous problem.
+    const gathered: Record<string, string | number>[] = [];
+    const gshapes = quick ? [[512, 512, 2048]] : [[512, 512, 2048], [128, 512, 2048], [512, 2048, 512]];
+    setNumThreads(1);
+    for (const [M, K, N] of gshapes) {
+      const pool = 4 * M; // gather M of 4·M token rows
+      const X = fill(pool * K, 3),
+        W = fill(K * N, 4),
+        Y = new Float32Array(pool * N);
+      const pick = Int32Array.from({ length: M }, (_, i) => (i * 2654435761) % pool);
+      const aRows = pick.map((r) => r * K),
+        cRows = pick.map((r) => r * N),
+        bRows = Int32Array.from({ length: K }, (_, k) => k * N);
+      const flops = 2 * M * N * K;
+      const tg = time(() => n.gemmRows(false, false, M, N, K, 1, X, aRows, W, bRows, 0, Y, cRows), { warmup: 1, minSeconds: 0.3 });
+      const Xc = X.subarray(0, M * K),
+        Yc = new Float32Array(M * N);
+      const tc = time(() => n.gemm(false, false, M, N, K, 1, Xc, K, W, N, 0, Yc, N, 1, 0, 0, 0), { warmup: 1, minSeconds: 0.3 });
+      gathered.push({
+        'M×K×N': `${M}×${K}×${N}`,
+        'gemmRows GFLOP/s': flops / tg.median / 1e9,
+        'gemm GFLOP/s': flops / tc.median / 1e9,
+        '% peak 1T': (100 * flops) / tg.median / 1e9 / peak[1],
+      });
+    }
+
+    printTable(rows, `CPU GEMM (${isa}), C = op(A)·op(B), f32 row-major; GFLOP/s = 2·M·N·K / median time`);
+    console.log(
+      `measured FMA peak (${isa}): ${threadList.map((t) => `${peak[t].toFixed(1)} GFLOP/s on ${t} thread${t > 1 ? 's' : ''}`).join(', ')}`,
+    );
+    console.log('naive ref = kernels/ref/gemm.cpp (triple loop, f64 accumulation, 1 thread), timed on the rows listed');
+    printTable(gathered, 'Gathered GEMM (gemm_f32_rows: A rows gathered, C rows scattered), 1 thread');
+    writeResults('gemm', { isa, threads: threadList, peak, shapes: json, gathered });
+  } finally {
+    setNumThreads(savedThreads);
+    setIsa(best);
+  }
+}
