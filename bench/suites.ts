@@ -3,6 +3,7 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   // gemm
   gemm: () => import('./gemm.js'),
   // moe
+  moe: () => import('./moe.js'),
   // pkm
   // train
   // cuda

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.h"
+#include "sffn/core.h"
 #include "sffn/moe.h"
 
 namespace sffn {
@@ -15,6 +16,9 @@ namespace {
 
 constexpr int64_t kMaxDim = (int64_t)1 << 40;
 constexpr int64_t kMaxI32 = std::numeric_limits<int32_t>::max();
+// Scratch slot for the backward workspaces (dpre); tid 0, taken on the calling thread before the kernel runs.
+// Kernels use slot 7 per thread for their pointer tables, so the two never alias.
+constexpr int kWorkSlot = 6;
 
 MoeGate arg_gate(const Napi::CallbackInfo& info, size_t i, const char* op) {
   std::string s = arg_str(info, i, op, "gate");
@@ -229,9 +233,8 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
     moe_experts_forward_ref(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
                             pre.as<float>(), hs.as<float>(), y.as<float>());
   } else {
-    std::vector<float> yr((size_t)(S * s.D));
     moe_experts_forward(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
-                        pre.as<float>(), hs.as<float>(), yr.data(), y.as<float>());
+                        pre.as<float>(), hs.as<float>(), y.as<float>());
   }
   return info.Env().Undefined();
 }
@@ -264,10 +267,11 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
                              dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
                              db2.as<float>(), dgates.as<float>());
   } else {
-    std::vector<float> dpre((size_t)(S * s.G)), dxr((size_t)(S * s.D));
+    // Grow-only workspace reused across calls (no zeroing of S·G floats per call).
+    float* dpre = static_cast<float*>(scratch(0, kWorkSlot, (size_t)(S * s.G) * sizeof(float)));
     moe_experts_backward(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),
                          dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
-                         db2.as<float>(), dgates.as<float>(), dpre.data(), dxr.data());
+                         db2.as<float>(), dgates.as<float>(), dpre);
   }
   return info.Env().Undefined();
 }
@@ -372,10 +376,10 @@ Napi::Value JS_ffnDenseBackward(const Napi::CallbackInfo& info) {
                            dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
                            db2.as<float>());
   } else {
-    std::vector<float> dpre((size_t)(s.T * s.F));
+    float* dpre = static_cast<float*>(scratch(0, kWorkSlot, (size_t)(s.T * s.F) * sizeof(float)));
     ffn_dense_backward(s, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), h.as<float>(),
                        dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
-                       db2.as<float>(), dpre.data());
+                       db2.as<float>(), dpre);
   }
   return info.Env().Undefined();
 }

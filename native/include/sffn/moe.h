@@ -114,22 +114,21 @@ void moe_expert_down_forward(const MoeExpertsShape& s, const MoeRoutingView& r, 
 void moe_combine_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* yr, const float* b2,
                          float* y);
 
-// The whole expert block (up, act, gate, down, combine). pre, hs [S, G] and yr [S, D] are caller-provided
-// (pre and hs are saved for backward; yr is workspace).
+// The whole expert block (up, act, gate, down, combine). pre, hs [S, G] are caller-provided and saved for
+// backward. The down-projection accumulates straight into y: each column block of y has one owner thread that
+// adds the experts' products in expert-id order (deterministic for any thread count, no [S, D] buffer).
 void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
-                         const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* yr,
-                         float* y);
+                         const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* y);
 
 // Backward from dy [T, D]:
 //   dhs[r] = dy[t] · W2[e]ᵀ;  dgates[t,j] = <dhs[r], act(pre[r])>;  dpre[r] = g · dhs[r] ⊙ act'(pre[r])
 //   dW2[e] = Σ_r hs[r]ᵀ dy[t];  dW1[e] = Σ_r x[t]ᵀ dpre[r];  db1[e] = Σ_r dpre[r];  db2 = Σ_t dy[t]
-//   dx[t]  = Σ_j dpre[rank(t,j)] · W1[e]ᵀ  (fixed-order K-sum)
+//   dx[t]  = Σ_e dpre(rows of t at e) · W1[e]ᵀ  (column owners, expert order, as the forward's combine)
 // Every dW tile has one owner reducing over its expert's rows in rank order (no atomics); experts with no
-// slots get dW = 0. dgates is 0 for slots that were not kept. db1 / db2 may be null. Workspaces:
-// dpre [S, G] and dxr [S, D].
+// slots get dW = 0. dgates is 0 for slots that were not kept. db1 / db2 may be null. Workspace: dpre [S, G].
 void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
                           const float* w2, const float* pre, const float* hs, const float* dy, float* dx, float* dw1,
-                          float* db1, float* dw2, float* db2, float* dgates, float* dpre, float* dxr);
+                          float* db1, float* dw2, float* db2, float* dgates, float* dpre);
 
 // Reference expert block (kernels/ref/moe_experts.cpp): plain loops with double accumulation, computed
 // straight from the slot list (no GEMM); same outputs.

@@ -3,14 +3,15 @@
 //   up:    A rows = x[token(r)] gathered through sorted_slots (no permuted copy of X), B = W1[e] [D, G],
 //          epilogue pre += b1[e]; hs = gate · act(pre) on the tile while it is hot;
 //   down:  A rows = hs[r] (already in rank order), B = W2[e] [G, D], C rows = yr[r];
-//   combine: y[t] = Σ_j yr[rank(t, j)] (+ b2) in slot order j = 0..K-1 (deterministic K-sum).
+//   combine: y[t] = b2 + the token's expert outputs; the fused layer accumulates them straight into y in expert
+//          order by column owners (no [S, D] buffer); the primitives write yr [S, D] and sum it in slot order.
 // Backward: dhs = dy[token]·W2[e]ᵀ with the gate gradient (row dot) and act' in the epilogue; dW2[e] = hsᵀ·dy
 // and dW1[e] = xᵀ·dpre as variable-length reductions (A transposed, its K dimension gathered) where each
-// output tile has one owner walking the expert's rows in rank order; dxr = dpre·W1[e]ᵀ, then the K-sum.
+// output tile has one owner walking the expert's rows in rank order; dx = Σ dpre·W1[e]ᵀ by column owners.
 //
 // Work items are (expert, row block, column block) tiles, split across threads by a static cost-balanced walk;
 // a tile's arithmetic does not depend on which thread runs it, so results are bit-identical for any thread
-// count. x [T, D], w1 [E, D, G], b1 [E, G], w2 [E, G, D], b2 [D], pre/hs/dpre [S, G], yr/dxr [S, D].
+// count. x [T, D], w1 [E, D, G], b1 [E, G], w2 [E, G, D], b2 [D], pre/hs/dpre [S, G], yr [S, D] (primitive only).
 // Spec: kernels/ref/moe_experts.cpp. Test: test/ops/moe-experts.test.ts. Benchmark: npm run bench -- moe.
 #include <algorithm>
 #include <cmath>
@@ -76,6 +77,7 @@ constexpr int kScratchSlot = 7;  // per-thread pointer tables (slot 7 is reserve
 constexpr int64_t kRowBlock = 256;   // rows of one expert per tile (the M block)
 constexpr int64_t kColBlock = 128;   // output columns per tile (the N block)
 constexpr int64_t kRedBlock = 1024;  // rows per step of the dW reductions (accumulated in fixed order)
+constexpr int64_t kOwnerColBlock = 64;  // column blocks of the token-row outputs (y, dx), one owner each
 
 struct Tile {
   int64_t e, m0, m1, n0, n1;
@@ -134,6 +136,23 @@ void for_tiles(const int64_t* off, int64_t E, bool rows_mode, int64_t Mfix, int6
 }
 
 inline int64_t token_of(const MoeRoutingView& r, int64_t rank, int64_t K) { return r.sorted_slots[rank] / K; }
+
+// Column-owner pass for products that land in token rows (y, dx): every thread owns whole column blocks of the
+// [T, N] output and walks all experts in ascending order for them, accumulating into the token rows (beta = 1).
+// No two threads touch the same element, and each element sees the same fixed sequence (init, then the experts
+// of its token in id order) whatever the thread count: deterministic without a per-slot buffer and a K-sum.
+template <class Body>
+void for_column_owners(int64_t N, int64_t NB, double flops, size_t table_ptrs, Body body) {
+  const int64_t nblk = (N + NB - 1) / NB;
+  auto run = [&](int tid, int nt) {
+    char* mem = static_cast<char*>(scratch(tid, kScratchSlot, table_ptrs * 3 * sizeof(void*)));
+    Tables tables{reinterpret_cast<const float**>(mem), reinterpret_cast<const float**>(mem) + table_ptrs,
+                  reinterpret_cast<float**>(mem + 2 * table_ptrs * sizeof(void*))};
+    for (int64_t b = nblk * tid / nt; b < nblk * (tid + 1) / nt; ++b) body(b * NB, std::min(N, (b + 1) * NB), tables);
+  };
+  if (flops < 2e6 || num_threads() == 1 || nblk == 1) run(0, 1);
+  else parallel_run(run);
+}
 
 }  // namespace
 
@@ -218,17 +237,45 @@ void moe_combine_forward(const MoeExpertsShape& s, const MoeRoutingView& r, cons
       16);
 }
 
+// Down-projection fused with the combine: y[t] = b2 + Σ_e (hs rows of t at e)·W2[e], experts in id order.
+static void down_combine(const MoeExpertsShape& s, const MoeRoutingView& r, const float* hs, const float* w2,
+                         const float* b2, float* y) {
+  const int64_t T = s.T, D = s.D, E = s.E, G = s.G, K = s.K;
+  const size_t cap = (size_t)std::max<int64_t>({kRowBlock, D, G});
+  const double flops = 2.0 * (double)r.offsets[E] * (double)G * (double)D;
+  for_column_owners(D, kOwnerColBlock, flops, cap, [&](int64_t n0, int64_t n1, const Tables& tab) {
+    const int64_t n = n1 - n0;
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = y + t * D + n0;
+      if (b2)
+        for (int64_t j = 0; j < n; ++j) o[j] = b2[n0 + j];
+      else
+        std::fill(o, o + n, 0.0f);
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const float* we = w2 + e * G * D + n0;
+      for (int64_t k = 0; k < G; ++k) tab.b[k] = we + k * D;
+      for (int64_t m0 = r.offsets[e]; m0 < r.offsets[e + 1]; m0 += kRowBlock) {
+        const int64_t m = std::min(kRowBlock, r.offsets[e + 1] - m0);
+        for (int64_t i = 0; i < m; ++i) {
+          tab.a[i] = hs + (m0 + i) * G;
+          tab.c[i] = y + token_of(r, m0 + i, K) * D + n0;  // the scatter-add into the token row
+        }
+        gemm_f32_rows(false, false, m, n, G, 1.0f, tab.a, tab.b, 1.0f, tab.c);
+      }
+    }
+  });
+}
+
 void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
-                         const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* yr,
-                         float* y) {
+                         const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* y) {
   moe_expert_up_forward(s, r, x, w1, b1, pre, hs);
-  moe_expert_down_forward(s, r, hs, w2, yr);
-  moe_combine_forward(s, r, yr, b2, y);
+  down_combine(s, r, hs, w2, b2, y);
 }
 
 void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
                           const float* w2, const float* pre, const float* hs, const float* dy, float* dx, float* dw1,
-                          float* db1, float* dw2, float* db2, float* dgates, float* dpre, float* dxr) {
+                          float* db1, float* dw2, float* db2, float* dgates, float* dpre) {
   const int64_t T = s.T, D = s.D, E = s.E, K = s.K, G = s.G;
   const int64_t* off = r.offsets;
   const size_t cap = (size_t)std::max<int64_t>({kRowBlock, kRedBlock, D, G});
@@ -312,24 +359,25 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
     }
   });
 
-  // 4. dxr[r] = dpre[r]·W1[e]ᵀ [S, D].
-  for_tiles(off, E, true, 0, kRowBlock, D, kColBlock, G, false, cap, [&](const Tile& tl, const Tables& tab) {
-    const float** arows = tab.a;
-    const float** brows = tab.b;
-    float** crows = tab.c;
-    const int64_t base = off[tl.e], m = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
-    for (int64_t i = 0; i < m; ++i) {
-      int64_t rk = base + tl.m0 + i;
-      arows[i] = dpre + rk * G;
-      crows[i] = dxr + rk * D + tl.n0;
+  // 4. dx[t] = Σ_e dpre(rows of t at e)·W1[e]ᵀ, column owners accumulating in expert order.
+  const double flops = 2.0 * (double)off[E] * (double)G * (double)D;
+  for_column_owners(D, kOwnerColBlock, flops, cap, [&](int64_t n0, int64_t n1, const Tables& tab) {
+    const int64_t n = n1 - n0;
+    for (int64_t t = 0; t < T; ++t) std::fill(dx + t * D + n0, dx + t * D + n1, 0.0f);
+    for (int64_t e = 0; e < E; ++e) {
+      const float* we = w1 + e * D * G;
+      for (int64_t j = 0; j < n; ++j) tab.b[j] = we + (n0 + j) * G;  // B = W1[e]ᵀ
+      for (int64_t m0 = off[e]; m0 < off[e + 1]; m0 += kRowBlock) {
+        const int64_t m = std::min(kRowBlock, off[e + 1] - m0);
+        for (int64_t i = 0; i < m; ++i) {
+          tab.a[i] = dpre + (m0 + i) * G;
+          tab.c[i] = dx + token_of(r, m0 + i, K) * D + n0;
+        }
+        gemm_f32_rows(false, true, m, n, G, 1.0f, tab.a, tab.b, 1.0f, tab.c);
+      }
     }
-    const float* we = w1 + tl.e * D * G;
-    for (int64_t j = 0; j < n; ++j) brows[j] = we + (tl.n0 + j) * G;  // B = W1[e]ᵀ
-    gemm_f32_rows(false, true, m, n, G, 1.0f, arows, brows, 0.0f, crows);
   });
 
-  // 5. dx[t] = Σ_j dxr[rank(t, j)] in slot order; biases.
-  moe_combine_forward(s, r, dxr, nullptr, dx);
   if (db1)
     parallel_for(
         E,
