@@ -5,6 +5,7 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   // moe
   moe: () => import('./moe.js'),
   // pkm
+  pkm: () => import('./pkm.js'),
   // train
   // cuda
   'gemm-cuda': () => import('./gemm-cuda.js'),

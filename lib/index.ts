@@ -51,8 +51,10 @@ export {
   peerExperts,
   peerExpertsBackward,
   sparseRowsToDense,
+  SparseGradWorkspace,
   subKeyCount,
   memBandwidth,
+  adviseHugePages,
   type PkmScoreAct,
   type PeerAct,
   type PkmTopkOptions,
@@ -60,6 +62,7 @@ export {
   type PeerOptions,
   type SparseRows,
   type ImplOption,
+  type BackwardOptions,
 } from './ops/pkm.js';
 export { adamwStep, sparseAdamwStep, type AdamwOptions } from './ops/optim.js';
 

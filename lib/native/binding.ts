@@ -217,8 +217,13 @@ export interface MoeBinding {
 }
 
 // ---- PKM / PEER (issue: PKM and PEER) --------------------------------------------------------------------
-/** Sparse row gradient as returned by the backward kernels: unique rows ascending, values [U, D] row-major. */
+/**
+ * Sparse row gradient as returned by the backward kernels: the first `count` entries of `rows` are the unique
+ * rows ascending, the first count·D of `values` their gradients; the arrays are the caller's out arrays when
+ * given and large enough, else fresh ones (with headroom when out arrays were given).
+ */
 export interface NativeSparseRows {
+  count: number;
   rows: Int32Array;
   values: Float32Array;
 }
@@ -241,6 +246,7 @@ export interface PkmBinding {
   embeddingBagBackward(
     idx: NativeArray, w: NativeArray, V: NativeArray, dout: NativeArray, dw: NativeArray,
     T: number, J: number, N: number, D: number, ref?: boolean,
+    outRows?: Int32Array | null, outValues?: Float32Array | null,
   ): NativeSparseRows;
   /** act: 0 relu, 1 gelu (erf), 2 silu, 3 identity. */
   peerExperts(
@@ -251,7 +257,10 @@ export interface PkmBinding {
     x: NativeArray, idx: NativeArray, g: NativeArray, U: NativeArray, V: NativeArray, h: NativeArray,
     dout: NativeArray, dx: NativeArray, dg: NativeArray,
     T: number, J: number, N: number, D: number, act: number, ref?: boolean,
-  ): { rows: Int32Array; dU: Float32Array; dV: Float32Array };
+    outRows?: Int32Array | null, outDU?: Float32Array | null, outDV?: Float32Array | null,
+  ): { count: number; rows: Int32Array; dU: Float32Array; dV: Float32Array };
+  /** madvise(MADV_HUGEPAGE) on the array's 2 MiB-aligned interior; false where unsupported. */
+  adviseHugePages(array: HostArray): boolean;
   /** STREAM-like copy and triad bandwidth in GB/s (10⁹ bytes moved per second). */
   memBandwidth(bytes: number, threads: number): { copy: number; triad: number };
 }

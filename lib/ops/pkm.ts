@@ -3,7 +3,7 @@
  * These are the building blocks of the `ProductKeyMemory` and `PEER` layers:
  *
  * - {@link pkmTopk}: exact top-k over N = n² product keys per (token, head), with score activation.
- * - {@link embeddingBag}: `out[t] = Σ_j w[t,j] · V[idx[t,j]]` (the PKM value read).
+ * - {@link embeddingBag}: `out[t] = Σ_j w[t,j] · V[idx[t,j]]`  (the PKM value read).
  * - {@link peerExperts}: `out[t] = Σ_j g[t,j] · act(U[i]·x[t]) · V[i]` (PEER singleton experts, fused).
  *
  * Table gradients come back sparse ({@link SparseRows}: unique rows ascending plus one [U, D] block), built
@@ -23,6 +23,7 @@
  * ```
  */
 import { DeviceError, ShapeError } from '../errors.js';
+import type { HostArray } from '../native/binding.js';
 import { native } from '../native/loader.js';
 import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
 
@@ -239,6 +240,65 @@ export interface SparseRows {
   numRows: number;
 }
 
+/**
+ * Reusable storage for the sparse gradients of {@link embeddingBagBackward} and {@link peerExpertsBackward}.
+ *
+ * At 1024² rows a training step touches ~400k rows, so each backward returns hundreds of MB of gradient rows;
+ * fresh arrays of that size cost more in page faults than the kernel itself. With a workspace the op writes
+ * into buffers kept here (grown with headroom when a batch touches more rows) and the returned tensors are views
+ * into them: valid until the next call with the same workspace. Dispose them as usual; the memory stays with
+ * the workspace until it is dropped.
+ *
+ * @example
+ * ```ts
+ * const ws = new SparseGradWorkspace();
+ * for (const batch of batches) {
+ *   const g = peerExpertsBackward(dOut, x, U, V, idx, gates, h, { workspace: ws });
+ *   sparseAdamwStep(U, mU, vU, stepsU, g.dU, { lr });   // consume before the next backward
+ *   sparseAdamwStep(V, mV, vV, stepsV, g.dV, { lr });
+ * }
+ * ```
+ */
+export class SparseGradWorkspace {
+  /** @internal */ rows: Int32Array | null = null;
+  /** @internal */ a: Float32Array | null = null;
+  /** @internal */ b: Float32Array | null = null;
+  /** @internal */ D = 0;
+
+  /** Bytes held. */
+  get bytes(): number {
+    return (this.rows?.byteLength ?? 0) + (this.a?.byteLength ?? 0) + (this.b?.byteLength ?? 0);
+  }
+
+  /** Drops the buffers (views handed out earlier stay valid; they keep their memory alive until collected). */
+  release(): void {
+    this.rows = this.a = this.b = null;
+  }
+
+  /** @internal Buffers to pass for a table of width D with `nvals` value blocks (null: none yet / wrong kind). */
+  out(D: number, nvals: 1 | 2): [Int32Array | null, Float32Array | null, Float32Array | null] {
+    if (this.D !== D || !this.rows || !this.a || (nvals === 2 && !this.b)) return [null, null, null];
+    return [this.rows, this.a, nvals === 2 ? this.b : null];
+  }
+
+  /** @internal Keeps what the native call used or allocated. */
+  keep(D: number, rows: Int32Array, a: Float32Array, b: Float32Array | null): void {
+    this.D = D;
+    this.rows = rows;
+    this.a = a;
+    if (b) this.b = b;
+  }
+}
+
+function sparseResult(count: number, rows: Int32Array, values: Float32Array, D: number, N: number, copyRows: boolean): SparseRows {
+  const r = rows.subarray(0, count);
+  return {
+    rows: Tensor.fromHost(copyRows ? r.slice() : r, [count]),
+    values: Tensor.fromHost(values.subarray(0, count * D), [count, D]),
+    numRows: N,
+  };
+}
+
 /** The dense [numRows, D] form of a {@link SparseRows} (for small tables and tests). */
 export function sparseRowsToDense(sp: SparseRows): Tensor {
   const op = 'sparseRowsToDense';
@@ -327,7 +387,7 @@ export function embeddingBagBackward(
   V: Tensor,
   indices: Tensor,
   weights: Tensor,
-  opts: ImplOption = {},
+  opts: BackwardOptions = {},
 ): { dWeights: Tensor; dV: SparseRows } {
   const op = 'embeddingBagBackward';
   const { N, D } = tableDims(V, op, 'V');
@@ -337,22 +397,21 @@ export function embeddingBagBackward(
   expectTensor(dOut, op, 'dOut', 'f32', [T, D]);
   cpuOnly(op, { V, indices, weights, dOut });
   const ref = isRef(opts, op);
+  const ws = workspaceOf(opts, op);
+  const [oRows, oVals] = ws ? ws.out(D, 1) : [null, null];
   const dWeights = Tensor.zeros(indices.shape);
   let res;
   try {
     res = native().embeddingBagBackward(
       indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'),
-      dOut.nativeArg(op, 'dOut'), dWeights.nativeArg(op, 'dWeights'), T, J, N, D, ref,
+      dOut.nativeArg(op, 'dOut'), dWeights.nativeArg(op, 'dWeights'), T, J, N, D, ref, oRows, oVals,
     );
   } catch (e) {
     dWeights.dispose();
     throw e;
   }
-  const U = res.rows.length;
-  return {
-    dWeights,
-    dV: { rows: Tensor.fromHost(res.rows, [U]), values: Tensor.fromHost(res.values, [U, D]), numRows: N },
-  };
+  ws?.keep(D, res.rows, res.values, null);
+  return { dWeights, dV: sparseResult(res.count, res.rows, res.values, D, N, false) };
 }
 
 // ---- PEER experts ----------------------------------------------------------------------------------------------
@@ -360,6 +419,19 @@ export function embeddingBagBackward(
 export interface PeerOptions extends ImplOption {
   /** Expert activation σ (default 'relu'; the PEER paper allows ReLU or GELU). */
   act?: PeerAct;
+}
+
+/** Options of the backward ops returning sparse gradients. */
+export interface BackwardOptions extends ImplOption {
+  /** Write the sparse gradients into this workspace's buffers (see {@link SparseGradWorkspace}). */
+  workspace?: SparseGradWorkspace;
+}
+
+function workspaceOf(opts: BackwardOptions, op: string): SparseGradWorkspace | undefined {
+  const ws = opts.workspace;
+  if (ws !== undefined && !(ws instanceof SparseGradWorkspace))
+    throw new TypeError(`${op}: workspace must be a SparseGradWorkspace, got ${String(ws)}`);
+  return ws;
 }
 
 function peerCheck(x: Tensor, U: Tensor, V: Tensor, indices: Tensor, gates: Tensor, op: string) {
@@ -432,7 +504,7 @@ export function peerExpertsBackward(
   indices: Tensor,
   gates: Tensor,
   h: Tensor,
-  opts: PeerOptions = {},
+  opts: PeerOptions & BackwardOptions = {},
 ): { dx: Tensor; dGates: Tensor; dU: SparseRows; dV: SparseRows } {
   const op = 'peerExpertsBackward';
   const { T, J, N, D } = peerCheck(x, U, V, indices, gates, op);
@@ -440,6 +512,8 @@ export function peerExpertsBackward(
   expectTensor(dOut, op, 'dOut', 'f32', [T, D]);
   const a = peerAct(opts.act ?? 'relu', op);
   const ref = isRef(opts, op);
+  const ws = workspaceOf(opts, op);
+  const [oRows, oU, oV] = ws ? ws.out(D, 2) : [null, null, null];
   const dx = Tensor.zeros([T, D]);
   const dGates = Tensor.zeros(indices.shape);
   let res;
@@ -447,20 +521,42 @@ export function peerExpertsBackward(
     res = native().peerExpertsBackward(
       x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
       V.nativeArg(op, 'V'), h.nativeArg(op, 'h'), dOut.nativeArg(op, 'dOut'), dx.nativeArg(op, 'dx'),
-      dGates.nativeArg(op, 'dGates'), T, J, N, D, a, ref,
+      dGates.nativeArg(op, 'dGates'), T, J, N, D, a, ref, oRows, oU, oV,
     );
   } catch (e) {
     dx.dispose();
     dGates.dispose();
     throw e;
   }
-  const nu = res.rows.length;
+  ws?.keep(D, res.rows, res.dU, res.dV);
   return {
     dx,
     dGates,
-    dU: { rows: Tensor.fromHost(res.rows, [nu]), values: Tensor.fromHost(res.dU, [nu, D]), numRows: N },
-    dV: { rows: Tensor.fromHost(res.rows.slice(), [nu]), values: Tensor.fromHost(res.dV, [nu, D]), numRows: N },
+    dU: sparseResult(res.count, res.rows, res.dU, D, N, false),
+    // dV gets its own copy of the (small) row list so the two gradients can be disposed independently.
+    dV: sparseResult(res.count, res.rows, res.dV, D, N, true),
   };
+}
+
+/**
+ * Asks the OS to back a large table with transparent huge pages (Linux madvise MADV_HUGEPAGE; a no-op
+ * returning false elsewhere). Random row reads over a 1 GiB table miss the TLB on nearly every row with
+ * 4 KiB pages; with 2 MiB pages they do not. Call it right after creating the table (Tensor.zeros) and before
+ * filling it: only pages touched afterwards are affected. Worth it for value tables, PEER's U and V, and their
+ * AdamW moments.
+ *
+ * @example
+ * ```ts
+ * const values = Tensor.zeros([1024 * 1024, 256]);
+ * adviseHugePages(values);
+ * values.data().set(init);
+ * ```
+ */
+export function adviseHugePages(t: Tensor): boolean {
+  const op = 'adviseHugePages';
+  expectTensor(t, op, 't');
+  if (t.device !== 'cpu') return false;
+  return native().adviseHugePages(t.nativeArg(op, 't') as HostArray);
 }
 
 /**

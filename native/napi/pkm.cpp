@@ -7,8 +7,11 @@
 // (idx values of gathers and of the top-k backward), so bad input raises a typed JS error, never a crash.
 // Sparse gradients are returned as fresh typed arrays ({ rows: Int32Array [U], ...: Float32Array [U, D] }) since
 // U is known only after the reverse index is built; workspaces live only for the call.
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "common.h"
 #include "sffn/core.h"
@@ -20,12 +23,14 @@ namespace {
 
 constexpr int64_t kMaxI32 = 2147483647;
 
+// Workspaces come from the grow-only scratch arena of the calling thread (tid 0 is the JS thread): fresh
+// allocations of tens of MB per call would cost more in page faults than the kernels take. Slot 6 is reserved
+// for the PKM/PEER N-API layer (MoE kernels use slot 7; the kernels called here use none).
+constexpr int kWorkSlot = 6;
+
 struct Work {
-  void* p = nullptr;
-  explicit Work(size_t bytes) : p(aligned_alloc64(bytes)) {}
-  ~Work() { aligned_free64(p); }
-  Work(const Work&) = delete;
-  Work& operator=(const Work&) = delete;
+  void* p;
+  explicit Work(size_t bytes) : p(scratch(0, kWorkSlot, bytes ? bytes : 64)) {}
 };
 
 // Throws unless every index is in [0, N).
@@ -139,20 +144,62 @@ GatherDims arg_gather_dims(const Napi::CallbackInfo& info, size_t i, const char*
   return g;
 }
 
-// Reverse index of idx [T·J] over N rows; owns its buffers.
+// Reverse index of idx [T·J] over N rows, followed by `extra` bytes of kernel workspace, all in one scratch
+// block (valid for the duration of the call).
 struct RowIndex {
-  std::unique_ptr<int64_t[]> counts, offsets, pos;
-  std::unique_ptr<int32_t[]> rows;
+  int64_t* counts;
+  int64_t* offsets;
+  int64_t* pos;
+  int32_t* rows;
+  void* extra;
   int64_t U = 0;
-  RowIndex(const int32_t* idx, int64_t M, int64_t N) {
+  RowIndex(const int32_t* idx, int64_t M, int64_t N, size_t extra_bytes = 0) {
     const int64_t cap = std::min(M, N) + 1;
-    counts.reset(new int64_t[N + 1]);
-    offsets.reset(new int64_t[cap]);
-    pos.reset(new int64_t[M > 0 ? M : 1]);
-    rows.reset(new int32_t[cap]);
-    U = row_index_build(idx, M, N, counts.get(), rows.get(), offsets.get(), pos.get());
+    auto round = [](size_t b) { return (b + 63) / 64 * 64; };
+    const size_t b_counts = round((size_t)(N + 1) * 8), b_off = round((size_t)cap * 8),
+                 b_pos = round((size_t)std::max<int64_t>(M, 1) * 8), b_rows = round((size_t)cap * 4);
+    char* p = static_cast<char*>(scratch(0, kWorkSlot, b_counts + b_off + b_pos + b_rows + extra_bytes + 64));
+    counts = (int64_t*)p;
+    offsets = (int64_t*)(p + b_counts);
+    pos = (int64_t*)(p + b_counts + b_off);
+    rows = (int32_t*)(p + b_counts + b_off + b_pos);
+    extra = p + b_counts + b_off + b_pos + b_rows;
+    U = row_index_build(idx, M, N, counts, rows, offsets, pos);
   }
 };
+
+// Output arrays of a sparse gradient: the caller's (positions `i`.. of info) when given and large enough, else
+// fresh ones. Growth leaves 25% headroom when the caller reuses buffers, so a workspace stops reallocating.
+struct SparseOut {
+  Napi::Int32Array rows;
+  std::vector<Napi::Float32Array> vals;
+};
+
+SparseOut sparse_out(const Napi::CallbackInfo& info, size_t i, int nvals, const char* op, int64_t U, int64_t D,
+                     int64_t cap_max) {
+  SparseOut o;
+  const bool given = info.Length() > i && !info[i].IsNull() && !info[i].IsUndefined();
+  bool fits = given;
+  if (given) {
+    Buf r = arg_buf(info, i, op, "outRows", DType::I32);
+    fits = r.count >= U;
+    for (int v = 0; v < nvals; ++v) {
+      Buf b = arg_buf(info, i + 1 + v, op, "outValues", DType::F32);
+      if (b.count % D != 0 || b.count / D != r.count)
+        fail(ErrKind::Shape, op, ": outValues must have ", r.count, "·", D, " elements, got ", b.count);
+    }
+  }
+  Napi::Env env = info.Env();
+  if (fits) {
+    o.rows = info[i].As<Napi::Int32Array>();
+    for (int v = 0; v < nvals; ++v) o.vals.push_back(info[i + 1 + v].As<Napi::Float32Array>());
+  } else {
+    const int64_t cap = given ? std::min(cap_max, U + U / 4) : U;
+    o.rows = Napi::Int32Array::New(env, (size_t)cap);
+    for (int v = 0; v < nvals; ++v) o.vals.push_back(Napi::Float32Array::New(env, (size_t)(cap * D)));
+  }
+  return o;
+}
 
 // embeddingBag(idx, w, V, out, T, J, N, D, ref?)
 Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
@@ -171,7 +218,9 @@ Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// embeddingBagBackward(idx, w, V, dout, dw, T, J, N, D, ref?) → { rows: Int32Array [U], values: Float32Array [U·D] }
+// embeddingBagBackward(idx, w, V, dout, dw, T, J, N, D, ref?, outRows?, outValues?)
+//   → { count: U, rows: Int32Array [>= U], values: Float32Array [>= U·D] } (the first U rows are the gradient;
+//   the arrays are outRows/outValues when given and large enough, else fresh).
 Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   const char* op = "embeddingBagBackward";
   GatherDims g = arg_gather_dims(info, 5, op);
@@ -184,19 +233,19 @@ Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   host_only(op, {{"idx", &idx}, {"w", &w}, {"V", &V}, {"dout", &dout}, {"dw", &dw}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N);
-  Napi::Env env = info.Env();
-  auto rows = Napi::Int32Array::New(env, (size_t)ri.U);
-  auto values = Napi::Float32Array::New(env, (size_t)(ri.U * g.D));
-  std::copy(ri.rows.get(), ri.rows.get() + ri.U, rows.Data());
+  SparseOut so = sparse_out(info, 10, 1, op, ri.U, g.D, std::min(g.T * g.J, g.N));
+  std::copy(ri.rows, ri.rows + ri.U, so.rows.Data());
+  float* values = so.vals[0].Data();
   if (ref)
     embedding_bag_backward_ref(g.T, g.J, g.N, g.D, idx.as<int32_t>(), w.as<float>(), V.as<float>(), dout.as<float>(),
-                               dw.as<float>(), ri.U, ri.rows.get(), values.Data());
+                               dw.as<float>(), ri.U, ri.rows, values);
   else
     embedding_bag_backward(g.T, g.J, g.N, g.D, idx.as<int32_t>(), w.as<float>(), V.as<float>(), dout.as<float>(),
-                           dw.as<float>(), ri.U, ri.rows.get(), ri.offsets.get(), ri.pos.get(), values.Data());
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("rows", rows);
-  o.Set("values", values);
+                           dw.as<float>(), ri.U, ri.rows, ri.offsets, ri.pos, values);
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("count", (double)ri.U);
+  o.Set("rows", so.rows);
+  o.Set("values", so.vals[0]);
   return o;
 }
 
@@ -225,8 +274,8 @@ Napi::Value JS_peerExperts(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// peerExpertsBackward(x, idx, g, U, V, h, dout, dx, dg, T, J, N, D, act, ref?)
-//   → { rows: Int32Array [U], dU: Float32Array [U·D], dV: Float32Array [U·D] }
+// peerExpertsBackward(x, idx, g, U, V, h, dout, dx, dg, T, J, N, D, act, ref?, outRows?, outDU?, outDV?)
+//   → { count: U, rows: Int32Array [>= U], dU, dV: Float32Array [>= U·D] } (reuse as in embeddingBagBackward)
 Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   const char* op = "peerExpertsBackward";
   GatherDims g = arg_gather_dims(info, 9, op);
@@ -244,26 +293,25 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   host_only(op, {{"x", &x}, {"idx", &idx}, {"g", &gate}, {"U", &U}, {"V", &V}, {"h", &h}, {"dout", &dout},
                    {"dx", &dx}, {"dg", &dg}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
-  RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N);
-  Napi::Env env = info.Env();
-  auto rows = Napi::Int32Array::New(env, (size_t)ri.U);
-  auto dU = Napi::Float32Array::New(env, (size_t)(ri.U * g.D));
-  auto dV = Napi::Float32Array::New(env, (size_t)(ri.U * g.D));
-  std::copy(ri.rows.get(), ri.rows.get() + ri.U, rows.Data());
+  RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N, peer_backward_work_bytes(g.T, g.J));
+  SparseOut so = sparse_out(info, 15, 2, op, ri.U, g.D, std::min(g.T * g.J, g.N));
+  std::copy(ri.rows, ri.rows + ri.U, so.rows.Data());
+  float* dU = so.vals[0].Data();
+  float* dV = so.vals[1].Data();
   if (ref) {
     peer_backward_ref(g.T, g.J, g.N, g.D, act, x.as<float>(), idx.as<int32_t>(), gate.as<float>(), U.as<float>(),
-                      V.as<float>(), h.as<float>(), dout.as<float>(), dx.as<float>(), dg.as<float>(), ri.U,
-                      ri.rows.get(), dU.Data(), dV.Data());
+                      V.as<float>(), h.as<float>(), dout.as<float>(), dx.as<float>(), dg.as<float>(), ri.U, ri.rows,
+                      dU, dV);
   } else {
-    Work w(peer_backward_work_bytes(g.T, g.J));
     peer_backward(g.T, g.J, g.N, g.D, act, x.as<float>(), idx.as<int32_t>(), gate.as<float>(), U.as<float>(),
-                  V.as<float>(), h.as<float>(), dout.as<float>(), dx.as<float>(), dg.as<float>(), ri.U, ri.rows.get(),
-                  ri.offsets.get(), ri.pos.get(), dU.Data(), dV.Data(), w.p);
+                  V.as<float>(), h.as<float>(), dout.as<float>(), dx.as<float>(), dg.as<float>(), ri.U, ri.rows,
+                  ri.offsets, ri.pos, dU, dV, ri.extra);
   }
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("rows", rows);
-  o.Set("dU", dU);
-  o.Set("dV", dV);
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("count", (double)ri.U);
+  o.Set("rows", so.rows);
+  o.Set("dU", so.vals[0]);
+  o.Set("dV", so.vals[1]);
   return o;
 }
 
@@ -273,7 +321,11 @@ Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   const int64_t bytes = arg_int(info, 0, op, "bytes", 1 << 20, (int64_t)1 << 34);
   const int threads = (int)arg_int(info, 1, op, "threads", 1, 256);
   const int64_t n = bytes / 4;
-  Work a(bytes), b(bytes), c(bytes);
+  struct Buffer {
+    void* p;
+    explicit Buffer(size_t b) : p(aligned_alloc64(b)) {}
+    ~Buffer() { aligned_free64(p); }
+  } a(bytes), b(bytes), c(bytes);
   const int old = num_threads();
   set_num_threads(threads);
   MemBandwidth bw;
@@ -290,7 +342,28 @@ Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// adviseHugePages(array) → bool: asks the kernel to back the array's memory with transparent huge pages
+// (madvise MADV_HUGEPAGE on the 2 MiB-aligned interior). Random row reads over a 1 GiB table miss the TLB on
+// nearly every row with 4 KiB pages; with 2 MiB pages the whole table fits the TLB. Takes effect for pages
+// touched after the call (call it before filling a fresh table). False where unsupported.
+Napi::Value JS_adviseHugePages(const Napi::CallbackInfo& info) {
+  const char* op = "adviseHugePages";
+  Napi::Value v = info[0];
+  if (!v.IsTypedArray()) fail(ErrKind::Type, op, ": array must be a typed array");
+  auto ta = v.As<Napi::TypedArray>();
+  bool ok = false;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = (uintptr_t)2 << 20;
+  uintptr_t b = (uintptr_t)(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+  uintptr_t e = b + ta.ByteLength();
+  uintptr_t ab = (b + huge - 1) & ~(huge - 1), ae = e & ~(huge - 1);
+  if (ae > ab) ok = madvise((void*)ab, ae - ab, MADV_HUGEPAGE) == 0;
+#endif
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
 Registrar reg([](Napi::Env env, Napi::Object exports) {
+  def(env, exports, "adviseHugePages", JS_adviseHugePages);
   def(env, exports, "pkmTopk", JS_pkmTopk);
   def(env, exports, "pkmTopkBackward", JS_pkmTopkBackward);
   def(env, exports, "embeddingBag", JS_embeddingBag);

@@ -9,6 +9,8 @@ import {
   Tensor,
   embeddingBag,
   embeddingBagBackward,
+  SparseGradWorkspace,
+  adviseHugePages,
   sparseRowsToDense,
   type SparseRows,
 } from '../../lib/index.js';
@@ -170,5 +172,66 @@ describe('embeddingBag', () => {
     gone.dispose();
     expect(() => embeddingBag(gone, idx, w)).toThrow(DisposedError);
     expect(() => embeddingBag(V, idx, w).dispose()).not.toThrow();
+  });
+});
+
+describe('SparseGradWorkspace', () => {
+  guardLeaks();
+
+  it('reuses its buffers across calls, grows when a batch touches more rows, and gives the same gradients', () => {
+    const N = 400;
+    const D = 8;
+    using V = Tensor.from(randn(N * D, 1), { shape: [N, D] });
+    const ws = new SparseGradWorkspace();
+    let prevBuffer: ArrayBufferLike | undefined;
+    for (const [T, J, seed] of [
+      [10, 4, 1],
+      [8, 4, 2],
+      [60, 8, 3],
+      [50, 8, 4],
+    ]) {
+      using idx = Tensor.from(randIdx(T * J, N, seed), { shape: [T, J] });
+      using w = Tensor.from(randn(T * J, seed + 10), { shape: [T, J] });
+      using dOut = Tensor.from(randn(T * D, seed + 20), { shape: [T, D] });
+      const fresh = embeddingBagBackward(dOut, V, idx, w);
+      const viaWs = embeddingBagBackward(dOut, V, idx, w, { workspace: ws });
+      expect(Array.from(viaWs.dV.rows.data() as Int32Array)).toEqual(Array.from(fresh.dV.rows.data() as Int32Array));
+      expectBitIdentical(viaWs.dV.values.data() as Float32Array, fresh.dV.values.data() as Float32Array);
+      const buf = (viaWs.dV.values.data() as Float32Array).buffer;
+      // The second call (fewer rows) reuses the first buffer; the third (more rows) grows it.
+      if (seed === 2) expect(buf).toBe(prevBuffer);
+      if (seed === 3) expect(buf).not.toBe(prevBuffer);
+      prevBuffer = buf;
+      for (const t of [fresh.dWeights, viaWs.dWeights]) t.dispose();
+      disposeSparse(fresh.dV);
+      disposeSparse(viaWs.dV);
+    }
+    expect(ws.bytes).toBeGreaterThan(0);
+    ws.release();
+    expect(ws.bytes).toBe(0);
+    using d1 = Tensor.zeros([1, D]);
+    using i1 = Tensor.zeros([1, 1], { dtype: 'i32' });
+    using w1 = Tensor.zeros([1, 1]);
+    expect(() => embeddingBagBackward(d1, V, i1, w1, { workspace: {} as SparseGradWorkspace })).toThrow(
+      /workspace must be a SparseGradWorkspace/,
+    );
+  });
+});
+
+describe('adviseHugePages', () => {
+  guardLeaks();
+
+  it('returns a boolean, keeps the data, and the table still works', () => {
+    using V = Tensor.zeros([8192, 64]); // 2 MiB: has at least one aligned huge page inside on Linux
+    const r = adviseHugePages(V);
+    expect(typeof r).toBe('boolean');
+    (V.data() as Float32Array).set(randn(8192 * 64, 3));
+    using idx = Tensor.from(Int32Array.from([8191, 0]), { shape: [1, 2] });
+    using w = Tensor.from(Float32Array.from([1, 2]), { shape: [1, 2] });
+    using out = embeddingBag(V, idx, w);
+    const v = V.data() as Float32Array;
+    expectClose(out.data() as Float32Array, Array.from({ length: 64 }, (_, i) => v[8191 * 64 + i] + 2 * v[i]));
+    using small = Tensor.zeros([4]);
+    expect(adviseHugePages(small)).toBe(false);
   });
 });

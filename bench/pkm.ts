@@ -1,0 +1,277 @@
+/**
+ * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer] [--bw-mib 256]`.
+ *
+ * Tables use transparent huge pages (adviseHugePages) unless --no-huge.
+ *
+ * - PKM (Lample): Dk = 256, H = 4, k = 32, N = 512², value width D = 256, per-head sub-keys, softmax.
+ * - PEER (He): D = 256, H = 8, k = 16, N = 1024², query width Dk = 256, sub-keys shared by heads, softmax, GELU.
+ *
+ * For T in {1, 512, 4096}: tokens/s of the forward and of a full training step (forward, backward, optimizer), the
+ * time split retrieval / gather / backward / optimizer, and GB/s of the gather kernels against this machine's
+ * measured copy bandwidth. The floor of a bandwidth-bound kernel is the bytes it must move divided by that
+ * bandwidth: forward reads the J = H·k selected rows of each table per token; backward reads them again and
+ * writes one gradient row per distinct row touched. Peak memory is the process's max RSS.
+ */
+import process from 'node:process';
+
+import {
+  Tensor,
+  adamwStep,
+  adviseHugePages,
+  embeddingBag,
+  embeddingBagBackward,
+  getNumThreads,
+  memBandwidth,
+  peerExperts,
+  peerExpertsBackward,
+  pkmTopk,
+  pkmTopkBackward,
+  sparseAdamwStep,
+  SparseGradWorkspace,
+  type SparseRows,
+} from '../lib/index.js';
+import { machine, parseArgs, printTable, time, type Timing } from './harness.js';
+import { writeResults } from './harness.js';
+
+const GiB = 2 ** 30;
+
+// Deterministic uniform fill in [-a, a) (fast enough for 2^28 floats).
+function fillUniform(x: Float32Array, seed: number, a: number): void {
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < x.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    x[i] = ((s >>> 0) / 4294967296 * 2 - 1) * a;
+  }
+}
+
+// Tables get transparent huge pages (see adviseHugePages) unless --no-huge is given.
+let huge = true;
+
+function table(shape: number[]): Tensor {
+  const t = Tensor.zeros(shape);
+  if (huge) adviseHugePages(t);
+  return t;
+}
+
+function randTensor(shape: number[], seed: number, a: number): Tensor {
+  const t = table(shape);
+  fillUniform(t.data() as Float32Array, seed, a);
+  return t;
+}
+
+function maxRssGiB(): number {
+  return (process.resourceUsage().maxRSS * 1024) / GiB;
+}
+
+function disposeSparse(...s: SparseRows[]) {
+  for (const x of s) {
+    x.rows.dispose();
+    x.values.dispose();
+  }
+}
+
+const ms = (t: Timing) => t.median * 1e3;
+
+interface Row {
+  [k: string]: string | number;
+}
+
+function timed(fn: () => void, T: number): Timing {
+  // Fewer repetitions for the big cases: each call moves up to a few GB.
+  return T >= 4096 ? time(fn, { warmup: 1, minRuns: 3, maxRuns: 7, minSeconds: 0.5 }) : time(fn, { warmup: 2, minRuns: 5, minSeconds: 0.3 });
+}
+
+function benchPkm(tokens: number[], bw: number, rows: Row[], json: unknown[]): void {
+  const H = 4;
+  const k = 32;
+  const n = 512;
+  const Dk = 256;
+  const D = 256;
+  const N = n * n;
+  const J = H * k;
+  const values = randTensor([N, D], 1, 1 / Math.sqrt(D));
+  const keys = randTensor([H, 2, n, Dk / 2], 2, 1 / Math.sqrt(Dk / 2));
+  const mV = table([N, D]);
+  const vV = table([N, D]);
+  const steps = Tensor.zeros([N], { dtype: 'i32' });
+  const mK = Tensor.zeros(keys.shape);
+  const vK = Tensor.zeros(keys.shape);
+  for (const T of tokens) {
+    const q = randTensor([T, H, Dk], 10 + T, 1);
+    const dOut = randTensor([T, D], 20 + T, 1);
+    let sel = pkmTopk(q, keys, k);
+    const tRetr = timed(() => {
+      const s = pkmTopk(q, keys, k);
+      for (const t of [s.indices, s.scores, s.weights]) t.dispose();
+    }, T);
+    let out = embeddingBag(values, sel.indices, sel.weights);
+    out.dispose();
+    const tGather = timed(() => embeddingBag(values, sel.indices, sel.weights).dispose(), T);
+    let U = 0;
+    const ws = new SparseGradWorkspace();
+    const tGatherBwd = timed(() => {
+      const b = embeddingBagBackward(dOut, values, sel.indices, sel.weights, { workspace: ws });
+      U = b.dV.rows.size;
+      b.dWeights.dispose();
+      disposeSparse(b.dV);
+    }, T);
+    const bw1 = embeddingBagBackward(dOut, values, sel.indices, sel.weights, { workspace: ws });
+    const tRetrBwd = timed(() => {
+      const g = pkmTopkBackward(bw1.dWeights, q, keys, sel);
+      g.dq.dispose();
+      g.dkeys.dispose();
+    }, T);
+    const gk = pkmTopkBackward(bw1.dWeights, q, keys, sel);
+    let step = 0;
+    const tOpt = timed(() => {
+      step++;
+      sparseAdamwStep(values, mV, vV, steps, bw1.dV, { lr: 1e-3, weightDecay: 0 });
+      adamwStep(keys, gk.dkeys, mK, vK, step, { lr: 1e-3 });
+    }, T);
+    // Bytes that must move: forward reads J value rows per token and writes out; backward reads them again
+    // (dWeights), reads dOut, writes U gradient rows.
+    const fwdBytes = T * J * D * 4 + T * D * 4;
+    const bwdBytes = T * J * D * 4 + T * D * 4 + U * D * 4;
+    const fwd = ms(tRetr) + ms(tGather);
+    const train = fwd + ms(tGatherBwd) + ms(tRetrBwd) + ms(tOpt);
+    const r = {
+      layer: 'PKM',
+      T,
+      'fwd tok/s': Math.round(T / (fwd / 1e3)),
+      'train tok/s': Math.round(T / (train / 1e3)),
+      'retr ms': ms(tRetr),
+      'gather ms': ms(tGather),
+      'gather GB/s': fwdBytes / tGather.median / 1e9,
+      'gather/floor': tGather.median / (fwdBytes / (bw * 1e9)),
+      'bwd gather ms': ms(tGatherBwd),
+      'bwd GB/s': bwdBytes / tGatherBwd.median / 1e9,
+      'bwd/floor': tGatherBwd.median / (bwdBytes / (bw * 1e9)),
+      'bwd retr ms': ms(tRetrBwd),
+      'opt ms': ms(tOpt),
+      'rows U': U,
+      'maxRSS GiB': maxRssGiB(),
+    };
+    rows.push(r);
+    json.push({ ...r, timings: { tRetr, tGather, tGatherBwd, tRetrBwd, tOpt } });
+    for (const t of [q, dOut, sel.indices, sel.scores, sel.weights, bw1.dWeights, gk.dq, gk.dkeys]) t.dispose();
+    disposeSparse(bw1.dV);
+    sel = undefined as never;
+    out = undefined as never;
+  }
+  for (const t of [values, keys, mV, vV, steps, mK, vK]) t.dispose();
+}
+
+function benchPeer(tokens: number[], bw: number, rows: Row[], json: unknown[]): void {
+  const H = 8;
+  const k = 16;
+  const n = 1024;
+  const Dk = 256;
+  const D = 256;
+  const N = n * n;
+  const J = H * k;
+  const U = randTensor([N, D], 3, 1 / Math.sqrt(D));
+  const V = randTensor([N, D], 4, 1 / Math.sqrt(D));
+  const keys = randTensor([1, 2, n, Dk / 2], 5, 1 / Math.sqrt(Dk / 2));
+  const mU = table([N, D]);
+  const vU = table([N, D]);
+  const mV = table([N, D]);
+  const vV = table([N, D]);
+  const sU = Tensor.zeros([N], { dtype: 'i32' });
+  const sV = Tensor.zeros([N], { dtype: 'i32' });
+  const mK = Tensor.zeros(keys.shape);
+  const vK = Tensor.zeros(keys.shape);
+  for (const T of tokens) {
+    const q = randTensor([T, H, Dk], 30 + T, 1);
+    const x = randTensor([T, D], 40 + T, 1);
+    const dOut = randTensor([T, D], 50 + T, 1);
+    const sel = pkmTopk(q, keys, k);
+    const tRetr = timed(() => {
+      const s = pkmTopk(q, keys, k);
+      for (const t of [s.indices, s.scores, s.weights]) t.dispose();
+    }, T);
+    const f = peerExperts(x, U, V, sel.indices, sel.weights, { act: 'gelu' });
+    const tGather = timed(() => {
+      const r = peerExperts(x, U, V, sel.indices, sel.weights, { act: 'gelu' });
+      r.out.dispose();
+      r.h.dispose();
+    }, T);
+    let nu = 0;
+    const ws = new SparseGradWorkspace();
+    const tGatherBwd = timed(() => {
+      const b = peerExpertsBackward(dOut, x, U, V, sel.indices, sel.weights, f.h, { act: 'gelu', workspace: ws });
+      nu = b.dU.rows.size;
+      b.dx.dispose();
+      b.dGates.dispose();
+      disposeSparse(b.dU, b.dV);
+    }, T);
+    const b1 = peerExpertsBackward(dOut, x, U, V, sel.indices, sel.weights, f.h, { act: 'gelu', workspace: ws });
+    const tRetrBwd = timed(() => {
+      const g = pkmTopkBackward(b1.dGates, q, keys, sel);
+      g.dq.dispose();
+      g.dkeys.dispose();
+    }, T);
+    const gk = pkmTopkBackward(b1.dGates, q, keys, sel);
+    let step = 0;
+    const tOpt = timed(() => {
+      step++;
+      sparseAdamwStep(U, mU, vU, sU, b1.dU, { lr: 1e-3, weightDecay: 0 });
+      sparseAdamwStep(V, mV, vV, sV, b1.dV, { lr: 1e-3, weightDecay: 0 });
+      adamwStep(keys, gk.dkeys, mK, vK, step, { lr: 1e-3 });
+    }, T);
+    // Forward reads J rows of U and of V per token (+ x, out); backward reads them again, reads x and dOut,
+    // writes dx and one dU and one dV row per distinct expert touched.
+    const fwdBytes = 2 * T * J * D * 4 + 2 * T * D * 4;
+    const bwdBytes = 2 * T * J * D * 4 + 3 * T * D * 4 + 2 * nu * D * 4;
+    const fwd = ms(tRetr) + ms(tGather);
+    const train = fwd + ms(tGatherBwd) + ms(tRetrBwd) + ms(tOpt);
+    const r = {
+      layer: 'PEER',
+      T,
+      'fwd tok/s': Math.round(T / (fwd / 1e3)),
+      'train tok/s': Math.round(T / (train / 1e3)),
+      'retr ms': ms(tRetr),
+      'gather ms': ms(tGather),
+      'gather GB/s': fwdBytes / tGather.median / 1e9,
+      'gather/floor': tGather.median / (fwdBytes / (bw * 1e9)),
+      'bwd gather ms': ms(tGatherBwd),
+      'bwd GB/s': bwdBytes / tGatherBwd.median / 1e9,
+      'bwd/floor': tGatherBwd.median / (bwdBytes / (bw * 1e9)),
+      'bwd retr ms': ms(tRetrBwd),
+      'opt ms': ms(tOpt),
+      'rows U': nu,
+      'maxRSS GiB': maxRssGiB(),
+    };
+    rows.push(r);
+    json.push({ ...r, timings: { tRetr, tGather, tGatherBwd, tRetrBwd, tOpt } });
+    for (const t of [q, x, dOut, sel.indices, sel.scores, sel.weights, f.out, f.h, b1.dx, b1.dGates, gk.dq, gk.dkeys])
+      t.dispose();
+    disposeSparse(b1.dU, b1.dV);
+  }
+  for (const t of [U, V, keys, mU, vU, mV, vV, sU, sV, mK, vK]) t.dispose();
+}
+
+export async function run(args: string[]): Promise<void> {
+  const opts = parseArgs(args);
+  const tokens = typeof opts.tokens === 'string' ? opts.tokens.split(',').map(Number) : [1, 512, 4096];
+  const only = typeof opts.only === 'string' ? opts.only : undefined;
+  const bwMiB = typeof opts['bw-mib'] === 'string' ? Number(opts['bw-mib']) : 256;
+  huge = !opts['no-huge'];
+  const m = machine();
+  console.log(`machine: ${m.cpu}, ${m.threads} threads, ISA ${m.isa}, commit ${m.commit}`);
+  const bwAll = memBandwidth(bwMiB * 2 ** 20, getNumThreads());
+  console.log(
+    `memory bandwidth (STREAM-like, ${bwMiB} MiB buffers, ${getNumThreads()} threads): copy ${bwAll.copy.toFixed(1)} GB/s, triad ${bwAll.triad.toFixed(1)} GB/s`,
+  );
+  const bw = bwAll.copy;
+  const rows: Row[] = [];
+  const json: unknown[] = [];
+  if (!only || only === 'pkm') benchPkm(tokens, bw, rows, json);
+  if (!only || only === 'peer') benchPeer(tokens, bw, rows, json);
+  printTable(rows, 'PKM (Dk=256, H=4, k=32, N=512², D=256) and PEER (D=256, Dk=256, H=8, k=16, N=1024²); ms are medians');
+  console.log(
+    `\n*/floor = measured time / (bytes that must move / copy bandwidth ${bw.toFixed(1)} GB/s); peak memory ${maxRssGiB().toFixed(2)} GiB max RSS`,
+  );
+  writeResults('pkm', { bandwidth: bwAll, tokens, results: json, maxRssGiB: maxRssGiB() });
+}
