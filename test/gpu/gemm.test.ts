@@ -44,14 +44,18 @@ function problem(
   M: number,
   N: number,
   K: number,
-  opts: { pad?: number; batch?: number; alpha?: number; beta?: number; gap?: number } = {},
+  opts: { pad?: number | 'align8'; batch?: number; alpha?: number; beta?: number; gap?: number } = {},
 ): Problem {
+  // pad 'align8': leading dims and batch strides rounded up to multiples of 8 (16-byte bf16 rows: the cp.async
+  // path of the bf16 kernel); a numeric pad is added as is (odd values force its unaligned fallback).
   const pad = opts.pad ?? 0;
-  const batch = opts.batch ?? 1;
-  const lda = (ta ? M : K) + pad;
-  const ldb = (tb ? K : N) + pad;
-  const ldc = N + pad;
+  const ld = (cols: number) => (pad === 'align8' ? Math.ceil(cols / 8) * 8 : cols + pad);
   const gap = opts.gap ?? 0;
+  const stride = (n: number) => (pad === 'align8' ? Math.ceil((n + gap) / 8) * 8 : n + gap);
+  const batch = opts.batch ?? 1;
+  const lda = ld(ta ? M : K);
+  const ldb = ld(tb ? K : N);
+  const ldc = ld(N);
   return {
     ta,
     tb,
@@ -64,9 +68,9 @@ function problem(
     ldb,
     ldc,
     batch,
-    sa: span(1, 0, ta ? K : M, ta ? M : K, lda) + gap,
-    sb: span(1, 0, tb ? N : K, tb ? K : N, ldb) + gap,
-    sc: span(1, 0, M, N, ldc) + gap,
+    sa: stride(span(1, 0, ta ? K : M, ta ? M : K, lda)),
+    sb: stride(span(1, 0, tb ? N : K, tb ? K : N, ldb)),
+    sc: stride(span(1, 0, M, N, ldc)),
   };
 }
 
@@ -157,21 +161,22 @@ describe.skipIf(!st.gpu)('CUDA GEMM', () => {
     for (const [ta, tb] of TRANS) {
       it(`${dtype} trans=(${ta}, ${tb}) matches float64 over ragged shapes`, () => {
         let seed = 10;
-        for (const [M, N, K] of SHAPES) {
-          const p = problem(ta, tb, M, N, K, { alpha: 1.5 });
-          const { got, want } = run(p, dtype, seed++);
-          expectClose(got, want, tol(dtype, K), `${dtype} ${M}x${N}x${K} ta=${ta} tb=${tb}`);
-        }
+        for (const pad of [0, 'align8'] as const)
+          for (const [M, N, K] of SHAPES) {
+            const p = problem(ta, tb, M, N, K, { alpha: 1.5, pad });
+            const { got, want } = run(p, dtype, seed++);
+            expectClose(got, want, tol(dtype, K), `${dtype} ${M}x${N}x${K} ta=${ta} tb=${tb} pad=${pad}`);
+          }
       });
 
       it(`${dtype} trans=(${ta}, ${tb}) with beta, padded leading dims and strided batches`, () => {
-        // pad 8 keeps bf16 rows 16-byte aligned (cp.async path); pad 3 forces the unaligned fallback.
+        // 'align8' keeps bf16 rows 16-byte aligned (cp.async path); pad 3 forces the unaligned fallback.
         for (const [pad, gap] of [
-          [8, 8],
+          ['align8', 8],
           [3, 5],
-        ]) {
+        ] as const) {
           const p = problem(ta, tb, 70, 45, 83, { pad, batch: 3, gap, alpha: -0.75, beta: 0.5 });
-          const { got, want } = run(p, dtype, 100 + pad);
+          const { got, want } = run(p, dtype, 100 + gap);
           expectClose(got, want, tol(dtype, 83), `${dtype} pad=${pad} gap=${gap}`);
         }
       });
