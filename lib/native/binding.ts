@@ -141,6 +141,12 @@ export interface GemmBinding {
     A: NativeArray, lda: number, B: NativeArray, ldb: number, beta: number, C: NativeArray, ldc: number,
     batch: number, strideA: number, strideB: number, strideC: number,
   ): void;
+  /** The gemm contract with bf16 A and B (Uint16Array bit patterns / bf16 DeviceBuffers), f32 accumulate and C. */
+  gemmBf16(
+    transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,
+    A: NativeArray, lda: number, B: NativeArray, ldb: number, beta: number, C: NativeArray, ldc: number,
+    batch: number, strideA: number, strideB: number, strideC: number,
+  ): void;
   /** The same contract through the float64-accumulating reference (kernels/ref/gemm.cpp), single thread. */
   gemmRef(
     transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,

@@ -6,8 +6,11 @@
  *
  * Shapes: a is [M, K] (or [K, M] with transA), b is [K, N] (or [N, K] with transB). Either may carry a
  * leading batch dimension [B, ·, ·]; a 2-D operand (or a batch of 1) is shared by every matrix of the batch.
+ *
+ * Dtypes: a and b both f32, or both bf16 (f32 accumulation, f32 result). CUDA tensors run the CUDA kernels
+ * (native/kernels/cuda/gemm.cu: bf16 on tensor cores); bf16 on the CPU widens the operands to f32 exactly.
  */
-import { ShapeError } from '../errors.js';
+import { DTypeError, ShapeError } from '../errors.js';
 import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
 import { native } from '../native/loader.js';
 
@@ -50,8 +53,10 @@ function checkScalar(v: unknown, dflt: number, op: string, name: string): number
  */
 export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   const op = 'gemm';
-  expectTensor(a, op, 'a', 'f32');
-  expectTensor(b, op, 'b', 'f32');
+  expectTensor(a, op, 'a');
+  expectTensor(b, op, 'b');
+  if (a.dtype !== 'f32' && a.dtype !== 'bf16') throw new DTypeError(`${op}: a must be f32 or bf16, got ${a.dtype}`);
+  if (b.dtype !== a.dtype) throw new DTypeError(`${op}: b must be ${a.dtype}, got ${b.dtype}`);
   if (opts === null || typeof opts !== 'object') throw new TypeError(`${op}: options must be an object`);
   const transA = checkFlag(opts.transA, op, 'transA');
   const transB = checkFlag(opts.transB, op, 'transB');
@@ -89,7 +94,7 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
     if (beta !== 0) throw new TypeError(`${op}: beta = ${beta} needs out (the tensor to scale and add to)`);
     out = Tensor.zeros(outShape, { device });
   }
-  native().gemm(
+  (a.dtype === 'bf16' ? native().gemmBf16 : native().gemm)(
     transA,
     transB,
     M,

@@ -1,5 +1,7 @@
 // GEMM exports: gemm / gemmRef (C = alpha·op(A)·op(B) + beta·C over strided batches of typed arrays),
-// gemmRows (the gathered row-pointer GEMM, with rows given as element offsets), gemmBlocking and fmaPeak.
+// gemmBf16 (bf16 A and B, f32 accumulation and C), gemmRows (the gathered row-pointer GEMM, with rows given as
+// element offsets), gemmBlocking and fmaPeak. In the CUDA flavor gemm and gemmBf16 also take DeviceBuffers
+// (all three on the device) and run kernels/cuda/gemm.cu.
 //
 // Every element a call can touch is checked to lie inside its array before the kernel runs, and C may not
 // overlap A or B, so no argument can make the kernel read or write out of bounds.
@@ -9,6 +11,10 @@
 #include "common.h"
 #include "sffn/core.h"
 #include "sffn/gemm.h"
+#ifdef SFFN_WITH_CUDA
+#include "cuda_util.h"
+#include "sffn/cuda.h"
+#endif
 
 namespace sffn {
 namespace napi {
@@ -37,18 +43,33 @@ void check_inside(const char* op, const char* name, const Buf& b, const Extent& 
 
 bool overlaps(const Buf& x, const Extent& ex, const Buf& y, const Extent& ey) {
   if (ex.last < ex.first || ey.last < ey.first) return false;
-  const char* x0 = static_cast<const char*>(x.data) + ex.first * 4;
-  const char* x1 = static_cast<const char*>(x.data) + (ex.last + 1) * 4;
-  const char* y0 = static_cast<const char*>(y.data) + ey.first * 4;
-  const char* y1 = static_cast<const char*>(y.data) + (ey.last + 1) * 4;
+  const int64_t sx = (int64_t)dtype_size(x.dtype), sy = (int64_t)dtype_size(y.dtype);
+  const char* x0 = static_cast<const char*>(x.data) + ex.first * sx;
+  const char* x1 = static_cast<const char*>(x.data) + (ex.last + 1) * sx;
+  const char* y0 = static_cast<const char*>(y.data) + ey.first * sy;
+  const char* y1 = static_cast<const char*>(y.data) + (ey.last + 1) * sy;
   return x0 < y1 && y0 < x1;
+}
+
+// bf16 bit patterns -> f32 (exact), for the host path of gemmBf16.
+std::vector<float> widen_bf16(const Buf& b, const Extent& e) {
+  std::vector<float> out((size_t)(e.last + 1));
+  const uint16_t* src = b.as<uint16_t>();
+  for (int64_t i = 0; i <= e.last; ++i) {
+    uint32_t u = (uint32_t)src[i] << 16;
+    std::memcpy(&out[(size_t)i], &u, 4);
+  }
+  return out;
 }
 
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                         float, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
 
 // gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch, strideA, strideB, strideC)
-Napi::Value run_gemm(const Napi::CallbackInfo& info, const char* op, GemmFn fn) {
+// ab: the dtype of A and B (f32, or bf16 for gemmBf16); C is always f32. on_device: whether DeviceBuffers may
+// be passed (the CUDA flavor's gemm and gemmBf16; never the reference).
+Napi::Value run_gemm(const Napi::CallbackInfo& info, const char* op, GemmFn fn, DType ab = DType::F32,
+                     bool on_device = true) {
   if (info.Length() < 17) fail(ErrKind::Type, op, ": expected 17 arguments, got ", info.Length());
   bool ta = arg_bool(info, 0, op, "transA");
   bool tb = arg_bool(info, 1, op, "transB");
@@ -56,9 +77,9 @@ Napi::Value run_gemm(const Napi::CallbackInfo& info, const char* op, GemmFn fn) 
   int64_t N = arg_int(info, 3, op, "N", 0, kMaxDim);
   int64_t K = arg_int(info, 4, op, "K", 0, kMaxDim);
   double alpha = arg_num(info, 5, op, "alpha");
-  Buf A = arg_buf(info, 6, op, "A", DType::F32);
+  Buf A = arg_buf(info, 6, op, "A", ab);
   int64_t lda = arg_int(info, 7, op, "lda", 0, kMaxDim);
-  Buf B = arg_buf(info, 8, op, "B", DType::F32);
+  Buf B = arg_buf(info, 8, op, "B", ab);
   int64_t ldb = arg_int(info, 9, op, "ldb", 0, kMaxDim);
   double beta = arg_num(info, 10, op, "beta");
   Buf C = arg_buf(info, 11, op, "C", DType::F32);
@@ -76,12 +97,7 @@ Napi::Value run_gemm(const Napi::CallbackInfo& info, const char* op, GemmFn fn) 
   if (ldc < N) fail(ErrKind::Shape, op, ": ldc must be >= N=", N, ", got ", ldc);
 
   bool dev = same_device(op, {{"A", &A}, {"B", &B}, {"C", &C}});
-  if (dev) {
-#ifdef SFFN_WITH_CUDA
-    // CUDA hook: the device GEMM (kernels/cuda) is called from here once it exists.
-#endif
-    fail(ErrKind::Device, op, ": device buffers are not supported by this GEMM yet (CPU kernels only)");
-  }
+  if (dev && !on_device) fail(ErrKind::Device, op, ": runs on the CPU only; A, B and C must be host arrays");
 
   // A and B are only read when there is something to accumulate; C is touched whenever M, N > 0.
   bool reads_ab = K > 0 && alpha != 0.0 && M > 0 && N > 0;
@@ -94,6 +110,31 @@ Napi::Value run_gemm(const Napi::CallbackInfo& info, const char* op, GemmFn fn) 
   if (overlaps(C, ec, A, ea)) fail(ErrKind::Range, op, ": C must not overlap A");
   if (overlaps(C, ec, B, eb)) fail(ErrKind::Range, op, ": C must not overlap B");
 
+  if (dev) {
+#ifdef SFFN_WITH_CUDA
+    // Same contract on the GPU. When A and B are not read (K = 0 or alpha = 0) the kernel gets K = 0, so it
+    // never touches them either: C = beta·C.
+    const int64_t k = reads_ab ? K : 0;
+    check_cuda(ab == DType::BF16
+                   ? cuda::gemm_bf16(ta, tb, M, N, k, (float)alpha, A.as<uint16_t>(), lda, B.as<uint16_t>(), ldb,
+                                     (float)beta, C.as<float>(), ldc, batch, sa, sb, sc)
+                   : cuda::gemm_f32(ta, tb, M, N, k, (float)alpha, A.as<float>(), lda, B.as<float>(), ldb,
+                                    (float)beta, C.as<float>(), ldc, batch, sa, sb, sc),
+               op);
+    return info.Env().Undefined();
+#else
+    fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
+#endif
+  }
+
+  if (ab == DType::BF16) {
+    // Host bf16: widen the touched range of A and B to f32 (exact) and run the f32 GEMM.
+    std::vector<float> a32 = reads_ab ? widen_bf16(A, ea) : std::vector<float>(1);
+    std::vector<float> b32 = reads_ab ? widen_bf16(B, eb) : std::vector<float>(1);
+    fn(ta, tb, M, N, K, (float)alpha, a32.data(), lda, b32.data(), ldb, (float)beta, C.as<float>(), ldc, batch, sa,
+       sb, sc);
+    return info.Env().Undefined();
+  }
   fn(ta, tb, M, N, K, (float)alpha, A.as<float>(), lda, B.as<float>(), ldb, (float)beta, C.as<float>(), ldc, batch, sa,
      sb, sc);
   return info.Env().Undefined();
@@ -111,7 +152,11 @@ void gemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
 }
 
 Napi::Value JS_gemm(const Napi::CallbackInfo& info) { return run_gemm(info, "gemm", gemm_fast); }
-Napi::Value JS_gemmRef(const Napi::CallbackInfo& info) { return run_gemm(info, "gemmRef", gemm_reference); }
+Napi::Value JS_gemmRef(const Napi::CallbackInfo& info) {
+  return run_gemm(info, "gemmRef", gemm_reference, DType::F32, false);
+}
+// gemmBf16: the gemm contract with bf16 A and B (Uint16Array bit patterns or bf16 DeviceBuffers), f32 C.
+Napi::Value JS_gemmBf16(const Napi::CallbackInfo& info) { return run_gemm(info, "gemmBf16", gemm_fast, DType::BF16); }
 
 // Row-offset table: `count` Int32 element offsets into an array of `total` elements, rows of `width`.
 template <class T>
@@ -189,6 +234,7 @@ Napi::Value JS_fmaPeak(const Napi::CallbackInfo& info) {
 Registrar reg([](Napi::Env env, Napi::Object exports) {
   def(env, exports, "gemm", JS_gemm);
   def(env, exports, "gemmRef", JS_gemmRef);
+  def(env, exports, "gemmBf16", JS_gemmBf16);
   def(env, exports, "gemmRows", JS_gemmRows);
   def(env, exports, "gemmBlocking", JS_gemmBlocking);
   def(env, exports, "fmaPeak", JS_fmaPeak);

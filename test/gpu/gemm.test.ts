@@ -7,7 +7,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { DeviceError, DisposedError, DTypeError, ShapeError } from '../../lib/index.js';
+import { DeviceError, DisposedError, DTypeError, ShapeError, Tensor, gemm, memory } from '../../lib/index.js';
 import type { NativeDeviceBuffer } from '../../lib/native/binding.js';
 import { native } from '../../lib/native/loader.js';
 import { bf16ToF32, f32ToBf16 } from '../../lib/tensor.js';
@@ -234,5 +234,53 @@ describe.skipIf(!st.gpu)('CUDA GEMM', () => {
     } finally {
       for (const b of [A, B, C, I]) b.dispose();
     }
+  });
+
+  it('gemm() over cuda tensors matches gemm() on the CPU (f32 and bf16, batched with a shared operand, out/beta)', () => {
+    const m0 = memory();
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const mk = (shape: number[], seed: number) => {
+        const n = shape.reduce((x, y) => x * y, 1);
+        const v = randn(n, seed);
+        return dtype === 'bf16'
+          ? Tensor.from(Uint16Array.from(v, f32ToBf16), { shape, dtype: 'bf16' })
+          : Tensor.from(v, { shape });
+      };
+      for (const [ta, tb] of TRANS) {
+        const a = mk(ta ? [3, 77, 45] : [3, 45, 77], 1);
+        const b = mk(tb ? [61, 77] : [77, 61], 2);
+        const c0 = Tensor.from(randn(3 * 45 * 61, 3), { shape: [3, 45, 61] });
+        const cpu = gemm(a, b, { transA: ta, transB: tb, alpha: 0.5, beta: -1, out: c0.clone() });
+        const ga = a.to('cuda');
+        const gb = b.to('cuda');
+        const gc = c0.to('cuda');
+        const gpu = gemm(ga, gb, { transA: ta, transB: tb, alpha: 0.5, beta: -1, out: gc });
+        expect(gpu).toBe(gc);
+        expect(gpu.device).toBe('cuda');
+        expectClose(gpu.data() as Float32Array, cpu.data() as Float32Array, tol(dtype, 77), `${dtype} ta=${ta} tb=${tb}`);
+        const fresh = gemm(ga, gb, { transA: ta, transB: tb });
+        expect(fresh.device).toBe('cuda');
+        expect(fresh.shape).toEqual([3, 45, 61]);
+        for (const t of [a, b, c0, cpu, ga, gb, gc, fresh]) t.dispose();
+      }
+    }
+    expect(memory()).toEqual(m0);
+  });
+
+  it('gemm() rejects mixed devices and disposed cuda tensors; gemmRef stays on the CPU', () => {
+    const a = Tensor.zeros([2, 3], { device: 'cuda' });
+    const b = Tensor.zeros([3, 2]);
+    expect(() => gemm(a, b)).toThrow(DeviceError);
+    expect(() => gemm(a, b)).toThrow(/gemm: b is on cpu but a is on cuda/);
+    const gb = b.to('cuda');
+    gb.dispose();
+    expect(() => gemm(a, gb)).toThrow(DisposedError);
+    const A = native().deviceAlloc!(6, 'f32');
+    const C = native().deviceAlloc!(4, 'f32');
+    expect(() => native().gemmRef(false, false, 2, 2, 3, 1, A, 3, A, 2, 0, C, 2, 1, 0, 0, 0)).toThrow(/gemmRef: runs on the CPU only/);
+    A.dispose();
+    C.dispose();
+    a.dispose();
+    b.dispose();
   });
 });
