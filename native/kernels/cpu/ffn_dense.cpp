@@ -9,6 +9,7 @@
 #include "sffn/core.h"
 #include "sffn/gemm.h"
 #include "sffn/moe.h"
+#include "act.h"
 
 namespace sffn {
 
@@ -49,7 +50,7 @@ void ffn_dense_forward(const FfnShape& s, const float* x, const float* w1, const
           float* hr = h + t * F;
           if (b1)
             for (int64_t f = 0; f < F; ++f) p[f] += b1[f];
-          for (int64_t f = 0; f < F; ++f) hr[f] = act_forward(s.act, p[f]);
+          act_rows(s.act, p, hr, F, 1.0f);
           if (s.topk > 0 && s.topk < F) {
             float th = kth_largest(hr, F, s.topk, tmp);
             for (int64_t f = 0; f < F; ++f)
@@ -84,11 +85,13 @@ void ffn_dense_backward(const FfnShape& s, const float* x, const float* w1, cons
           float* d = dpre + t * F;
           if (s.topk > 0 && s.topk < F) {
             float* a = tmp + F;
-            for (int64_t f = 0; f < F; ++f) a[f] = act_forward(s.act, p[f]);
+            act_rows(s.act, p, a, F, 1.0f);
             float th = kth_largest(a, F, s.topk, tmp);
-            for (int64_t f = 0; f < F; ++f) d[f] = a[f] >= th ? d[f] * act_backward(s.act, p[f]) : 0.0f;
+            act_grad_rows(s.act, p, d, F, 1.0f);
+            for (int64_t f = 0; f < F; ++f)
+              if (!(a[f] >= th)) d[f] = 0.0f;
           } else {
-            for (int64_t f = 0; f < F; ++f) d[f] *= act_backward(s.act, p[f]);
+            act_grad_rows(s.act, p, d, F, 1.0f);
           }
         }
       },

@@ -19,32 +19,25 @@
 #include "sffn/core.h"
 #include "sffn/gemm.h"
 #include "sffn/moe.h"
+#include "act.h"
 
 namespace sffn {
 
-// ---- activations -------------------------------------------------------------------------------------------
-namespace {
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-}  // namespace
-
+// ---- activations (scalar entry points; the kernels use the row helpers of act.h) ---------------------------
 float act_forward(Act act, float a) {
   switch (act) {
-    case Act::Relu: return a > 0 ? a : 0.0f;
-    case Act::Gelu: return 0.5f * a * (1.0f + std::erf(a * kInvSqrt2));  // exact (erf) GELU, as PyTorch
-    case Act::Silu: return a / (1.0f + std::exp(-a));
+    case Act::Relu: return act_detail::relu(a);
+    case Act::Gelu: return act_detail::gelu(a);
+    case Act::Silu: return act_detail::silu(a);
     default: return a;
   }
 }
 
 float act_backward(Act act, float a) {
   switch (act) {
-    case Act::Relu: return a > 0 ? 1.0f : 0.0f;
-    case Act::Gelu: return 0.5f * (1.0f + std::erf(a * kInvSqrt2)) + a * kInvSqrt2Pi * std::exp(-0.5f * a * a);
-    case Act::Silu: {
-      float s = 1.0f / (1.0f + std::exp(-a));
-      return s * (1.0f + a * (1.0f - s));
-    }
+    case Act::Relu: return act_detail::relu_grad(a);
+    case Act::Gelu: return act_detail::gelu_grad(a);
+    case Act::Silu: return act_detail::silu_grad(a);
     default: return 1.0f;
   }
 }
@@ -180,16 +173,7 @@ void moe_expert_up_forward(const MoeExpertsShape& s, const MoeRoutingView& r, co
       float* p = crows[i];
       if (be)
         for (int64_t j = 0; j < n; ++j) p[j] += be[j];
-      if (!hs) continue;
-      float g = r.gates[r.sorted_slots[rk]];
-      float* h = hs + rk * G + tl.n0;
-      switch (s.act) {
-        case Act::Relu:
-          for (int64_t j = 0; j < n; ++j) h[j] = p[j] > 0 ? g * p[j] : 0.0f;
-          break;
-        default:
-          for (int64_t j = 0; j < n; ++j) h[j] = g * act_forward(s.act, p[j]);
-      }
+      if (hs) act_rows(s.act, p, hs + rk * G + tl.n0, n, r.gates[r.sorted_slots[rk]]);
     }
   });
 }
@@ -304,14 +288,8 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
       int64_t slot = r.sorted_slots[rk];
       float g = r.gates[slot];
       const float* a = pre + rk * G;
-      float* d = crows[i];
-      double dot = 0;
-      for (int64_t j = 0; j < G; ++j) {
-        float av = a[j];
-        dot += (double)d[j] * act_forward(s.act, av);
-        d[j] = g * d[j] * act_backward(s.act, av);
-      }
-      dgates[slot] = (float)dot;
+      dgates[slot] = act_dot(s.act, a, crows[i], G);  // before crows[i] turns into dpre
+      act_grad_rows(s.act, a, crows[i], G, g);
     }
   });
 
