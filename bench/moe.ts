@@ -13,7 +13,7 @@
  * forward: route+sort / up (gather GEMM + act + gate) / down+combine; of the backward: experts / route.
  */
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward, getNumThreads } from '../lib/index.js';
-import { moeExpertUp } from '../lib/ops/moe.js';
+import { moeCombine, moeExpertDown, moeExpertUp } from '../lib/ops/moe.js';
 import { machine, parseArgs, printTable, time, writeResults } from './harness.js';
 
 interface Config {
@@ -127,6 +127,13 @@ export async function run(argv: string[]): Promise<void> {
           u.pre.dispose();
           u.hs.dispose();
         }, opts).median;
+        // The same block composed from the public primitives (per-slot [S, D] buffer, then the slot-order k-sum).
+        const tPrims = time(() => {
+          const u = moeExpertUp(x, w1, r, { act: 'relu' });
+          const yr = moeExpertDown(u.hs, w2, r);
+          const y = moeCombine(yr, r);
+          for (const t of [u.pre, u.hs, yr, y]) t.dispose();
+        }, opts).median;
         const tExperts = time(() => {
           const f = moeExperts(x, r, { w1, w2 });
           for (const t of [f.y, f.saved.pre, f.saved.hs]) t.dispose();
@@ -170,12 +177,14 @@ export async function run(argv: string[]): Promise<void> {
           'route ms': ms(tRoute),
           'up ms': ms(tUp),
           'down+combine ms': ms(tExperts - tUp),
+          'fused block ms': ms(tExperts),
+          'primitives ms': ms(tPrims),
           'experts bwd ms': ms(tExpertsBwd),
           'route bwd ms': ms(tRouteBwd),
         });
         results.push({
           ...c, tokens: undefined, T, routing: kind, counts,
-          seconds: { route: tRoute, up: tUp, experts: tExperts, expertsBackward: tExpertsBwd, routeBackward: tRouteBwd, forward: fwd, forwardBackward: fb },
+          seconds: { route: tRoute, up: tUp, experts: tExperts, primitives: tPrims, expertsBackward: tExpertsBwd, routeBackward: tRouteBwd, forward: fwd, forwardBackward: fb },
           dense: { equalFlops: { F: k * G, ...dF }, equalParams: { F: E * G, ...dP } },
         });
       }

@@ -106,6 +106,8 @@ export interface MoeRouting {
   readonly slotRank: Tensor;
   /** [E] i32: slots dropped by capacity per expert. */
   readonly dropped: Tensor;
+  /** [T] i32: experts computing each token (kept slots; varies with adaptive/threshold routing, dropout, capacity). */
+  readonly tokenCounts: Tensor;
   /** S, the number of kept slots. */
   readonly numSlots: number;
   /** Slots dropped by capacity, in total. */
@@ -196,6 +198,8 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
     choices, ids, gates, counts, offsets, sorted, rank, dropped,
   );
   const S = Number(offsets[E]);
+  const perToken = new Int32Array(T);
+  for (let t = 0; t < T; t++) for (let j = 0; j < k; j++) if (ids[t * k + j] >= 0) perToken[t]++;
   let numDropped = 0;
   for (let e = 0; e < E; e++) numDropped += dropped[e];
   const tensors = {
@@ -207,6 +211,7 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
     sortedSlots: Tensor.fromHost(sorted.slice(0, S), [S]),
     slotRank: Tensor.fromHost(rank, [T, k]),
     dropped: Tensor.fromHost(dropped, [E]),
+    tokenCounts: Tensor.fromHost(perToken, [T]),
   };
   return {
     T, E, k, gate, select, threshold, dropout, seed, capacity,

@@ -71,6 +71,8 @@ function checkForward(c: Case, z: Float32Array, impl: 'cpu' | 'ref', seed = 7): 
   expect(Array.from(r.sortedSlots.data() as Int32Array), 'sortedSlots').toEqual(s.sorted);
   expect(Array.from(r.slotRank.data() as Int32Array), 'slotRank').toEqual(s.rank);
   expect(r.numSlots).toBe(s.offsets[c.E]);
+  const perToken = Array.from({ length: c.T }, (_, t) => Array.from(ids.subarray(t * c.k, (t + 1) * c.k)).filter((e) => e >= 0).length);
+  expect(Array.from(r.tokenCounts.data() as Int32Array), 'tokenCounts').toEqual(perToken);
   const kept = (choices as Int32Array).filter((e) => e >= 0).length;
   expect(r.numDropped, 'dropped').toBe(kept - r.numSlots);
   const aux = auxModel(z, choices, cfg);
