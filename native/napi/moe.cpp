@@ -18,7 +18,7 @@ constexpr int64_t kMaxDim = (int64_t)1 << 40;
 constexpr int64_t kMaxI32 = std::numeric_limits<int32_t>::max();
 // Scratch slot for the backward workspaces (dpre); tid 0, taken on the calling thread before the kernel runs.
 // Kernels use slot 7 per thread for their pointer tables, so the two never alias.
-constexpr int kWorkSlot = 6;
+constexpr int kWorkSlot = 5;
 
 MoeGate arg_gate(const Napi::CallbackInfo& info, size_t i, const char* op) {
   std::string s = arg_str(info, i, op, "gate");
