@@ -249,6 +249,7 @@ describe('gemm (native)', () => {
           [301, 517, 777, 1], // split over M
           [13, 1100, 500, 1], // split over N
           [40, 50, 60, 6], // whole matrices per thread
+          [3, 2100, 400, 1], // few rows: unpacked path, split over N
         ]) {
           for (const [ta, tb] of [TRANSPOSES[0], TRANSPOSES[3]]) {
             const A = randn(M * K * batch, 51), B = randn(K * N * batch, 52), C0 = randn(M * N * batch, 53);
@@ -268,10 +269,11 @@ describe('gemm (native)', () => {
   });
 
   it('gemmRows (gathered rows, scattered C) is bit-identical to gemm on the gathered copies, every ISA', async () => {
-    const M = 23, N = 75, K = 130;
+    const N = 75, K = 130;
     for (const isa of await cpuIsas()) {
       await withIsa(isa, () => {
-        for (const [ta, tb] of TRANSPOSES) {
+        // M = 23 takes the packed path, M = 4 the few-rows path.
+        for (const [M, ta, tb] of [...TRANSPOSES.map(([a, b]) => [23, a, b] as const), [4, true, false] as const, [4, false, true] as const]) {
           const aRowsN = ta ? K : M, aWidth = ta ? M : K;
           const bRowsN = tb ? N : K, bWidth = tb ? K : N;
           // Sources hold more rows than needed, with padding; rows are picked in a scrambled order.

@@ -120,7 +120,10 @@ void gemm_pack_b(const GemmSrc* b, bool trans, int64_t k0, int64_t kc, int64_t j
   }
 }
 
-void gemm_kernel(int64_t kc, const float* a, const float* b, float* const* c, float alpha, float beta, int mr, int nr) {
+void gemm_kernel(int64_t kc, const float* a, const float* b, float* const* cp, float alpha, float beta, int mr, int nr) {
+  // Local copies of the row pointers: the compiler need not reload them after every store to C.
+  float* c[MR];
+  for (int r = 0; r < MR; ++r) c[r] = r < mr ? cp[r] : cp[0];
   __m256 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -165,6 +168,140 @@ void gemm_kernel(int64_t kc, const float* a, const float* b, float* const* c, fl
                               : _mm256_fmadd_ps(va, acc[r][v], _mm256_mul_ps(vb, _mm256_maskload_ps(p, m[v])));
       _mm256_maskstore_ps(p, m[v], x);
     }
+  }
+}
+
+// ---- few rows (M <= MR): no packing --------------------------------------------------------------------
+// With at most MR rows of C every element of B is used by one register tile only, so packing B would cost
+// more than the product (GEMV-like calls: generation, small expert tiles). B is read in place.
+namespace {
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// C[0:MROWS, 0:n] with B(k,j) = row(k)[j0 + j]. K runs outermost in groups of KG rows of B, each swept
+// left to right (long sequential streams, no page-hopping down a column of B); between groups the running
+// sums wait in `work` (MROWS·n floats, exact f32 values), so every element is still one FMA chain over k.
+template <int MROWS>
+void small_nn(int64_t n, int64_t K, const float* const* a, const GemmSrc* b, int64_t j0, float* const* c, float alpha,
+              float beta, float* work) {
+  constexpr int KG = 8;
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  for (int64_t k0 = 0; k0 < K; k0 += KG) {
+    const int kg = K - k0 < KG ? (int)(K - k0) : KG;
+    const bool first = k0 == 0, last = k0 + kg == K;
+    const float* bk[KG];
+    for (int q = 0; q < kg; ++q) bk[q] = gemm_src_row(b, k0 + q) + j0;
+    for (int64_t j = 0; j < n; j += NR) {
+      const int64_t nr = n - j < NR ? n - j : NR;
+      __m256i m[NV];
+      #pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) m[v] = lane_mask(nr - 8 * v);
+      __m256 acc[MROWS][NV];
+      #pragma GCC unroll 8
+      for (int r = 0; r < MROWS; ++r)
+        #pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(work + r * n + j + 8 * v, m[v]);
+#pragma GCC unroll 8
+      for (int q = 0; q < kg; ++q) {
+        __m256 bv[NV];
+        #pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) bv[v] = _mm256_maskload_ps(bk[q] + j + 8 * v, m[v]);
+        #pragma GCC unroll 8
+        for (int r = 0; r < MROWS; ++r) {
+          __m256 av = _mm256_broadcast_ss(a[r] + k0 + q);
+          #pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+      }
+      #pragma GCC unroll 8
+      for (int r = 0; r < MROWS; ++r)
+        #pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          if (!last) {
+            _mm256_maskstore_ps(work + r * n + j + 8 * v, m[v], acc[r][v]);
+            continue;
+          }
+          float* p = c[r] + j + 8 * v;
+          __m256 x = beta == 0.0f ? _mm256_mul_ps(va, acc[r][v])
+                                  : _mm256_fmadd_ps(va, acc[r][v], _mm256_mul_ps(vb, _mm256_maskload_ps(p, m[v])));
+          _mm256_maskstore_ps(p, m[v], x);
+        }
+    }
+  }
+}
+
+// C[0:MROWS, 0:n] with B(k,j) = row(j0 + j)[k]: dot products of contiguous rows, 8 lanes of k per FMA, four
+// columns at a time; each element is reduced across lanes in one fixed order.
+template <int MROWS>
+void small_nt(int64_t n, int64_t K, const float* const* a, const GemmSrc* b, int64_t j0, float* const* c, float alpha,
+              float beta, float*) {
+  constexpr int NJ = 4;
+  const __m256i mt = lane_mask(K % 8);
+  const int64_t kfull = K - K % 8;
+  for (int64_t j = 0; j < n; j += NJ) {
+    const int nj = n - j < NJ ? (int)(n - j) : NJ;
+    const float* bp[NJ];
+    #pragma GCC unroll 8
+    for (int q = 0; q < NJ; ++q) bp[q] = gemm_src_row(b, j0 + j + (q < nj ? q : 0));
+    __m256 acc[MROWS][NJ];
+    #pragma GCC unroll 8
+    for (int r = 0; r < MROWS; ++r)
+      #pragma GCC unroll 8
+      for (int q = 0; q < NJ; ++q) acc[r][q] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kfull; k += 8) {
+      __m256 bv[NJ];
+      #pragma GCC unroll 8
+      for (int q = 0; q < NJ; ++q) bv[q] = _mm256_loadu_ps(bp[q] + k);
+      #pragma GCC unroll 8
+      for (int r = 0; r < MROWS; ++r) {
+        __m256 av = _mm256_loadu_ps(a[r] + k);
+        #pragma GCC unroll 8
+        for (int q = 0; q < NJ; ++q) acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+      }
+    }
+    if (kfull < K) {
+      __m256 bv[NJ];
+      #pragma GCC unroll 8
+      for (int q = 0; q < NJ; ++q) bv[q] = _mm256_maskload_ps(bp[q] + kfull, mt);
+      #pragma GCC unroll 8
+      for (int r = 0; r < MROWS; ++r) {
+        __m256 av = _mm256_maskload_ps(a[r] + kfull, mt);
+        #pragma GCC unroll 8
+        for (int q = 0; q < NJ; ++q) acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+      }
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < MROWS; ++r)
+      for (int q = 0; q < nj; ++q) {
+        float s = hsum8(acc[r][q]);
+        float* p = c[r] + j + q;
+        *p = beta == 0.0f ? alpha * s : alpha * s + beta * *p;
+      }
+  }
+}
+
+}  // namespace
+
+void gemm_small(bool b_trans, int m, int64_t n, int64_t K, const float* const* a, const GemmSrc* b, int64_t j0,
+                float* const* c, float alpha, float beta, float* work) {
+  switch (m) {
+#define SFFN_SMALL_CASE(R) \
+  case R: return b_trans ? small_nt<R>(n, K, a, b, j0, c, alpha, beta, work) \
+                 : small_nn<R>(n, K, a, b, j0, c, alpha, beta, work);
+    SFFN_SMALL_CASE(1)
+    SFFN_SMALL_CASE(2)
+    SFFN_SMALL_CASE(3)
+    SFFN_SMALL_CASE(4)
+    SFFN_SMALL_CASE(5)
+    SFFN_SMALL_CASE(6)
+#undef SFFN_SMALL_CASE
+    default: return;
   }
 }
 

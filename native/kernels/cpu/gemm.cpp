@@ -97,19 +97,21 @@ struct Plan {
   GemmPackA pack_a;
   GemmPackB pack_b;
   GemmKernel kernel;
+  GemmSmall small;  // M <= mr without packing; null: use the packed path
 };
 
 Plan plan_for(Isa isa) {
 #ifdef SFFN_GEMM_X86
   // KC: A sliver (MR·KC floats) stays in L1 across a B panel; KC·NC floats of packed B stay in L2.
   if (isa == Isa::Avx512)
-    return {avx512::kGemmMR, avx512::kGemmNR, 384, 1536, 512, avx512::gemm_pack_a, avx512::gemm_pack_b,
-            avx512::gemm_kernel};
+    return {avx512::kGemmMR, avx512::kGemmNR, 512, 1536, 256, avx512::gemm_pack_a, avx512::gemm_pack_b,
+            avx512::gemm_kernel, avx512::gemm_small};
   if (isa == Isa::Avx2)
-    return {avx2::kGemmMR, avx2::kGemmNR, 256, 1536, 512, avx2::gemm_pack_a, avx2::gemm_pack_b, avx2::gemm_kernel};
+    return {avx2::kGemmMR, avx2::kGemmNR, 256, 1536, 512, avx2::gemm_pack_a, avx2::gemm_pack_b, avx2::gemm_kernel,
+            avx2::gemm_small};
 #endif
   (void)isa;
-  return {kScalarMR, kScalarNR, 256, 512, 512, scalar_pack_a, scalar_pack_b, scalar_kernel};
+  return {kScalarMR, kScalarNR, 256, 512, 512, scalar_pack_a, scalar_pack_b, scalar_kernel, nullptr};
 }
 
 // Grow-only, 64-byte aligned packing buffer owned by the calling thread.
@@ -139,9 +141,13 @@ inline float* dst_row(const GemmDst& c, int64_t r) { return c.rows ? c.rows[r] :
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// The unpacked few-rows path serves problems whose whole M fits one register tile. Decided from the whole
+// problem, never from a thread's share, so the arithmetic of an element does not depend on the thread count.
+inline bool use_small(const Plan& p, int64_t M) { return p.small && M <= p.mr; }
+
 // C[m0:m1, n0:n1] = alpha · op(A)[m0:m1, :] · op(B)[:, n0:n1] + beta · C[m0:m1, n0:n1], on this thread.
-void gemm_block(const Plan& p, bool ta, bool tb, int64_t K, float alpha, const GemmSrc& A, const GemmSrc& B, float beta,
-                const GemmDst& C, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+void gemm_block(const Plan& p, bool small, bool ta, bool tb, int64_t K, float alpha, const GemmSrc& A,
+                const GemmSrc& B, float beta, const GemmDst& C, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   if (m0 >= m1 || n0 >= n1) return;
   if (K == 0 || alpha == 0.0f) {
     // Nothing to accumulate (BLAS: A and B are not read when alpha == 0).
@@ -149,6 +155,26 @@ void gemm_block(const Plan& p, bool ta, bool tb, int64_t K, float alpha, const G
       float* c = dst_row(C, i);
       for (int64_t j = n0; j < n1; ++j) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
     }
+    return;
+  }
+  if (small) {
+    const int m = (int)(m1 - m0);
+    const float* arow[8];
+    float* crow[8];
+    if (!ta) {
+      for (int r = 0; r < m; ++r) arow[r] = gemm_src_row(&A, m0 + r);
+    } else {
+      // A(i,k) = row(k)[i]: gather the few columns into contiguous rows first (m·K floats).
+      float* ap = t_pack_a.get((size_t)(m * K));
+      for (int64_t k = 0; k < K; ++k) {
+        const float* src = gemm_src_row(&A, k) + m0;
+        for (int r = 0; r < m; ++r) ap[r * K + k] = src[r];
+      }
+      for (int r = 0; r < m; ++r) arow[r] = ap + r * K;
+    }
+    for (int r = 0; r < m; ++r) crow[r] = dst_row(C, m0 + r) + n0;
+    float* work = t_pack_b.get((size_t)(m * (n1 - n0)));
+    p.small(tb, m, n1 - n0, K, arow, &B, n0, crow, alpha, beta, work);
     return;
   }
   const int64_t nkb = (K + p.kc - 1) / p.kc;
@@ -204,7 +230,7 @@ void gemm_f32_rows(bool a_trans, bool b_trans, int64_t M, int64_t N, int64_t K, 
   const Plan p = plan_for(active_isa());
   GemmSrc A{nullptr, 0, a_rows}, B{nullptr, 0, b_rows};
   GemmDst C{nullptr, 0, c_rows};
-  gemm_block(p, a_trans, b_trans, K, alpha, A, B, beta, C, 0, M, 0, N);
+  gemm_block(p, use_small(p, M), a_trans, b_trans, K, alpha, A, B, beta, C, 0, M, 0, N);
 }
 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
@@ -212,10 +238,11 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
               int64_t stride_b, int64_t stride_c) {
   if (M <= 0 || N <= 0 || batch <= 0) return;
   const Plan p = plan_for(active_isa());
+  const bool small = use_small(p, M);
   auto one = [&](int64_t b, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     GemmSrc a{A + b * stride_a, lda, nullptr}, bm{B + b * stride_b, ldb, nullptr};
     GemmDst c{C + b * stride_c, ldc, nullptr};
-    gemm_block(p, trans_a, trans_b, K, alpha, a, bm, beta, c, m0, m1, n0, n1);
+    gemm_block(p, small, trans_a, trans_b, K, alpha, a, bm, beta, c, m0, m1, n0, n1);
   };
   int nt = num_threads();
   const double flops = 2.0 * (double)M * (double)N * (double)(K > 0 ? K : 1) * (double)batch;
@@ -234,7 +261,7 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
     return;
   }
   // Split the larger side of C, so the operand every thread must pack in full is the smaller one.
-  const bool split_m = M >= N ? M >= 2 * p.mr : !(N >= 2 * p.nr);
+  const bool split_m = !small && (M >= N ? M >= 2 * p.mr : !(N >= 2 * p.nr));
   parallel_run([&](int tid, int nthreads) {
     for (int64_t b = 0; b < batch; ++b) {
       int64_t lo, hi;

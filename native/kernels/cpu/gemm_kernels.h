@@ -34,11 +34,20 @@ using GemmPackB = void (*)(const GemmSrc* b, bool trans, int64_t k0, int64_t kc,
 using GemmKernel = void (*)(int64_t kc, const float* a, const float* b, float* const* c, float alpha, float beta, int mr,
                             int nr);
 
+// Few rows (m <= MR), nothing packed: C[0:m, 0:n] = alpha·A·B + beta·C, where A row r is a[r][0:K]
+// (contiguous), B(k,j) = row(k)[j0+j] (b_trans = false) or row(j0+j)[k] (b_trans = true), c[r] points at
+// C(r, 0); work holds m·n floats (64-byte aligned). Every element is one FMA chain (b_trans = false) or one
+// fixed-order lane reduction (b_trans = true) over the whole K.
+using GemmSmall = void (*)(bool b_trans, int m, int64_t n, int64_t K, const float* const* a, const GemmSrc* b,
+                           int64_t j0, float* const* c, float alpha, float beta, float* work);
+
 namespace avx512 {
 constexpr int kGemmMR = 6, kGemmNR = 64;
 void gemm_pack_a(const GemmSrc* a, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst);
 void gemm_pack_b(const GemmSrc* b, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst);
 void gemm_kernel(int64_t kc, const float* a, const float* b, float* const* c, float alpha, float beta, int mr, int nr);
+void gemm_small(bool b_trans, int m, int64_t n, int64_t K, const float* const* a, const GemmSrc* b, int64_t j0,
+                float* const* c, float alpha, float beta, float* work);
 // Independent FMA chains in registers; returns a value that depends on all of them. flops per call: 768·iters.
 float gemm_fma_loop(int64_t iters);
 }  // namespace avx512
@@ -48,6 +57,8 @@ constexpr int kGemmMR = 6, kGemmNR = 16;
 void gemm_pack_a(const GemmSrc* a, bool trans, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst);
 void gemm_pack_b(const GemmSrc* b, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst);
 void gemm_kernel(int64_t kc, const float* a, const float* b, float* const* c, float alpha, float beta, int mr, int nr);
+void gemm_small(bool b_trans, int m, int64_t n, int64_t K, const float* const* a, const GemmSrc* b, int64_t j0,
+                float* const* c, float alpha, float beta, float* work);
 // flops per call: 192·iters (12 ymm chains).
 float gemm_fma_loop(int64_t iters);
 }  // namespace avx2
