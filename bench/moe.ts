@@ -1,6 +1,6 @@
 /**
  * MoE benchmark: `npm run bench -- moe [--config anchor,small] [--tokens 1,64,512,4096]
- *   [--routing uniform,random,skewed,one] [--min-seconds 0.3]`.
+ *   [--routing uniform,random,skewed,one] [--rounds N]`.
  *
  * Configurations (kernels.md §8): the σ-MoE anchor D=512, G=128, E=32, k=4 for T in {1, 64, 512, 4096}, and
  * D=256, G=64, E=16, k=4 at T=2048. Routing: uniform (perfectly balanced), random (Gaussian logits), skewed
@@ -10,11 +10,12 @@
  * (F = k·G) and at equal parameters (F = E·G), all ReLU, no biases, timed side by side in one run. GFLOP/s count
  * useful work only: 4·T·k·D·G per MoE forward (×3 for forward+backward), 4·T·D·F per dense forward. The selector
  * GEMM (2·T·D·E, about 3% of the MoE FLOPs at the anchor) is not included on either side. Time split of the
- * forward: route+sort / up (gather GEMM + act + gate) / down+combine; of the backward: experts / route.
+ * forward: route+sort / up (gather GEMM + act + gate) / down+combine; of the backward: experts / route. All
+ * functions of one (config, T) run once per round in turn (so load changes hit MoE and dense alike); medians.
  */
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward, getNumThreads } from '../lib/index.js';
 import { moeCombine, moeExpertDown, moeExpertUp } from '../lib/ops/moe.js';
-import { machine, parseArgs, printTable, time, writeResults } from './harness.js';
+import { machine, parseArgs, printTable, writeResults } from './harness.js';
 
 interface Config {
   name: string;
@@ -83,8 +84,6 @@ export async function run(argv: string[]): Promise<void> {
   const configs = CONFIGS.filter((c) => !pick('config') || pick('config')!.includes(c.name));
   const tokenFilter = pick('tokens')?.map(Number);
   const routings = (pick('routing') ?? ['uniform', 'random', 'skewed', 'one']) as Routing[];
-  const minSeconds = Number(args['min-seconds'] ?? 0.3);
-  const opts = { warmup: 1, minRuns: 3, maxRuns: 50, minSeconds };
   const m = machine();
   console.log(`moe benchmark: ${m.cpu}, ${m.cores} cores, ${getNumThreads()} threads, ${m.isa}, commit ${m.commit}`);
 
@@ -101,58 +100,92 @@ export async function run(argv: string[]): Promise<void> {
     for (const T of c.tokens.filter((t) => !tokenFilter || tokenFilter.includes(t))) {
       const x = filled([T, D], 7, 1);
       const dy = filled([T, D], 8, 1);
-      const timeDense = (p: { w1: Tensor; w2: Tensor }) => {
-        const fwd = time(() => {
+      // Every measured function runs once per round, all of them in turn, so a change of machine load hits
+      // the MoE and the dense rows alike; medians over the rounds.
+      const fns: Record<string, () => void> = {};
+      const dense = (name: string, p: { w1: Tensor; w2: Tensor }) => {
+        fns[`${name}.fwd`] = () => {
           const f = ffnDense(x, p);
-          f.y.dispose();
-          f.saved.pre.dispose();
-          f.saved.h.dispose();
-        }, opts);
-        const fb = time(() => {
+          for (const t of [f.y, f.saved.pre, f.saved.h]) t.dispose();
+        };
+        fns[`${name}.fb`] = () => {
           const f = ffnDense(x, p);
           const g = ffnDenseBackward(dy, x, p, f.saved);
           for (const t of [f.y, f.saved.pre, f.saved.h, g.dx, g.dw1, g.dw2]) t.dispose();
-        }, opts);
-        return { fwd: fwd.median, fb: fb.median };
+        };
       };
-      const dF = timeDense(eqFlops);
-      const dP = timeDense(eqParams);
-      for (const kind of routings) {
+      dense('dF', eqFlops);
+      dense('dP', eqParams);
+      const perRouting = routings.map((kind) => {
         const z = logits(T, E, k, kind, 11);
         const route = () => moeRoute(z, { k, gate: 'sigmoid' });
-        const tRoute = time(() => route().dispose(), opts).median;
         const r = route();
-        const tUp = time(() => {
+        const f = moeExperts(x, r, { w1, w2 });
+        const g = moeExpertsBackward(dy, x, r, { w1, w2 }, f.saved);
+        fns[`${kind}.route`] = () => route().dispose();
+        fns[`${kind}.up`] = () => {
           const u = moeExpertUp(x, w1, r, { act: 'relu' });
-          u.pre.dispose();
-          u.hs.dispose();
-        }, opts).median;
+          for (const t of [u.pre, u.hs]) t.dispose();
+        };
+        fns[`${kind}.experts`] = () => {
+          const o = moeExperts(x, r, { w1, w2 });
+          for (const t of [o.y, o.saved.pre, o.saved.hs]) t.dispose();
+        };
         // The same block composed from the public primitives (per-slot [S, D] buffer, then the slot-order k-sum).
-        const tPrims = time(() => {
+        fns[`${kind}.prims`] = () => {
           const u = moeExpertUp(x, w1, r, { act: 'relu' });
           const yr = moeExpertDown(u.hs, w2, r);
           const y = moeCombine(yr, r);
           for (const t of [u.pre, u.hs, yr, y]) t.dispose();
-        }, opts).median;
-        const tExperts = time(() => {
-          const f = moeExperts(x, r, { w1, w2 });
-          for (const t of [f.y, f.saved.pre, f.saved.hs]) t.dispose();
-        }, opts).median;
-        const f = moeExperts(x, r, { w1, w2 });
-        const tExpertsBwd = time(() => {
-          const g = moeExpertsBackward(dy, x, r, { w1, w2 }, f.saved);
-          for (const t of [g.dx, g.dw1, g.dw2, g.dgates]) t.dispose();
-        }, opts).median;
-        const g = moeExpertsBackward(dy, x, r, { w1, w2 }, f.saved);
-        const tRouteBwd = time(() => moeRouteBackward(z, r, g.dgates, { entropy: 1e-3 }).dispose(), opts).median;
-        for (const t of [f.y, f.saved.pre, f.saved.hs, g.dx, g.dw1, g.dw2, g.dgates]) t.dispose();
-        const fwd = tRoute + tExperts;
-        const fb = fwd + tExpertsBwd + tRouteBwd;
-        const flop = 4 * T * k * D * G;
+        };
+        fns[`${kind}.expertsBwd`] = () => {
+          const o = moeExpertsBackward(dy, x, r, { w1, w2 }, f.saved);
+          for (const t of [o.dx, o.dw1, o.dw2, o.dgates]) t.dispose();
+        };
+        fns[`${kind}.routeBwd`] = () => moeRouteBackward(z, r, g.dgates, { entropy: 1e-3 }).dispose();
+        // One whole layer step, as a training loop runs it.
+        fns[`${kind}.fwd`] = () => {
+          const rr = route();
+          const o = moeExperts(x, rr, { w1, w2 });
+          for (const t of [o.y, o.saved.pre, o.saved.hs]) t.dispose();
+          rr.dispose();
+        };
+        fns[`${kind}.fb`] = () => {
+          const rr = route();
+          const o = moeExperts(x, rr, { w1, w2 });
+          const gg = moeExpertsBackward(dy, x, rr, { w1, w2 }, o.saved);
+          const dz = moeRouteBackward(z, rr, gg.dgates, { entropy: 1e-3 });
+          for (const t of [o.y, o.saved.pre, o.saved.hs, gg.dx, gg.dw1, gg.dw2, gg.dgates, dz]) t.dispose();
+          rr.dispose();
+        };
         const counts = Array.from(r.counts.data() as Int32Array);
-        r.dispose();
-        z.dispose();
-        const row = {
+        const release = () => {
+          for (const t of [f.y, f.saved.pre, f.saved.hs, g.dx, g.dw1, g.dw2, g.dgates, z]) t.dispose();
+          r.dispose();
+        };
+        return { kind, counts, release };
+      });
+      const rounds = Number(args.rounds ?? (T >= 2048 ? 5 : T >= 256 ? 9 : 21));
+      const samples: Record<string, number[]> = {};
+      for (const name of Object.keys(fns)) {
+        fns[name](); // warm-up
+        samples[name] = [];
+      }
+      for (let i = 0; i < rounds; i++)
+        for (const [name, fn] of Object.entries(fns)) {
+          const t0 = process.hrtime.bigint();
+          fn();
+          samples[name].push(Number(process.hrtime.bigint() - t0) / 1e9);
+        }
+      const t = (name: string) => {
+        const a = samples[name].sort((p, q) => p - q);
+        return a[a.length >> 1];
+      };
+      const flop = 4 * T * k * D * G;
+      for (const { kind, counts, release } of perRouting) {
+        const fwd = t(`${kind}.fwd`);
+        const fb = t(`${kind}.fb`);
+        rows.push({
           config: c.name,
           T,
           routing: kind,
@@ -161,32 +194,36 @@ export async function run(argv: string[]): Promise<void> {
           'fwd GF/s': flop / fwd / 1e9,
           'f+b ms': ms(fb),
           'f+b GF/s': (3 * flop) / fb / 1e9,
-          'dense=FLOP f+b ms': ms(dF.fb),
-          'dense=FLOP GF/s': (3 * flop) / dF.fb / 1e9,
-          'dense=param f+b ms': ms(dP.fb),
-          'moe/dense=FLOP fwd': fwd / dF.fwd,
-          'moe/dense=FLOP f+b': fb / dF.fb,
-          'moe/dense=param f+b': fb / dP.fb,
-          'route share': (tRoute + tRouteBwd) / fb,
-        };
-        rows.push(row);
+          'dense=FLOP f+b ms': ms(t('dF.fb')),
+          'dense=FLOP GF/s': (3 * flop) / t('dF.fb') / 1e9,
+          'dense=param f+b ms': ms(t('dP.fb')),
+          'moe/dense=FLOP fwd': fwd / t('dF.fwd'),
+          'moe/dense=FLOP f+b': fb / t('dF.fb'),
+          'moe/dense=param f+b': fb / t('dP.fb'),
+          'route share': (t(`${kind}.route`) + t(`${kind}.routeBwd`)) / fb,
+        });
         splits.push({
           config: c.name,
           T,
           routing: kind,
-          'route ms': ms(tRoute),
-          'up ms': ms(tUp),
-          'down+combine ms': ms(tExperts - tUp),
-          'fused block ms': ms(tExperts),
-          'primitives ms': ms(tPrims),
-          'experts bwd ms': ms(tExpertsBwd),
-          'route bwd ms': ms(tRouteBwd),
+          'route ms': ms(t(`${kind}.route`)),
+          'up ms': ms(t(`${kind}.up`)),
+          'down+combine ms': ms(t(`${kind}.experts`) - t(`${kind}.up`)),
+          'fused block ms': ms(t(`${kind}.experts`)),
+          'primitives ms': ms(t(`${kind}.prims`)),
+          'experts bwd ms': ms(t(`${kind}.expertsBwd`)),
+          'route bwd ms': ms(t(`${kind}.routeBwd`)),
         });
+        const seconds: Record<string, number> = {};
+        for (const name of Object.keys(samples)) if (name.startsWith(`${kind}.`)) seconds[name.slice(kind.length + 1)] = t(name);
         results.push({
-          ...c, tokens: undefined, T, routing: kind, counts,
-          seconds: { route: tRoute, up: tUp, experts: tExperts, primitives: tPrims, expertsBackward: tExpertsBwd, routeBackward: tRouteBwd, forward: fwd, forwardBackward: fb },
-          dense: { equalFlops: { F: k * G, ...dF }, equalParams: { F: E * G, ...dP } },
+          config: c.name, D, G, E, k, T, routing: kind, counts, rounds, seconds,
+          dense: {
+            equalFlops: { F: k * G, fwd: t('dF.fwd'), fb: t('dF.fb') },
+            equalParams: { F: E * G, fwd: t('dP.fwd'), fb: t('dP.fb') },
+          },
         });
+        release();
       }
       x.dispose();
       dy.dispose();

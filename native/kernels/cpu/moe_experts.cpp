@@ -83,68 +83,106 @@ struct Tables {
   float** c;
 };
 
-// Walks every tile of a grouped problem and runs body(tile, tid, tables) on exactly one thread.
-//   rows_mode: the tile rows are the expert's slots (M = m_e); otherwise M = Mfix for every expert and the
-//   cost scales with m_e (the dW reductions). with_empty: experts with m_e = 0 still get their tiles
-//   (to zero their dW).
-// The split is a static walk over the cumulative cost, so it depends only on (shapes, routing, thread count),
-// and each tile's arithmetic is independent of the owner.
-template <class Body>
-void for_tiles(const int64_t* off, int64_t E, bool rows_mode, int64_t Mfix, int64_t MB, int64_t N, int64_t NB,
-               int64_t kdim, bool with_empty, size_t table_ptrs, Body body) {
-  auto tile_cost = [&](int64_t m_e, int64_t dm, int64_t dn) -> double {
-    return (double)dm * (double)dn * (double)(rows_mode ? kdim : std::max<int64_t>(m_e, 1)) + 1e3;
-  };
-  double total = 0;
+// Work items. A pass is a fixed-order list of items, each with a cost (≈ multiply-adds) and a body; run_items
+// splits the list across threads by a static walk over the cumulative cost, so the split depends only on
+// (shapes, routing, thread count), and no item's arithmetic depends on which thread runs it. Several passes
+// whose outputs are disjoint can share one list (one barrier instead of several).
+
+// The tiles of a grouped problem: visit(cost, tile).
+//   rows_mode: tile rows are the expert's slots (M = m_e); otherwise M = Mfix for every expert and the cost
+//   scales with m_e (the dW reductions). with_empty: experts with m_e = 0 still get tiles (to zero their dW).
+template <class Visit>
+void enum_tiles(const int64_t* off, int64_t E, bool rows_mode, int64_t Mfix, int64_t MB, int64_t N, int64_t NB,
+                int64_t kdim, bool with_empty, Visit&& visit) {
   for (int64_t e = 0; e < E; ++e) {
-    int64_t m_e = off[e + 1] - off[e];
-    int64_t M = rows_mode ? m_e : Mfix;
+    const int64_t m_e = off[e + 1] - off[e];
+    const int64_t M = rows_mode ? m_e : Mfix;
     if (M == 0 || (m_e == 0 && !with_empty)) continue;
     for (int64_t m0 = 0; m0 < M; m0 += MB)
-      for (int64_t n0 = 0; n0 < N; n0 += NB) total += tile_cost(m_e, std::min(MB, M - m0), std::min(NB, N - n0));
+      for (int64_t n0 = 0; n0 < N; n0 += NB) {
+        const int64_t m1 = std::min(M, m0 + MB), n1 = std::min(N, n0 + NB);
+        const double cost = (double)(m1 - m0) * (double)(n1 - n0) * (double)(rows_mode ? kdim : std::max<int64_t>(m_e, 1));
+        visit(cost + 1e3, Tile{e, m0, m1, n0, n1});
+      }
   }
+}
+
+// Column-owner items for products that land in token rows (y, dx): an item owns a whole column block of the
+// [T, N] output and walks all experts in ascending order for it, accumulating into the token rows (beta = 1).
+// No two threads touch the same element, and each element sees the same fixed sequence (init, then the experts
+// of its token in id order) whatever the thread count: deterministic without a per-slot buffer and a K-sum.
+template <class Visit>
+void enum_owner_blocks(int64_t N, int64_t NB, double cost_per_column, Visit&& visit) {
+  for (int64_t n0 = 0; n0 < N; n0 += NB) {
+    const int64_t n1 = std::min(N, n0 + NB);
+    visit(cost_per_column * (double)(n1 - n0) + 1e3, n0, n1);
+  }
+}
+
+// Runs the items that `enumerate(emit)` lists, where emit(cost, body) and body(const Tables&).
+template <class Enumerate>
+void run_items(Enumerate&& enumerate, size_t table_ptrs) {
+  double total = 0;
+  enumerate([&](double cost, auto&&) { total += cost; });
   if (total == 0) return;
   auto run = [&](int tid, int nt) {
     char* mem = static_cast<char*>(scratch(tid, kScratchSlot, table_ptrs * 3 * sizeof(void*)));
-    Tables tables{reinterpret_cast<const float**>(mem), reinterpret_cast<const float**>(mem) + table_ptrs,
-                  reinterpret_cast<float**>(mem + 2 * table_ptrs * sizeof(void*))};
-    double lo = total * tid / nt, hi = total * (tid + 1) / nt, acc = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      int64_t m_e = off[e + 1] - off[e];
-      int64_t M = rows_mode ? m_e : Mfix;
-      if (M == 0 || (m_e == 0 && !with_empty)) continue;
-      for (int64_t m0 = 0; m0 < M; m0 += MB)
-        for (int64_t n0 = 0; n0 < N; n0 += NB) {
-          int64_t m1 = std::min(M, m0 + MB), n1 = std::min(N, n0 + NB);
-          double c = tile_cost(m_e, m1 - m0, n1 - n0);
-          double mid = acc + 0.5 * c;
-          acc += c;
-          if (mid >= lo && mid < hi) body(Tile{e, m0, m1, n0, n1}, tables);
-        }
-    }
+    const Tables tables{reinterpret_cast<const float**>(mem), reinterpret_cast<const float**>(mem) + table_ptrs,
+                        reinterpret_cast<float**>(mem + 2 * table_ptrs * sizeof(void*))};
+    const double lo = total * tid / nt, hi = total * (tid + 1) / nt;
+    double acc = 0;
+    enumerate([&](double cost, auto&& body) {
+      const double mid = acc + 0.5 * cost;
+      acc += cost;
+      if (mid >= lo && mid < hi) body(tables);
+    });
   };
-  // Few, small tiles: one thread avoids the wake-up cost.
+  // Little work: one thread avoids the wake-up cost.
   if (total < 2e6 || num_threads() == 1) run(0, 1);
   else parallel_run(run);
 }
 
+// One grouped pass of tiles: body(tile, tables).
+template <class Body>
+void for_tiles(const int64_t* off, int64_t E, bool rows_mode, int64_t Mfix, int64_t MB, int64_t N, int64_t NB,
+               int64_t kdim, bool with_empty, size_t table_ptrs, Body body) {
+  run_items(
+      [&](auto&& emit) {
+        enum_tiles(off, E, rows_mode, Mfix, MB, N, NB, kdim, with_empty, [&](double c, const Tile& t) {
+          emit(c, [&](const Tables& tab) { body(t, tab); });
+        });
+      },
+      table_ptrs);
+}
+
 inline int64_t token_of(const MoeRoutingView& r, int64_t rank, int64_t K) { return r.sorted_slots[rank] / K; }
 
-// Column-owner pass for products that land in token rows (y, dx): every thread owns whole column blocks of the
-// [T, N] output and walks all experts in ascending order for them, accumulating into the token rows (beta = 1).
-// No two threads touch the same element, and each element sees the same fixed sequence (init, then the experts
-// of its token in id order) whatever the thread count: deterministic without a per-slot buffer and a K-sum.
-template <class Body>
-void for_column_owners(int64_t N, int64_t NB, double flops, size_t table_ptrs, Body body) {
-  const int64_t nblk = (N + NB - 1) / NB;
-  auto run = [&](int tid, int nt) {
-    char* mem = static_cast<char*>(scratch(tid, kScratchSlot, table_ptrs * 3 * sizeof(void*)));
-    Tables tables{reinterpret_cast<const float**>(mem), reinterpret_cast<const float**>(mem) + table_ptrs,
-                  reinterpret_cast<float**>(mem + 2 * table_ptrs * sizeof(void*))};
-    for (int64_t b = nblk * tid / nt; b < nblk * (tid + 1) / nt; ++b) body(b * NB, std::min(N, (b + 1) * NB), tables);
-  };
-  if (flops < 2e6 || num_threads() == 1 || nblk == 1) run(0, 1);
-  else parallel_run(run);
+// Column owners of the token-row output out [T, N]: out[t, n0:n1] = init, then for every expert in id order
+// out[token(r), n0:n1] += A_e rows · B_e (B given by b_row(e, j or k)); tables hold the row pointers.
+//   a_rows(rank) -> A row; b_trans as in gemm_f32_rows; bfill(e, n0, n1, tables.b) fills the B pointers.
+template <class ARow, class BFill>
+void owner_block(const MoeRoutingView& r, int64_t E, int64_t K, int64_t T, int64_t N, int64_t kdim, bool b_trans,
+                 const float* init, float* out, int64_t n0, int64_t n1, const Tables& tab, ARow a_row, BFill bfill) {
+  const int64_t n = n1 - n0;
+  for (int64_t t = 0; t < T; ++t) {
+    float* o = out + t * N + n0;
+    if (init)
+      for (int64_t j = 0; j < n; ++j) o[j] = init[n0 + j];
+    else
+      std::fill(o, o + n, 0.0f);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    if (r.offsets[e + 1] == r.offsets[e]) continue;
+    bfill(e, n0, n1, tab.b);
+    for (int64_t m0 = r.offsets[e]; m0 < r.offsets[e + 1]; m0 += kRowBlock) {
+      const int64_t m = std::min(kRowBlock, r.offsets[e + 1] - m0);
+      for (int64_t i = 0; i < m; ++i) {
+        tab.a[i] = a_row(m0 + i);
+        tab.c[i] = out + token_of(r, m0 + i, K) * N + n0;  // the scatter-add into the token row
+      }
+      gemm_f32_rows(false, b_trans, m, n, kdim, 1.0f, tab.a, tab.b, 1.0f, tab.c);
+    }
+  }
 }
 
 }  // namespace
@@ -224,31 +262,21 @@ void moe_combine_forward(const MoeExpertsShape& s, const MoeRoutingView& r, cons
 // Down-projection fused with the combine: y[t] = b2 + Σ_e (hs rows of t at e)·W2[e], experts in id order.
 static void down_combine(const MoeExpertsShape& s, const MoeRoutingView& r, const float* hs, const float* w2,
                          const float* b2, float* y) {
-  const int64_t T = s.T, D = s.D, E = s.E, G = s.G, K = s.K;
+  const int64_t D = s.D, G = s.G;
   const size_t cap = (size_t)std::max<int64_t>({kRowBlock, D, G});
-  const double flops = 2.0 * (double)r.offsets[E] * (double)G * (double)D;
-  for_column_owners(D, kOwnerColBlock, flops, cap, [&](int64_t n0, int64_t n1, const Tables& tab) {
-    const int64_t n = n1 - n0;
-    for (int64_t t = 0; t < T; ++t) {
-      float* o = y + t * D + n0;
-      if (b2)
-        for (int64_t j = 0; j < n; ++j) o[j] = b2[n0 + j];
-      else
-        std::fill(o, o + n, 0.0f);
-    }
-    for (int64_t e = 0; e < E; ++e) {
-      const float* we = w2 + e * G * D + n0;
-      for (int64_t k = 0; k < G; ++k) tab.b[k] = we + k * D;
-      for (int64_t m0 = r.offsets[e]; m0 < r.offsets[e + 1]; m0 += kRowBlock) {
-        const int64_t m = std::min(kRowBlock, r.offsets[e + 1] - m0);
-        for (int64_t i = 0; i < m; ++i) {
-          tab.a[i] = hs + (m0 + i) * G;
-          tab.c[i] = y + token_of(r, m0 + i, K) * D + n0;  // the scatter-add into the token row
-        }
-        gemm_f32_rows(false, false, m, n, G, 1.0f, tab.a, tab.b, 1.0f, tab.c);
-      }
-    }
-  });
+  run_items(
+      [&](auto&& emit) {
+        enum_owner_blocks(D, kOwnerColBlock, (double)r.offsets[s.E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
+          emit(c, [&, n0, n1](const Tables& tab) {
+            owner_block(
+                r, s.E, s.K, s.T, D, G, false, b2, y, n0, n1, tab, [&](int64_t rk) { return hs + rk * G; },
+                [&](int64_t e, int64_t c0, int64_t, const float** b) {
+                  for (int64_t k = 0; k < G; ++k) b[k] = w2 + e * G * D + k * D + c0;
+                });
+          });
+        });
+      },
+      cap);
 }
 
 void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
@@ -293,68 +321,48 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
     }
   });
 
-  // 2. dW2[e] [G, D] = Σ_r hs[r]ᵀ dy[token(r)], one owner per (e, G block, D block), reduced in rank order.
-  for_tiles(off, E, false, G, kColBlock, D, kColBlock, 0, true, cap, [&](const Tile& tl, const Tables& tab) {
-    const float** arows = tab.a;
-    const float** brows = tab.b;
-    float** crows = tab.c;
+  // 2–4 in one list (disjoint outputs, one barrier):
+  //   dW2[e] [G, D] = Σ_r hs[r]ᵀ dy[token(r)], one owner per (e, G block, D block), reduced in rank order;
+  //   dW1[e] [D, G] = Σ_r x[token(r)]ᵀ dpre[r], likewise;
+  //   dx[t] = Σ_e dpre(rows of t at e)·W1[e]ᵀ by column owners in expert order.
+  // The dW reductions run over the expert's rows in chunks of kRedBlock accumulated in order (beta = 1).
+  auto dw_tile = [&](const Tile& tl, const Tables& tab, const float* A, int64_t lda, bool a_is_x, const float* B,
+                     int64_t ldb, bool b_is_dy, float* C, int64_t ldc) {
     const int64_t base = off[tl.e], m_e = off[tl.e + 1] - base, mi = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
-    for (int64_t i = 0; i < mi; ++i) crows[i] = dw2 + tl.e * G * D + (tl.m0 + i) * D + tl.n0;
+    for (int64_t i = 0; i < mi; ++i) tab.c[i] = C + (tl.m0 + i) * ldc + tl.n0;
     if (m_e == 0) {
-      for (int64_t i = 0; i < mi; ++i) std::fill(crows[i], crows[i] + n, 0.0f);
+      for (int64_t i = 0; i < mi; ++i) std::fill(tab.c[i], tab.c[i] + n, 0.0f);
       return;
     }
     for (int64_t k0 = 0; k0 < m_e; k0 += kRedBlock) {
-      int64_t kn = std::min(kRedBlock, m_e - k0);
+      const int64_t kn = std::min(kRedBlock, m_e - k0);
       for (int64_t k = 0; k < kn; ++k) {
-        int64_t rk = base + k0 + k;
-        arows[k] = hs + rk * G + tl.m0;
-        brows[k] = dy + token_of(r, rk, K) * D + tl.n0;
+        const int64_t rk = base + k0 + k, t = token_of(r, rk, K);
+        tab.a[k] = A + (a_is_x ? t : rk) * lda + tl.m0;
+        tab.b[k] = B + (b_is_dy ? t : rk) * ldb + tl.n0;
       }
-      gemm_f32_rows(true, false, mi, n, kn, 1.0f, arows, brows, k0 == 0 ? 0.0f : 1.0f, crows);
+      gemm_f32_rows(true, false, mi, n, kn, 1.0f, tab.a, tab.b, k0 == 0 ? 0.0f : 1.0f, tab.c);
     }
-  });
-
-  // 3. dW1[e] [D, G] = Σ_r x[token(r)]ᵀ dpre[r].
-  for_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, true, cap, [&](const Tile& tl, const Tables& tab) {
-    const float** arows = tab.a;
-    const float** brows = tab.b;
-    float** crows = tab.c;
-    const int64_t base = off[tl.e], m_e = off[tl.e + 1] - base, mi = tl.m1 - tl.m0, n = tl.n1 - tl.n0;
-    for (int64_t i = 0; i < mi; ++i) crows[i] = dw1 + tl.e * D * G + (tl.m0 + i) * G + tl.n0;
-    if (m_e == 0) {
-      for (int64_t i = 0; i < mi; ++i) std::fill(crows[i], crows[i] + n, 0.0f);
-      return;
-    }
-    for (int64_t k0 = 0; k0 < m_e; k0 += kRedBlock) {
-      int64_t kn = std::min(kRedBlock, m_e - k0);
-      for (int64_t k = 0; k < kn; ++k) {
-        int64_t rk = base + k0 + k;
-        arows[k] = x + token_of(r, rk, K) * D + tl.m0;
-        brows[k] = dpre + rk * G + tl.n0;
-      }
-      gemm_f32_rows(true, false, mi, n, kn, 1.0f, arows, brows, k0 == 0 ? 0.0f : 1.0f, crows);
-    }
-  });
-
-  // 4. dx[t] = Σ_e dpre(rows of t at e)·W1[e]ᵀ, column owners accumulating in expert order.
-  const double flops = 2.0 * (double)off[E] * (double)G * (double)D;
-  for_column_owners(D, kOwnerColBlock, flops, cap, [&](int64_t n0, int64_t n1, const Tables& tab) {
-    const int64_t n = n1 - n0;
-    for (int64_t t = 0; t < T; ++t) std::fill(dx + t * D + n0, dx + t * D + n1, 0.0f);
-    for (int64_t e = 0; e < E; ++e) {
-      const float* we = w1 + e * D * G;
-      for (int64_t j = 0; j < n; ++j) tab.b[j] = we + (n0 + j) * G;  // B = W1[e]ᵀ
-      for (int64_t m0 = off[e]; m0 < off[e + 1]; m0 += kRowBlock) {
-        const int64_t m = std::min(kRowBlock, off[e + 1] - m0);
-        for (int64_t i = 0; i < m; ++i) {
-          tab.a[i] = dpre + (m0 + i) * G;
-          tab.c[i] = dx + token_of(r, m0 + i, K) * D + n0;
-        }
-        gemm_f32_rows(false, true, m, n, G, 1.0f, tab.a, tab.b, 1.0f, tab.c);
-      }
-    }
-  });
+  };
+  run_items(
+      [&](auto&& emit) {
+        enum_tiles(off, E, false, G, kColBlock, D, kColBlock, 0, true, [&](double c, const Tile& tl) {
+          emit(c, [&, tl](const Tables& tab) { dw_tile(tl, tab, hs, G, false, dy, D, true, dw2 + tl.e * G * D, D); });
+        });
+        enum_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, true, [&](double c, const Tile& tl) {
+          emit(c, [&, tl](const Tables& tab) { dw_tile(tl, tab, x, D, true, dpre, G, false, dw1 + tl.e * D * G, G); });
+        });
+        enum_owner_blocks(D, kOwnerColBlock, (double)off[E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
+          emit(c, [&, n0, n1](const Tables& tab) {
+            owner_block(
+                r, E, K, T, D, G, true, nullptr, dx, n0, n1, tab, [&](int64_t rk) { return dpre + rk * G; },
+                [&](int64_t e, int64_t c0, int64_t c1, const float** b) {
+                  for (int64_t j = 0; j < c1 - c0; ++j) b[j] = w1 + e * D * G + (c0 + j) * G;  // B = W1[e]ᵀ
+                });
+          });
+        });
+      },
+      cap);
 
   if (db1)
     parallel_for(

@@ -12,6 +12,7 @@
 
 #include "sffn/core.h"
 #include "sffn/moe.h"
+#include "act.h"
 
 namespace sffn {
 
@@ -26,15 +27,22 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Row softmax in float with a double sum: p [E] and log-sum-exp.
+// Row softmax: p [E] and log-sum-exp. The exponentials use the vectorisable fast_exp of act.h (a few ulp);
+// the sum runs in 8 interleaved float lanes (a fixed order).
 float softmax_row(const float* z, int64_t E, float* p) {
   float m = -INFINITY;
   for (int64_t e = 0; e < E; ++e) m = std::max(m, z[e]);
-  double sum = 0;
-  for (int64_t e = 0; e < E; ++e) sum += std::exp((double)(z[e] - m));
-  float lse = m + (float)std::log(sum);
-  for (int64_t e = 0; e < E; ++e) p[e] = std::exp(z[e] - lse);
-  return lse;
+  for (int64_t e = 0; e < E; ++e) p[e] = act_detail::fast_exp(z[e] - m);
+  float lane[8] = {0};
+  int64_t e = 0;
+  for (; e + 8 <= E; e += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += p[e + l];
+  float sum = 0;
+  for (; e < E; ++e) sum += p[e];
+  for (int l = 0; l < 8; ++l) sum += lane[l];
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < E; ++i) p[i] *= inv;
+  return m + std::log(sum);
 }
 
 // Writes choices[t, :] (rank order, -1 padded) and returns how many experts were chosen.
@@ -48,11 +56,27 @@ int64_t select_row(const float* z, const float* p, int64_t t, const MoeRoutePara
   } else {
     for (int64_t e = 0; e < E; ++e) cand[nc++] = (int32_t)e;
   }
-  // Larger logit first, ties toward the lower index (a strict total order, so partial_sort is deterministic).
+  // Larger logit first, ties toward the lower index (a strict total order, so the result is unique).
   auto before = [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
   int64_t want = P.select == MoeSelect::Adaptive ? 2 : K;
   want = std::min(want, nc);
-  std::partial_sort(cand, cand + want, cand + nc, before);
+  if (want <= 16) {
+    // Insertion into a sorted prefix of `want` entries: candidates arrive in index order, so a strict '>'
+    // keeps the lower index first on ties.
+    int64_t n = 0;
+    for (int64_t i = 0; i < nc; ++i) {
+      const int32_t e = cand[i];
+      if (n == want && !(z[e] > z[cand[n - 1]])) continue;
+      int64_t pos = n < want ? n++ : want - 1;
+      while (pos > 0 && z[e] > z[cand[pos - 1]]) {
+        cand[pos] = cand[pos - 1];
+        --pos;
+      }
+      cand[pos] = e;
+    }
+  } else {
+    std::partial_sort(cand, cand + want, cand + nc, before);
+  }
   int64_t n = 0;
   if (P.select == MoeSelect::TopK) {
     n = want;
@@ -80,7 +104,7 @@ void gates_row(const float* z, const float* p, const int32_t* c, const MoeRouteP
   }
   for (int64_t j = 0; j < K; ++j) {
     if (c[j] < 0) g[j] = 0;
-    else if (P.gate == MoeGate::Sigmoid) g[j] = 1.0f / (1.0f + std::exp(-z[c[j]]));
+    else if (P.gate == MoeGate::Sigmoid) g[j] = 1.0f / (1.0f + act_detail::fast_exp(-z[c[j]]));
     else if (P.gate == MoeGate::Softmax) g[j] = p[c[j]];
     else g[j] = (float)(std::exp((double)(z[c[j]] - m)) / sum);
   }
