@@ -135,6 +135,8 @@ describe('moeExperts cpu matches the native reference', () => {
   test('multi-tile shapes: row blocks, column blocks and long dW reductions', () => {
     checkCpuVsRef({ T: 700, D: 24, E: 3, k: 2, G: 136, act: 'relu', bias: true, route: { k: 2 } });
     checkCpuVsRef({ T: 1100, D: 8, E: 1, k: 1, G: 8, act: 'silu', bias: true, route: { k: 1 } });
+    checkCpuVsRef({ T: 60, D: 8, E: 2, k: 1, G: 530, act: 'gelu', bias: true, route: { k: 1 } });
+    checkCpuVsRef({ T: 30, D: 600, E: 2, k: 2, G: 8, act: 'relu', bias: true, route: { k: 2 } });
   });
   test('routings: skewed, one expert takes all, dropout with capacity', () => {
     checkCpuVsRef({ T: 200, D: 16, E: 8, k: 2, G: 24, act: 'gelu', bias: false, route: { k: 2 }, kind: 'skewed' });

@@ -67,10 +67,20 @@ double act_backward_d(Act act, double a) {
 namespace {
 
 constexpr int kScratchSlot = 7;  // per-thread pointer tables (slot 7 is reserved for MoE kernels)
-constexpr int64_t kRowBlock = 256;   // rows of one expert per tile (the M block)
-constexpr int64_t kColBlock = 128;   // output columns per tile (the N block)
+// Tile sizes (measured on the 2-core AVX-512 dev box, bench/moe.ts). Wide N blocks matter most: every
+// gemm_f32_rows call packs its (gathered) A rows once per call, so narrow column blocks re-pack them.
+constexpr int64_t kRowBlock = 256;   // rows of one expert per tile (the M block of up, dhs and the owners)
+constexpr int64_t kColBlock = 512;   // output columns per tile (N block; also the M block of the dW tiles)
 constexpr int64_t kRedBlock = 1024;  // rows per step of the dW reductions (accumulated in fixed order)
-constexpr int64_t kOwnerColBlock = 64;  // column blocks of the token-row outputs (y, dx), one owner each
+
+// Column block of the token-row outputs (y, dx): as wide as possible while every thread gets one, in units of
+// 64. Each element's FMA chain does not depend on the block it falls in (gemm.h), so results stay bit-identical
+// for any thread count.
+int64_t owner_cols(int64_t N) {
+  const int64_t nt = num_threads();
+  const int64_t w = ((N + nt - 1) / nt + 63) / 64 * 64;
+  return std::min(std::max<int64_t>(w, 64), N);
+}
 
 struct Tile {
   int64_t e, m0, m1, n0, n1;
@@ -266,7 +276,7 @@ static void down_combine(const MoeExpertsShape& s, const MoeRoutingView& r, cons
   const size_t cap = (size_t)std::max<int64_t>({kRowBlock, D, G});
   run_items(
       [&](auto&& emit) {
-        enum_owner_blocks(D, kOwnerColBlock, (double)r.offsets[s.E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
+        enum_owner_blocks(D, owner_cols(D), (double)r.offsets[s.E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
           emit(c, [&, n0, n1](const Tables& tab) {
             owner_block(
                 r, s.E, s.K, s.T, D, G, false, b2, y, n0, n1, tab, [&](int64_t rk) { return hs + rk * G; },
@@ -352,7 +362,7 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
         enum_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, true, [&](double c, const Tile& tl) {
           emit(c, [&, tl](const Tables& tab) { dw_tile(tl, tab, x, D, true, dpre, G, false, dw1 + tl.e * D * G, G); });
         });
-        enum_owner_blocks(D, kOwnerColBlock, (double)off[E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
+        enum_owner_blocks(D, owner_cols(D), (double)off[E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
           emit(c, [&, n0, n1](const Tables& tab) {
             owner_block(
                 r, E, K, T, D, G, true, nullptr, dx, n0, n1, tab, [&](int64_t rk) { return dpre + rk * G; },
