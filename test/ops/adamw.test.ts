@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { DTypeError, ShapeError, Tensor, adamwStep, sparseAdamwStep, type AdamwOptions } from '../../lib/index.js';
-import { expectBitIdentical, expectClose, guardLeaks, randn, withThreads } from '../helpers.js';
+import { cpuIsas, expectBitIdentical, expectClose, guardLeaks, randn, withIsa, withThreads } from '../helpers.js';
 
 // Float64 AdamW as torch.optim.AdamW: decay first, then the bias-corrected Adam step.
 function adamwF64(p: Float64Array, g: ArrayLike<number>, m: Float64Array, v: Float64Array, step: number, o: Required<Omit<AdamwOptions, 'impl'>>) {
@@ -23,7 +23,11 @@ const HP = { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1 };
 describe('adamw', () => {
   guardLeaks();
 
-  it('dense step matches float64 AdamW and the reference over several steps', () => {
+  it('dense step matches float64 AdamW and the reference over several steps, on every ISA', async () => {
+    for (const isa of await cpuIsas()) await withIsa(isa, () => denseCase());
+  });
+
+  function denseCase() {
     const n = 1000;
     const p0 = randn(n, 1);
     using p = Tensor.from(p0.slice());
@@ -45,9 +49,13 @@ describe('adamw', () => {
     expectClose(m.data() as Float32Array, M, { atol: 1e-6, rtol: 1e-5 }, 'm');
     expectClose(v.data() as Float32Array, Vv, { atol: 1e-7, rtol: 1e-5 }, 'v');
     expectClose(pr.data() as Float32Array, P, { atol: 1e-6, rtol: 1e-5 }, 'ref p');
+  }
+
+  it('sparse step equals the dense step bit for bit on rows touched every step; others untouched (every ISA)', async () => {
+    for (const isa of await cpuIsas()) await withIsa(isa, () => sparseEqualsDense());
   });
 
-  it('sparse step equals the dense step bit for bit on rows touched every step; others untouched', () => {
+  function sparseEqualsDense() {
     const N = 50;
     const D = 9;
     const p0 = randn(N * D, 2);
@@ -82,7 +90,7 @@ describe('adamw', () => {
     // Never-touched rows keep their values and zero moments (no weight decay on untouched rows).
     expectBitIdentical(row(ps, 0), p0.slice(0, D), 'untouched row 0');
     expect(Array.from(row(ms, 0))).toEqual(new Array(D).fill(0));
-  });
+  }
 
   it('a row touched once gets one bias-corrected step (per-row counter), matching the float64 reference', () => {
     const N = 6;

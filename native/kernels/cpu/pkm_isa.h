@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "sffn/pkm.h"
+
 namespace sffn {
 
 struct PkmRowKernels {
@@ -19,6 +21,13 @@ struct PkmRowKernels {
   void (*peer_backward_tokens)(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const int32_t* idx,
                                const float* g, const float* U, const float* V, const float* h, const float* dout,
                                float* dx, float* dg, float* dh, float* gv);
+  void (*pkm_bwd_tokens)(int64_t t0, int64_t t1, const PkmDims& d, int act, const float* keys, const int32_t* idx,
+                         const float* scores, const float* weights, const float* dweights, float* dq,
+                         int32_t* ent_row, float* ent_g, float* ds);
+  void (*pkm_bwd_rows)(int64_t u0, int64_t u1, const PkmDims& d, const float* q, const int32_t* urows,
+                       const int64_t* offsets, const int64_t* pos, const float* ent_g, float* dkeys);
+  // AdamW update of n elements; the coefficients are (decay, β1, 1−β1, β2, 1−β2, step size, 1/√bc2, ε).
+  void (*adamw_update)(int64_t n, float* p, const float* g, float* m, float* v, const float* coef8);
 };
 
 // The table for the ISA kernels run with now.

@@ -10,6 +10,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include "sffn/pkm.h"
 
 namespace sffn {
 namespace {
@@ -36,6 +41,31 @@ static inline void row_axpy(float* __restrict y, float a, const float* __restric
 
 static inline void row_zero(float* y, int64_t D) {
   for (int64_t i = 0; i < D; ++i) y[i] = 0.0f;
+}
+
+// dst[0..D) = src[0..D) with non-temporal stores where the ISA has them and dst is aligned: gradient rows are
+// written once and not read again by this kernel, so skipping the read-for-ownership saves a third of the
+// traffic of the row pass. Callers end with stream_fence().
+static inline void row_stream(float* __restrict dst, const float* __restrict src, int64_t D) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if (((uintptr_t)dst & 63) == 0)
+    for (; i + 16 <= D; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+  if (((uintptr_t)dst & 31) == 0)
+    for (; i + 8 <= D; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#elif defined(__SSE2__)
+  if (((uintptr_t)dst & 15) == 0)
+    for (; i + 4 <= D; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  for (; i < D; ++i) dst[i] = src[i];
+}
+
+// Orders the non-temporal stores before the results are handed to other threads.
+static inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 static inline void prefetch_row(const float* r, int64_t D) {
@@ -95,26 +125,35 @@ static inline void eb_backward_dw_range(int64_t t0, int64_t t1, int64_t J, int64
 
 // out[u] = Σ_{o in [offsets[u], offsets[u+1])} coef[pos[o]] · src[pos[o] / J] for u in [u0, u1), summed in
 // position order; optionally a second (coef2, src2) → out2 over the same index (PEER's dU and dV in one pass).
+// Each output row is summed in an L1 buffer (columns in blocks of kColBlock) and streamed out once.
+constexpr int64_t kColBlock = 256;
+
 static inline void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int64_t* offsets,
-                                  const int64_t* pos, const float* coef, const float* src, float* out,
-                                  const float* coef2, const float* src2, float* out2) {
+                                         const int64_t* pos, const float* coef, const float* src, float* out,
+                                         const float* coef2, const float* src2, float* out2) {
+  alignas(64) float acc[kColBlock];
+  alignas(64) float acc2[kColBlock];
   const int64_t oend = offsets[u1];
   for (int64_t u = u0; u < u1; ++u) {
-    float* o = out + u * D;
-    row_zero(o, D);
-    float* o2 = out2 ? out2 + u * D : nullptr;
-    if (o2) row_zero(o2, D);
-    for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
-      if (q + kPrefetch < oend) {
-        const int64_t pf = pos[q + kPrefetch] / J;
-        prefetch_row(src + pf * D, D);
-        if (o2) prefetch_row(src2 + pf * D, D);
+    for (int64_t c0 = 0; c0 < D; c0 += kColBlock) {
+      const int64_t w = D - c0 < kColBlock ? D - c0 : kColBlock;
+      row_zero(acc, w);
+      if (out2) row_zero(acc2, w);
+      for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
+        if (q + kPrefetch < oend) {
+          const int64_t pf = pos[q + kPrefetch] / J;
+          prefetch_row(src + pf * D + c0, w);
+          if (out2) prefetch_row(src2 + pf * D + c0, w);
+        }
+        const int64_t p = pos[q], t = p / J;
+        row_axpy(acc, coef[p], src + t * D + c0, w);
+        if (out2) row_axpy(acc2, coef2[p], src2 + t * D + c0, w);
       }
-      const int64_t p = pos[q], t = p / J;
-      row_axpy(o, coef[p], src + t * D, D);
-      if (o2) row_axpy(o2, coef2[p], src2 + t * D, D);
+      row_stream(out + u * D + c0, acc, w);
+      if (out2) row_stream(out2 + u * D + c0, acc2, w);
     }
   }
+  stream_fence();
 }
 
 // PEER forward for tokens [t0, t1): h[t, j] = U[i] · x[t]; out[t] = Σ_j g · act(h) · V[i].
@@ -165,6 +204,98 @@ static inline void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J,
       else if (t + 1 < t1 && j + kPrefetch - J < J) prefetch_row(V + (int64_t)it[J + j + kPrefetch - J] * D, D);
       row_axpy(dxt, dh[t * J + j], U + (int64_t)it[j] * D, D);
     }
+  }
+}
+
+// ---- product-key top-k backward (kernels/cpu/pkm_topk.cpp drives these) -------------------------------------
+
+// dscore of one token's [H, k] block from dweights through the activation (pkm.h PkmAct: 0 none, 1 softmax,
+// 2 softmax over all heads, 3 relu, 4 sigmoid).
+static inline void pkm_act_backward(const PkmDims& d, int act, const float* s, const float* w, const float* dw,
+                                    float* ds) {
+  const int64_t HK = d.H * d.k;
+  switch (act) {
+    case 0: for (int64_t i = 0; i < HK; ++i) ds[i] = dw[i]; break;
+    case 3: for (int64_t i = 0; i < HK; ++i) ds[i] = s[i] > 0 ? dw[i] : 0.0f; break;
+    case 4: for (int64_t i = 0; i < HK; ++i) ds[i] = dw[i] * w[i] * (1.0f - w[i]); break;
+    default: {
+      const int64_t m = act == 1 ? d.k : HK;  // softmax block length
+      for (int64_t b = 0; b < HK; b += m) {
+        float dot = 0;
+        for (int64_t i = b; i < b + m; ++i) dot += w[i] * dw[i];
+        for (int64_t i = b; i < b + m; ++i) ds[i] = w[i] * (dw[i] - dot);
+      }
+    }
+  }
+}
+
+// Pass 1 for tokens [t0, t1): dscore; per (token, head, half) the distinct sub-key rows with their merged
+// gradients at positions ((t·H + h)·2 + half)·k + m (unused: row -1); dq (heads summed in order when Hq = 1).
+static inline void pkm_bwd_tokens_range(int64_t t0, int64_t t1, const PkmDims& d, int act, const float* keys,
+                                        const int32_t* idx, const float* scores, const float* weights,
+                                        const float* dweights, float* dq, int32_t* ent_row, float* ent_g, float* ds) {
+  const int64_t n = d.n, k = d.k, H = d.H, half = d.Dk / 2, HK = H * k;
+  for (int64_t t = t0; t < t1; ++t) {
+    pkm_act_backward(d, act, scores + t * HK, weights + t * HK, dweights + t * HK, ds);
+    float* dqt0 = dq + t * d.Hq * d.Dk;
+    row_zero(dqt0, d.Hq * d.Dk);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t hk = d.Hk == 1 ? 0 : h;
+      float* dqt = dqt0 + (d.Hq == 1 ? 0 : h * d.Dk);
+      const int32_t* it = idx + (t * H + h) * k;
+      for (int hf = 0; hf < 2; ++hf) {
+        int32_t* er = ent_row + ((t * H + h) * 2 + hf) * k;
+        float* eg = ent_g + ((t * H + h) * 2 + hf) * k;
+        int64_t cnt = 0;
+        for (int64_t j = 0; j < k; ++j) {
+          const int32_t a = hf == 0 ? it[j] / (int32_t)n : it[j] % (int32_t)n;
+          const int32_t row = (int32_t)((hk * 2 + hf) * n + a);
+          int64_t m = 0;
+          while (m < cnt && er[m] != row) ++m;
+          if (m == cnt) {
+            er[cnt] = row;
+            eg[cnt++] = ds[h * k + j];
+          } else {
+            eg[m] += ds[h * k + j];
+          }
+        }
+        for (int64_t m = cnt; m < k; ++m) er[m] = -1;
+        float* dqh = dqt + hf * half;
+        for (int64_t m = 0; m < cnt; ++m) row_axpy(dqh, eg[m], keys + (int64_t)er[m] * half, half);
+      }
+    }
+  }
+}
+
+// Pass 2 for unique sub-key rows [u0, u1) of the reverse index over the pass-1 entries:
+// dkeys[row] = Σ (positions ascending) g · (the query half that selected it).
+static inline void pkm_bwd_rows_range(int64_t u0, int64_t u1, const PkmDims& d, const float* q, const int32_t* urows,
+                                      const int64_t* offsets, const int64_t* pos, const float* ent_g, float* dkeys) {
+  const int64_t k = d.k, H = d.H, half = d.Dk / 2;
+  for (int64_t u = u0; u < u1; ++u) {
+    float* dk = dkeys + (int64_t)urows[u] * half;
+    for (int64_t o = offsets[u]; o < offsets[u + 1]; ++o) {
+      const int64_t ps = pos[o];
+      const int64_t th = ps / (2 * k), hf = (ps / k) % 2;
+      const int64_t t = th / H, h = th % H;
+      row_axpy(dk, ent_g[ps], q + (t * d.Hq + (d.Hq == 1 ? 0 : h)) * d.Dk + hf * half, half);
+    }
+  }
+}
+
+// ---- AdamW element update (kernels/cpu/adamw.cpp; math in sffn/optim.h) ---------------------------------------
+// c = (1 − lr·wd, β1, 1 − β1, β2, 1 − β2, lr / (1 − β1^t), 1 / √(1 − β2^t), ε). IEEE sqrt and divide: the result
+// of an element does not depend on how the loop is split or vectorised (only on the ISA's FMA contraction).
+static inline void adamw_update_range(int64_t n, float* __restrict p, const float* __restrict g, float* __restrict m,
+                                      float* __restrict v, const float* c) {
+  const float decay = c[0], b1 = c[1], c1 = c[2], b2 = c[3], c2 = c[4], step = c[5], ibc2 = c[6], eps = c[7];
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + c1 * gi;
+    const float vi = b2 * v[i] + c2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step * (mi / (::sqrtf(vi) * ibc2 + eps));
   }
 }
 

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "pkm_isa.h"
 #include "sffn/core.h"
 #include "sffn/gemm.h"
 #include "sffn/pkm.h"
@@ -66,24 +67,6 @@ void act_forward(const PkmDims& d, PkmAct act, const float* s, float* w) {
     case PkmAct::Sigmoid: for (int64_t i = 0; i < HK; ++i) w[i] = 1.0f / (1.0f + std::exp(-s[i])); break;
     case PkmAct::Softmax: for (int64_t h = 0; h < d.H; ++h) softmax(s + h * d.k, w + h * d.k, d.k); break;
     case PkmAct::SoftmaxAll: softmax(s, w, HK); break;
-  }
-}
-
-void act_backward(const PkmDims& d, PkmAct act, const float* s, const float* w, const float* dw, float* ds) {
-  const int64_t HK = d.H * d.k;
-  auto softmax_bwd = [](const float* y, const float* dy, float* dx, int64_t m) {
-    float dot = 0;
-    for (int64_t i = 0; i < m; ++i) dot += y[i] * dy[i];
-    for (int64_t i = 0; i < m; ++i) dx[i] = y[i] * (dy[i] - dot);
-  };
-  switch (act) {
-    case PkmAct::None: std::memcpy(ds, dw, HK * sizeof(float)); break;
-    case PkmAct::Relu: for (int64_t i = 0; i < HK; ++i) ds[i] = s[i] > 0 ? dw[i] : 0.0f; break;
-    case PkmAct::Sigmoid: for (int64_t i = 0; i < HK; ++i) ds[i] = dw[i] * w[i] * (1.0f - w[i]); break;
-    case PkmAct::Softmax:
-      for (int64_t h = 0; h < d.H; ++h) softmax_bwd(w + h * d.k, dw + h * d.k, ds + h * d.k, d.k);
-      break;
-    case PkmAct::SoftmaxAll: softmax_bwd(w, dw, ds, HK); break;
   }
 }
 
@@ -225,45 +208,13 @@ void pkm_topk_backward(const PkmDims& d, PkmAct act, const float* q, const float
   int64_t* pos = (int64_t*)take((size_t)M * 8);
   float* ds_all = (float*)take((size_t)num_threads() * HK * 4);
 
+  const PkmRowKernels& kern = pkm_row_kernels();
   // Pass 1, one owner per token: dscore, merged sub-key entries, dq.
   parallel_for(
       d.T,
       [&](int64_t b, int64_t e, int tid) {
-        float* ds = ds_all + (int64_t)tid * HK;
-        for (int64_t t = b; t < e; ++t) {
-          act_backward(d, act, scores + t * HK, weights + t * HK, dweights + t * HK, ds);
-          float* dqt0 = dq + t * d.Hq * d.Dk;
-          std::memset(dqt0, 0, d.Hq * d.Dk * sizeof(float));
-          for (int64_t h = 0; h < H; ++h) {
-            const int64_t hk = d.Hk == 1 ? 0 : h;
-            float* dqt = dqt0 + (d.Hq == 1 ? 0 : h * d.Dk);
-            const int32_t* it = idx + (t * H + h) * k;
-            for (int hf = 0; hf < 2; ++hf) {
-              int32_t* er = ent_row + ((t * H + h) * 2 + hf) * k;
-              float* eg = ent_g + ((t * H + h) * 2 + hf) * k;
-              int64_t cnt = 0;
-              for (int64_t j = 0; j < k; ++j) {
-                const int32_t a = hf == 0 ? it[j] / (int32_t)n : it[j] % (int32_t)n;
-                const int32_t row = (int32_t)((hk * 2 + hf) * n + a);
-                int64_t m = 0;
-                while (m < cnt && er[m] != row) ++m;
-                if (m == cnt) {
-                  er[cnt] = row;
-                  eg[cnt++] = ds[h * k + j];
-                } else {
-                  eg[m] += ds[h * k + j];
-                }
-              }
-              for (int64_t m = cnt; m < k; ++m) er[m] = -1;
-              float* dqh = dqt + hf * half;
-              for (int64_t m = 0; m < cnt; ++m) {
-                const float g = eg[m];
-                const float* c = keys + (int64_t)er[m] * half;
-                for (int64_t i = 0; i < half; ++i) dqh[i] += g * c[i];
-              }
-            }
-          }
-        }
+        kern.pkm_bwd_tokens(b, e, d, (int)act, keys, idx, scores, weights, dweights, dq, ent_row, ent_g,
+                            ds_all + (int64_t)tid * HK);
       },
       4);
 
@@ -271,21 +222,7 @@ void pkm_topk_backward(const PkmDims& d, PkmAct act, const float* q, const float
   const int64_t nu = row_index_build(ent_row, M, R, counts, urows, offsets, pos);
   std::memset(dkeys, 0, (size_t)R * half * sizeof(float));
   parallel_for(
-      nu,
-      [&](int64_t b, int64_t e, int) {
-        for (int64_t u = b; u < e; ++u) {
-          float* dk = dkeys + (int64_t)urows[u] * half;
-          for (int64_t o = offsets[u]; o < offsets[u + 1]; ++o) {
-            const int64_t ps = pos[o];
-            const int64_t th = ps / (2 * k), hf = (ps / k) % 2;
-            const int64_t t = th / H, h = th % H;
-            const float* qh = q + (t * d.Hq + (d.Hq == 1 ? 0 : h)) * d.Dk + hf * half;
-            const float g = ent_g[ps];
-            for (int64_t i = 0; i < half; ++i) dk[i] += g * qh[i];
-          }
-        }
-      },
-      4);
+      nu, [&](int64_t b, int64_t e, int) { kern.pkm_bwd_rows(b, e, d, q, urows, offsets, pos, ent_g, dkeys); }, 4);
 }
 
 }  // namespace sffn
