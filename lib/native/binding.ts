@@ -268,7 +268,7 @@ export interface PkmBinding {
   /** madvise(MADV_HUGEPAGE) on the array's 2 MiB-aligned interior; false where unsupported. */
   adviseHugePages(array: HostArray): boolean;
   /** STREAM-like copy and triad bandwidth in GB/s (10⁹ bytes moved per second). */
-  memBandwidth(bytes: number, threads: number): { copy: number; triad: number };
+  memBandwidth(bytes: number, threads: number, reps?: number): { copy: number; triad: number };
 }
 
 // ---- Transformer ops (issue: training) -------------------------------------------------------------------

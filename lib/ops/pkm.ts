@@ -561,8 +561,15 @@ export function adviseHugePages(t: Tensor): boolean {
 
 /**
  * Measures this machine's memory bandwidth with a STREAM-like copy and triad over three buffers of `bytes`
- * each (default 256 MiB) on `threads` threads (default: the pool size). GB/s = 10⁹ bytes moved per second.
+ * each (default 256 MiB) on `threads` threads (default: the pool size), best of `reps` repetitions (default 5).
+ * GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
+ *
+ * @example
+ * ```ts
+ * const { copy } = memBandwidth();          // e.g. 25 GB/s on a 2-core dev box
+ * const floorMs = bytesMoved / (copy * 1e9) * 1e3;
+ * ```
  */
-export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number): { copy: number; triad: number } {
-  return native().memBandwidth(bytes, threads ?? native().getNumThreads());
+export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number, reps = 5): { copy: number; triad: number } {
+  return native().memBandwidth(bytes, threads ?? native().getNumThreads(), reps);
 }

@@ -315,11 +315,13 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// memBandwidth(bytes, threads) → { copy, triad } in GB/s (10⁹ bytes moved per second), best of 5 repetitions.
+// memBandwidth(bytes, threads, reps?) → { copy, triad } in GB/s (10⁹ bytes moved per second), best of `reps`
+// repetitions (default 5).
 Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   const char* op = "memBandwidth";
   const int64_t bytes = arg_int(info, 0, op, "bytes", 1 << 20, (int64_t)1 << 34);
   const int threads = (int)arg_int(info, 1, op, "threads", 1, 256);
+  const int reps = info.Length() > 2 && !info[2].IsUndefined() ? (int)arg_int(info, 2, op, "reps", 1, 1000) : 5;
   const int64_t n = bytes / 4;
   struct Buffer {
     void* p;
@@ -330,7 +332,7 @@ Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   set_num_threads(threads);
   MemBandwidth bw;
   try {
-    bw = mem_bandwidth((float*)a.p, (float*)b.p, (float*)c.p, n, 5);
+    bw = mem_bandwidth((float*)a.p, (float*)b.p, (float*)c.p, n, reps);
   } catch (...) {
     set_num_threads(old);
     throw;

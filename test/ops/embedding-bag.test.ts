@@ -134,6 +134,22 @@ describe('embeddingBag', () => {
     ref.dWeights.dispose();
   });
 
+  it('wide rows (D > 1024: two-pass backward) agree with the reference', () => {
+    const DD = 1100;
+    using V = Tensor.from(randn(12 * DD, 1), { shape: [12, DD] });
+    using idx = Tensor.from(randIdx(5 * 3, 12, 2), { shape: [5, 3] });
+    using w = Tensor.from(randn(15, 3), { shape: [5, 3] });
+    using dOut = Tensor.from(randn(5 * DD, 4), { shape: [5, DD] });
+    const got = embeddingBagBackward(dOut, V, idx, w);
+    const ref = embeddingBagBackward(dOut, V, idx, w, { impl: 'ref' });
+    expectClose(got.dV.values.data() as Float32Array, ref.dV.values.data() as Float32Array);
+    expectClose(got.dWeights.data() as Float32Array, ref.dWeights.data() as Float32Array, { atol: 1e-4, rtol: 1e-4 });
+    for (const b of [got, ref]) {
+      b.dWeights.dispose();
+      disposeSparse(b.dV);
+    }
+  });
+
   it('handles empty bags and T = 0', () => {
     using V = Tensor.from(randn(4 * 3, 1), { shape: [4, 3] });
     using idx = Tensor.zeros([0, 5], { dtype: 'i32' });

@@ -167,6 +167,26 @@ describe('peerExperts', () => {
     for (const t of [sel.indices, sel.scores, sel.weights]) t.dispose();
   });
 
+  it('wide rows (D > 1024: token pass + row pass) agree with the reference', () => {
+    const DD = 1100;
+    using x = Tensor.from(randn(4 * DD, 1, 0.1), { shape: [4, DD] });
+    using U = Tensor.from(randn(10 * DD, 2, 0.1), { shape: [10, DD] });
+    using V = Tensor.from(randn(10 * DD, 3), { shape: [10, DD] });
+    using idx = Tensor.from(randIdx(12, 10, 4), { shape: [4, 3] });
+    using g = Tensor.from(randn(12, 5), { shape: [4, 3] });
+    using dOut = Tensor.from(randn(4 * DD, 6), { shape: [4, DD] });
+    const f = peerExperts(x, U, V, idx, g, { act: 'silu' });
+    const b = peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu' });
+    const r = peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu', impl: 'ref' });
+    const tol = { atol: 1e-4, rtol: 1e-4 };
+    expectClose(b.dx.data() as Float32Array, r.dx.data() as Float32Array, tol, 'dx');
+    expectClose(b.dGates.data() as Float32Array, r.dGates.data() as Float32Array, tol, 'dg');
+    expectClose(b.dU.values.data() as Float32Array, r.dU.values.data() as Float32Array, tol, 'dU');
+    expectClose(b.dV.values.data() as Float32Array, r.dV.values.data() as Float32Array, tol, 'dV');
+    for (const t of [f.out, f.h, b.dx, b.dGates, r.dx, r.dGates]) t.dispose();
+    disposeSparse(b.dU, b.dV, r.dU, r.dV);
+  });
+
   it('works with 1024² experts (small D): sparse gradients only for the rows touched', () => {
     const NN = 1024 * 1024;
     const DD = 2;

@@ -1,7 +1,8 @@
 // PEER singleton experts on the CPU, token-centric and fused (He 2024 §2; kernels.md §7). Spec: kernels/ref/peer.cpp.
 //   forward:  per token, h_j = U[i_j] · x, out = Σ_j g_j · act(h_j) · V[i_j]  (J = H·k rows of U and of V read)
-//   backward: per token, c_j = ⟨V[i_j], dout⟩, dg_j = act(h_j) c_j, dh_j = g_j c_j act'(h_j), dx = Σ_j dh_j U[i_j];
-//             then per unique row (reverse index, one owner): dU[i] = Σ dh · x[t], dV[i] = Σ g act(h) · dout[t].
+//   backward: per unique row i (reverse index, one owner, V[i] read once for all its hits): c = ⟨V[i], dout[t]⟩,
+//             dg = act(h) c, dh = g c act'(h), dU[i] = Σ dh · x[t], dV[i] = Σ g act(h) · dout[t]; then per token
+//             dx = Σ_j dh_j U[i_j]. (D > 1024: the token pass computes c, dg, dh, dx and the row pass dU, dV.)
 // Token-centric is the right order at N = 1024² where a row is hit ~T·J/N < 1 times per batch: there is no reuse
 // to win by sorting by expert. Deterministic for any thread count (fixed orders, no atomics).
 // Shapes: x, out, dout, dx [T, D]; idx, g, h, dg [T, J]; U, V [N, D]; dU_rows, dV_rows [nrows, D].
@@ -26,10 +27,20 @@ void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, cons
                    float* dg, int64_t nrows, const int32_t* rows, const int64_t* offsets, const int64_t* pos,
                    float* dU_rows, float* dV_rows, void* work) {
   (void)N;
-  (void)rows;
   const PkmRowKernels& kern = pkm_row_kernels();
   float* dh = static_cast<float*>(work);
   float* gv = dh + T * J;
+  if (D <= kPkmFusedMaxD) {
+    // Row-centric pass (V read once per touched row: dg, dh, dU, dV), then dx per token from U and dh.
+    parallel_for(
+        nrows,
+        [&](int64_t b, int64_t e, int) {
+          kern.peer_backward_rows(b, e, J, D, (int)act, rows, offsets, pos, g, h, V, x, dout, dg, dh, dU_rows, dV_rows);
+        },
+        16);
+    parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);
+    return;
+  }
   parallel_for(
       T,
       [&](int64_t b, int64_t e, int) {

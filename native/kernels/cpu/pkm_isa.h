@@ -8,6 +8,9 @@
 
 namespace sffn {
 
+// Widest rows the fused row-centric backward passes handle (their accumulators live on the stack).
+constexpr int64_t kPkmFusedMaxD = 1024;
+
 struct PkmRowKernels {
   void (*eb_forward)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
                      const float* V, float* out);
@@ -26,6 +29,15 @@ struct PkmRowKernels {
                          int32_t* ent_row, float* ent_g, float* ds);
   void (*pkm_bwd_rows)(int64_t u0, int64_t u1, const PkmDims& d, const float* q, const int32_t* urows,
                        const int64_t* offsets, const int64_t* pos, const float* ent_g, float* dkeys);
+  void (*eb_backward_rows)(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows, const int64_t* offsets,
+                           const int64_t* pos, const float* w, const float* V, const float* dout, float* dw,
+                           float* dV);
+  void (*peer_backward_rows)(int64_t u0, int64_t u1, int64_t J, int64_t D, int act, const int32_t* rows,
+                             const int64_t* offsets, const int64_t* pos, const float* g, const float* h,
+                             const float* V, const float* x, const float* dout, float* dg, float* dh, float* dU,
+                             float* dV);
+  void (*peer_backward_dx)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
+                           const float* dh, float* dx);
   // AdamW update of n elements; the coefficients are (decay, β1, 1−β1, β2, 1−β2, step size, 1/√bc2, ε).
   void (*adamw_update)(int64_t n, float* p, const float* g, float* m, float* v, const float* coef8);
 };

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #endif
 
+#include "pkm_isa.h"
 #include "sffn/pkm.h"
 
 namespace sffn {
@@ -154,6 +155,83 @@ static inline void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int6
     }
   }
   stream_fence();
+}
+
+// Row-centric backward passes: one owner per unique table row reads that row ONCE and serves all positions that
+// selected it (the per-position reads of a token-centric pass would fetch it again for every hit), writing the
+// per-position results (dw / dg, dh; each position has exactly one row, so no conflicts) and streaming out the
+// row's gradient. Rows of width D <= kFusedMaxD only (the accumulators live on the stack).
+constexpr int64_t kFusedMaxD = kPkmFusedMaxD;
+
+// Embedding bag: dw[p] = ⟨dout[p / J], V[row]⟩ and dV[u] = Σ_p w[p] · dout[p / J] for unique rows [u0, u1).
+static inline void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                                          const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
+                                          const float* dout, float* dw, float* dV) {
+  alignas(64) float acc[kFusedMaxD];
+  const int64_t oend = offsets[u1];
+  for (int64_t u = u0; u < u1; ++u) {
+    if (u + 1 < u1) prefetch_row(V + (int64_t)rows[u + 1] * D, D);
+    const float* vr = V + (int64_t)rows[u] * D;
+    row_zero(acc, D);
+    for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
+      if (q + kPrefetch < oend) prefetch_row(dout + (pos[q + kPrefetch] / J) * D, D);
+      const int64_t p = pos[q];
+      const float* go = dout + (p / J) * D;
+      dw[p] = row_dot(go, vr, D);
+      row_axpy(acc, w[p], go, D);
+    }
+    row_stream(dV + u * D, acc, D);
+  }
+  stream_fence();
+}
+
+// PEER: for unique rows [u0, u1) with c = ⟨V[row], dout[t]⟩: dg[p] = act(h)·c, dh[p] = g·c·act'(h),
+// dU[u] = Σ_p dh[p]·x[t], dV[u] = Σ_p g·act(h)·dout[t]  (t = p / J).
+static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, int act, const int32_t* rows,
+                                            const int64_t* offsets, const int64_t* pos, const float* g,
+                                            const float* h, const float* V, const float* x, const float* dout,
+                                            float* dg, float* dh, float* dU, float* dV) {
+  alignas(64) float accU[kFusedMaxD];
+  alignas(64) float accV[kFusedMaxD];
+  const int64_t oend = offsets[u1];
+  for (int64_t u = u0; u < u1; ++u) {
+    if (u + 1 < u1) prefetch_row(V + (int64_t)rows[u + 1] * D, D);
+    const float* vr = V + (int64_t)rows[u] * D;
+    row_zero(accU, D);
+    row_zero(accV, D);
+    for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
+      if (q + kPrefetch < oend) {
+        const int64_t tf = pos[q + kPrefetch] / J;
+        prefetch_row(dout + tf * D, D);
+        prefetch_row(x + tf * D, D);
+      }
+      const int64_t p = pos[q], t = p / J;
+      const float* go = dout + t * D;
+      const float c = row_dot(vr, go, D);
+      const float a = peer_act(act, h[p]);
+      dg[p] = a * c;
+      dh[p] = g[p] * c * peer_act_grad(act, h[p]);
+      row_axpy(accU, dh[p], x + t * D, D);
+      row_axpy(accV, g[p] * a, go, D);
+    }
+    row_stream(dU + u * D, accU, D);
+    row_stream(dV + u * D, accV, D);
+  }
+  stream_fence();
+}
+
+// PEER: dx[t] = Σ_j dh[t, j] · U[idx[t, j]] for tokens [t0, t1).
+static inline void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx,
+                                          const float* U, const float* dh, float* dx) {
+  const int64_t end = t1 * J;
+  for (int64_t t = t0; t < t1; ++t) {
+    float* dxt = dx + t * D;
+    row_zero(dxt, D);
+    for (int64_t p = t * J; p < (t + 1) * J; ++p) {
+      if (p + kPrefetch < end) prefetch_row(U + (int64_t)idx[p + kPrefetch] * D, D);
+      row_axpy(dxt, dh[p], U + (int64_t)idx[p] * D, D);
+    }
+  }
 }
 
 // PEER forward for tokens [t0, t1): h[t, j] = U[i] · x[t]; out[t] = Σ_j g · act(h) · V[i].
