@@ -7,6 +7,7 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   // pkm
   pkm: () => import('./pkm.js'),
   // train
+  train: () => import('./train.js'),
   // cuda
   'gemm-cuda': () => import('./gemm-cuda.js'),
 };

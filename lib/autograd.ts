@@ -41,6 +41,30 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+// ---- profiling: time per scope (layer kind), forward and backward --------------------------------------------
+
+/** Per-scope milliseconds when enabled (bench/train.ts splits a step's time by layer kind with it). */
+export const profile = { enabled: false, forward: new Map<string, number>(), backward: new Map<string, number>() };
+let currentScope = 'other';
+
+/** Runs fn under a profiling scope name: its forward time and the backward time of the nodes it records. */
+export function scope<T>(name: string, fn: () => T): T {
+  const prev = currentScope;
+  currentScope = name;
+  const t0 = profile.enabled ? performance.now() : 0;
+  try {
+    return fn();
+  } finally {
+    currentScope = prev;
+    if (profile.enabled) {
+      const dt = performance.now() - t0;
+      profile.forward.set(name, (profile.forward.get(name) ?? 0) + dt);
+      // The enclosing scope did not spend this time itself.
+      if (prev !== name) profile.forward.set(prev, (profile.forward.get(prev) ?? 0) - dt);
+    }
+  }
+}
+
 /** Backward closure of one node: output gradients in (null where an output got none), input gradients out. */
 export type BackwardFn = (gradOutputs: (Tensor | null)[]) => (Tensor | null | undefined)[];
 
@@ -52,6 +76,8 @@ export interface TapeNode {
   backward: BackwardFn | null;
   /** Tensors the node owns for its backward (pre-activations, indices, ...); freed after backward. */
   saved: Tensor[];
+  /** Profiling scope the node was recorded in. */
+  readonly scope: string;
 }
 
 export interface VariableOptions {
@@ -160,7 +186,7 @@ export function record(
     for (const s of saved) s.dispose();
     return outs;
   }
-  const node: TapeNode = { op, inputs: inputs.map((v) => v ?? null), outputs: outs, backward, saved };
+  const node: TapeNode = { op, inputs: inputs.map((v) => v ?? null), outputs: outs, backward, saved, scope: currentScope };
   for (const o of outs) o.node = node;
   return outs;
 }
@@ -236,7 +262,9 @@ function backward(root: Variable, seed: Tensor | undefined, opts: { retainGraph?
       const gOut = node.outputs.map((o) => pending.get(o) ?? null);
       if (gOut.every((g) => g === null)) continue;
       if (!node.backward) throw new Error(`backward: node ${node.op} was already freed; use retainGraph to call backward twice`);
+      const t0 = profile.enabled ? performance.now() : 0;
       const gIn = node.backward(gOut);
+      if (profile.enabled) profile.backward.set(node.scope, (profile.backward.get(node.scope) ?? 0) + performance.now() - t0);
       for (const o of node.outputs) {
         pending.get(o)?.dispose();
         pending.delete(o);

@@ -56,3 +56,203 @@ export function reshape(x: Variable, shape: readonly number[]): Variable {
   const y = x.data.reshape(shape);
   return record1('reshape', [x], y, (g) => [g.reshape(x.shape)]);
 }
+
+// ---- sparse FFN ops ---------------------------------------------------------------------------------------
+
+import { Parameter } from './module.js';
+import { ffnDense, ffnDenseBackward } from '../ops/ffn.js';
+import { moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward, type MoeGate, type MoeSelect } from '../ops/moe.js';
+import { embeddingBag, embeddingBagBackward, peerExperts, peerExpertsBackward, pkmTopk, pkmTopkBackward, type PkmScoreAct } from '../ops/pkm.js';
+import { record } from '../autograd.js';
+
+/**
+ * Dense FFN (or Top-K activation FFN when topk > 0): y = act(x·W1 + b1)·W2 + b2, x [T, D], W1 [D, F],
+ * W2 [F, D]. One tape node over the native ffnDense / ffnDenseBackward.
+ */
+export function ffn(x: Variable, w1: Variable, b1: Variable | null, w2: Variable, b2: Variable | null, opts: { topk?: number } = {}): Variable {
+  const p = { w1: w1.data, w2: w2.data, b1: b1?.data, b2: b2?.data };
+  const o = { act: 'relu' as const, topk: opts.topk ?? 0 };
+  const { y, saved } = ffnDense(x.data, p, o);
+  return record1(
+    'ffn',
+    [x, w1, b1, w2, b2],
+    y,
+    (dy) => {
+      const g = ffnDenseBackward(dy, x.data, { w1: w1.data, w2: w2.data, b1: b1?.data, b2: b2?.data }, saved, o);
+      return [g.dx, g.dw1, g.db1, g.dw2, g.db2];
+    },
+    [saved.pre, saved.h],
+  );
+}
+
+export interface RouteOptions {
+  E: number;
+  k: number;
+  gate: MoeGate;
+  select: MoeSelect;
+  threshold?: number;
+  dropout?: number;
+  seed?: number;
+  /** Capacity per expert (−1 or absent: dropless). */
+  capacity?: number;
+}
+
+/** The result of moe(): output, loss terms and routing statistics. */
+export interface MoeResult {
+  y: Variable;
+  /** Σ_e p̄_e log p̄_e (the entropy regulariser, §1.5), a scalar Variable. */
+  entropy: Variable;
+  /** Switch load-balancing loss E·Σ_e f_e P_e, a scalar Variable. */
+  balance: Variable;
+  /** Kept slots per expert. */
+  counts: Int32Array;
+  /** Slots dropped by capacity. */
+  dropped: number;
+}
+
+/**
+ * A whole MoE expert block as one tape node: routing of the logits z [T, E] (gates, top-K, expert dropout,
+ * capacity, sorted slot list) and the grouped-GEMM experts W1 [E, D, G], W2 [E, G, D] over x [T, D].
+ * Outputs y [T, D] and the two auxiliary losses; backward runs the experts' backward (dx, dW1, dW2, dgates)
+ * then the routing backward, which adds the auxiliary losses' exact gradients (weighted by their incoming
+ * gradients) to dz.
+ */
+export function moe(x: Variable, z: Variable, w1: Variable, w2: Variable, opts: RouteOptions): MoeResult {
+  const r = moeRoute(z.data, {
+    k: opts.k,
+    gate: opts.gate,
+    select: opts.select,
+    threshold: opts.threshold,
+    dropout: opts.dropout ?? 0,
+    seed: opts.seed ?? 0,
+    capacity: opts.capacity !== undefined && opts.capacity >= 0 ? opts.capacity : undefined,
+  });
+  const counts = (r.counts.data() as Int32Array).slice();
+  const { y, saved } = moeExperts(x.data, r, { w1: w1.data, w2: w2.data }, { act: 'relu' });
+  const ent = Tensor.fromHost(Float32Array.of(r.aux.entropy), []);
+  const bal = Tensor.fromHost(Float32Array.of(r.aux.balance), []);
+  const routeTensors = [r.choices, r.ids, r.gates, r.counts, r.offsets, r.sortedSlots, r.slotRank, r.dropped];
+  const [yv, ev, bv] = record(
+    'moe',
+    [x, z, w1, w2],
+    [y, ent, bal],
+    ([dy, dEnt, dBal]) => {
+      let dx: Tensor | null = null;
+      let dw1: Tensor | null = null;
+      let dw2: Tensor | null = null;
+      let dgates: Tensor | null = null;
+      if (dy) {
+        const g = moeExpertsBackward(dy, x.data, r, { w1: w1.data, w2: w2.data }, saved, { act: 'relu' });
+        ({ dx, dw1, dw2, dgates } = g);
+      }
+      const dz = moeRouteBackward(z.data, r, dgates, { entropy: dEnt ? dEnt.item() : 0, balance: dBal ? dBal.item() : 0 });
+      dgates?.dispose();
+      return [dx, dz, dw1, dw2];
+    },
+    [saved.pre, saved.hs, ...routeTensors],
+  );
+  // Without a graph the routing is not needed any more.
+  if (!yv.node) for (const t of routeTensors) t.dispose();
+  return { y: yv, entropy: ev, balance: bv, counts, dropped: r.numDropped };
+}
+
+/** Product-key selection: indices (a constant) and differentiable weights [T, H, k]. */
+export interface PkmSelection {
+  idx: Tensor;
+  weights: Variable;
+}
+
+/**
+ * Exact product-key top-k of q [T, Hq·Dk] against sub-keys [Hk, 2, n, Dk/2] per (token, head); weights =
+ * act(scores) (relu for Csordás PKM, softmax per head for Lample PKM and PEER). One tape node: gradients
+ * flow into q and the selected sub-key rows.
+ */
+export function pkmTopkSelect(
+  q: Variable,
+  keys: Variable,
+  o: { H: number; Hq: number; Dk: number; k: number; act: PkmScoreAct },
+): PkmSelection {
+  const T = q.shape[0];
+  const q3 = q.data.reshape([T, o.Hq, o.Dk]);
+  const sel = pkmTopk(q3, keys.data, o.k, { act: o.act });
+  q3.dispose();
+  const idx = sel.indices;
+  const w = record1(
+    'pkmTopk',
+    [q, keys],
+    sel.weights,
+    (dw) => {
+      const qv = q.data.reshape([T, o.Hq, o.Dk]);
+      const g = pkmTopkBackward(dw, qv, keys.data, sel);
+      qv.dispose();
+      const dq = g.dq.reshape([T, o.Hq * o.Dk]);
+      g.dq.dispose();
+      return [dq, g.dkeys];
+    },
+    [sel.scores],
+  );
+  return { idx, weights: w };
+}
+
+/** Adds a row-sparse gradient to a sparse Parameter (its dense-gradient input gets null). */
+function giveSparse(p: Variable, rows: Tensor, values: Tensor): void {
+  if (!(p instanceof Parameter) || !p.sparse) throw new Error(`autograd: ${p.describe()} is not a sparse parameter`);
+  p.accumulateSparse(rows, values);
+}
+
+/**
+ * Weighted sum of table rows: out[t] = Σ_j w[t, j]·V[idx[t, j]], idx and w [T, J] (or [T, H, k]), V [N, D] a
+ * sparse Parameter: its gradient is the touched rows only.
+ */
+export function embeddingBagSum(idx: Tensor, w: Variable, V: Parameter): Variable {
+  const T = idx.shape[0];
+  const J = idx.size / Math.max(T, 1);
+  const idx2 = idx.reshape([T, J]);
+  const w2 = w.data.reshape([T, J]);
+  const out = embeddingBag(V.data, idx2, w2);
+  w2.dispose();
+  return record1(
+    'embeddingBag',
+    [w, V],
+    out,
+    (dout) => {
+      const wv = w.data.reshape([T, J]);
+      const g = embeddingBagBackward(dout, V.data, idx2, wv);
+      wv.dispose();
+      giveSparse(V, g.dV.rows, g.dV.values);
+      const dw = g.dWeights.reshape(w.shape);
+      g.dWeights.dispose();
+      return [dw, null];
+    },
+    [idx2, idx],
+  );
+}
+
+/**
+ * PEER singleton experts: out[t] = Σ_j g[t, j]·ReLU(U[i]·x[t])·V[i] with i = idx[t, j]; U, V [N, D] sparse
+ * Parameters.
+ */
+export function peer(x: Variable, idx: Tensor, g: Variable, U: Parameter, V: Parameter): Variable {
+  const T = idx.shape[0];
+  const J = idx.size / Math.max(T, 1);
+  const idx2 = idx.reshape([T, J]);
+  const g2 = g.data.reshape([T, J]);
+  const { out, h } = peerExperts(x.data, U.data, V.data, idx2, g2, { act: 'relu' });
+  g2.dispose();
+  return record1(
+    'peer',
+    [x, g, U, V],
+    out,
+    (dout) => {
+      const gv = g.data.reshape([T, J]);
+      const r = peerExpertsBackward(dout, x.data, U.data, V.data, idx2, gv, h, { act: 'relu' });
+      gv.dispose();
+      giveSparse(U, r.dU.rows, r.dU.values);
+      giveSparse(V, r.dV.rows, r.dV.values);
+      const dg = r.dGates.reshape(g.shape);
+      r.dGates.dispose();
+      return [r.dx, dg, null, null];
+    },
+    [idx2, idx, h],
+  );
+}

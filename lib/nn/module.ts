@@ -15,7 +15,7 @@
  * ```
  */
 import { ShapeError } from '../errors.js';
-import { Tensor, shapeStr } from '../tensor.js';
+import { Tensor, keep, shapeStr } from '../tensor.js';
 import { Variable } from '../autograd.js';
 
 export interface ParamOptions {
@@ -32,10 +32,72 @@ export interface ParamOptions {
 export class Parameter extends Variable {
   readonly sparse: boolean;
   readonly noDecay: boolean;
+  /**
+   * Row-sparse gradient of a sparse parameter [N, D]: distinct rows ascending (i32 [U]) and their gradients
+   * (f32 [U, D]). Dense `grad` stays null for these.
+   */
+  sparseGrad: { rows: Tensor; values: Tensor; numRows: number } | null = null;
+
   constructor(data: Tensor, name: string, opts: ParamOptions = {}) {
     super(data, { requiresGrad: true, name });
     this.sparse = opts.sparse ?? false;
     this.noDecay = opts.noDecay ?? false;
+  }
+
+  /** Adds a row-sparse gradient (takes ownership of rows and values); merges with an earlier one by row. */
+  accumulateSparse(rows: Tensor, values: Tensor): void {
+    const [N, D] = this.shape;
+    if (values.shape[1] !== D || values.shape[0] !== rows.size)
+      throw new ShapeError(`${this.describe()}: sparse gradient must be [U, ${D}] for ${rows.size} rows, got ${shapeStr(values.shape)}`);
+    if (!this.sparseGrad) {
+      this.sparseGrad = { rows: keep(rows), values: keep(values), numRows: N };
+      return;
+    }
+    // Merge two ascending row lists (gradient accumulation across backward calls, or two reads of one table).
+    const ra = this.sparseGrad.rows.data() as Int32Array;
+    const va = this.sparseGrad.values.data() as Float32Array;
+    const rb = rows.data() as Int32Array;
+    const vb = values.data() as Float32Array;
+    const outR: number[] = [];
+    const outV = new Float32Array((ra.length + rb.length) * D);
+    let i = 0;
+    let j = 0;
+    while (i < ra.length || j < rb.length) {
+      const u = outR.length;
+      if (j >= rb.length || (i < ra.length && ra[i] < rb[j])) {
+        outR.push(ra[i]);
+        outV.set(va.subarray(i * D, (i + 1) * D), u * D);
+        i++;
+      } else if (i >= ra.length || rb[j] < ra[i]) {
+        outR.push(rb[j]);
+        outV.set(vb.subarray(j * D, (j + 1) * D), u * D);
+        j++;
+      } else {
+        outR.push(ra[i]);
+        for (let d = 0; d < D; d++) outV[u * D + d] = va[i * D + d] + vb[j * D + d];
+        i++;
+        j++;
+      }
+    }
+    this.sparseGrad.rows.dispose();
+    this.sparseGrad.values.dispose();
+    rows.dispose();
+    values.dispose();
+    const U = outR.length;
+    this.sparseGrad = {
+      rows: keep(Tensor.fromHost(Int32Array.from(outR), [U])),
+      values: keep(Tensor.fromHost(outV.slice(0, U * D), [U, D])),
+      numRows: N,
+    };
+  }
+
+  override zeroGrad(): void {
+    super.zeroGrad();
+    if (this.sparseGrad) {
+      this.sparseGrad.rows.dispose();
+      this.sparseGrad.values.dispose();
+      this.sparseGrad = null;
+    }
   }
 }
 

@@ -1,0 +1,66 @@
+/**
+ * Initialisers (methods.md §1.7). In a pre-LN stack of L layers with c = √(2/L): every linear map in the
+ * layers is a truncated normal with std c/√fan_in; σ-MoE experts are initialised as one dense MLP of width
+ * E·G (W1 std c/√D, W2 std c/√(E·G)); the selector rows are renormalised to equal norm, then the matrix is
+ * rescaled to keep its global std. All draws come from a seeded Rng so a model is a function of its seed.
+ */
+import { Tensor } from '../tensor.js';
+import { Rng } from '../data/random.js';
+
+/** A tensor of truncated-normal draws with the given std. */
+export function truncNormal(shape: readonly number[], std: number, rng: Rng): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const d = new Float32Array(n);
+  // The truncated (±2σ) normal has std ≈ 0.8796; divide so the result has exactly `std` (as the paper's code rescales).
+  const k = std / 0.87962566;
+  for (let i = 0; i < n; i++) d[i] = rng.truncNormal() * k;
+  return Tensor.fromHost(d, shape);
+}
+
+/** A tensor of normal draws with the given std. */
+export function normal(shape: readonly number[], std: number, rng: Rng): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const d = new Float32Array(n);
+  for (let i = 0; i < n; i++) d[i] = rng.normal() * std;
+  return Tensor.fromHost(d, shape);
+}
+
+/** Uniform draws in [-a, a). */
+export function uniform(shape: readonly number[], a: number, rng: Rng): Tensor {
+  const n = shape.reduce((x, y) => x * y, 1);
+  const d = new Float32Array(n);
+  for (let i = 0; i < n; i++) d[i] = (2 * rng.next() - 1) * a;
+  return Tensor.fromHost(d, shape);
+}
+
+function std(d: Float32Array): number {
+  let s = 0;
+  let s2 = 0;
+  for (const v of d) {
+    s += v;
+    s2 += v * v;
+  }
+  const m = s / d.length;
+  return Math.sqrt(Math.max(0, s2 / d.length - m * m));
+}
+
+/**
+ * σ-MoE selector init: W [E, D] ~ N(0, std²), every row scaled to unit L2 norm, then the whole matrix
+ * scaled by one scalar so its global std equals the std it had before (all rows end with equal norm).
+ */
+export function selectorInit(E: number, D: number, stdev: number, rng: Rng, renormalize = true): Tensor {
+  const t = normal([E, D], stdev, rng);
+  if (!renormalize) return t;
+  const w = t.data() as Float32Array;
+  const before = std(w);
+  for (let e = 0; e < E; e++) {
+    let n2 = 0;
+    for (let i = 0; i < D; i++) n2 += w[e * D + i] ** 2;
+    const inv = 1 / Math.sqrt(n2 || 1);
+    for (let i = 0; i < D; i++) w[e * D + i] *= inv;
+  }
+  const after = std(w);
+  const s = after > 0 ? before / after : 1;
+  for (let i = 0; i < w.length; i++) w[i] *= s;
+  return t;
+}
