@@ -116,7 +116,7 @@ export async function trainConfigFromFlags(flags: Flags): Promise<import('./trai
   model.ffn = ffn;
   if (flags['param-equal']) {
     if (!kind) throw new UsageError('--param-equal needs --ffn KIND (the sparse kind to build from the dense --dff)');
-    const pair = parameterEqual({ ...(model as never), ffn: { kind: 'dense', dFF: (ffn.dFF as number) ?? 512 } }, kind as never, {
+    const pair = parameterEqual({ ...(model as object), ffn: { kind: 'dense', dFF: (ffn.dFF as number) ?? 512 } } as never, kind as never, {
       experts: numFlag(flags, 'experts'),
       k: numFlag(flags, 'k'),
       gamma: numFlag(flags, 'gamma'),
