@@ -67,6 +67,25 @@ export {
 export { adamwStep, sparseAdamwStep, type AdamwOptions } from './ops/optim.js';
 
 // ---- ops: Transformer (nn ops) ----
+export {
+  linear,
+  linearBackward,
+  embedding,
+  embeddingBackward,
+  layerNorm,
+  layerNormBackward,
+  attention,
+  attentionBackward,
+  crossEntropy,
+  crossEntropyBackward,
+  dropout,
+  sumSquares,
+  scaleInPlace,
+  clipGradNorm as clipGradNormTensors,
+  type AttentionDims,
+  type AttentionSaved,
+  type LayerNormSaved,
+} from './ops/nn.js';
 
 // ---- autograd, layers, optimisers, data, training ----
 export { Variable, noGrad, isGradEnabled, needsGrad, record, record1, releaseGraph, type BackwardFn, type TapeNode } from './autograd.js';
@@ -89,3 +108,24 @@ export {
 } from './data/corpus.js';
 export { saveSafetensors, loadSafetensors, encodeSafetensors, decodeSafetensors, type SafetensorsFile } from './train/safetensors.js';
 export { JsonlLog, Progress } from './train/log.js';
+export * from './nn/config.js';
+export { Linear, Embedding, LayerNorm, CausalSelfAttention, DenseFFN, TopKFFN } from './nn/layers.js';
+export { SigmaMoE, SoftmaxMoE, MoEBase, Router, type FfnAux, type FfnContext } from './nn/moe.js';
+export { ProductKeyMemory, PEER } from './nn/pkm.js';
+export { TransformerLM, Block, buildFfn, type ForwardOptions, type ForwardResult } from './nn/transformer.js';
+export { AdamW, type AdamWOptions } from './optim/adamw.js';
+export { clipGradNorm } from './optim/clip.js';
+export {
+  Trainer,
+  generateText,
+  validateTrainConfig,
+  resolveTrainConfig,
+  type TrainConfig,
+  type StepResult,
+  type EvalResult,
+  type LayerUsage,
+} from './train/trainer.js';
+export { AsyncTrainer } from './train/async.js';
+export { runCompare, compareConfigs, PRESETS, DEFAULT_KINDS, type CompareRow, type CompareOptions } from './train/compare.js';
+export { sampleLogits, type SampleOptions } from './train/sample.js';
+export { usageStats, UsageCounter, type UsageStats } from './train/usage.js';

@@ -272,7 +272,39 @@ export interface PkmBinding {
 }
 
 // ---- Transformer ops (issue: training) -------------------------------------------------------------------
-export interface NnBinding {}
+export interface NnBinding {
+  linear(x: NativeArray, w: NativeArray, b: NativeArray | null, y: NativeArray, T: number, K: number, N: number, ref?: boolean): void;
+  linearBackward(
+    x: NativeArray, w: NativeArray, dy: NativeArray, dx: NativeArray | null, dw: NativeArray | null, db: NativeArray | null,
+    T: number, K: number, N: number, ref?: boolean,
+  ): void;
+  embedding(ids: NativeArray, w: NativeArray, y: NativeArray, T: number, V: number, D: number, ref?: boolean): void;
+  embeddingBackward(ids: NativeArray, dy: NativeArray, dw: NativeArray, T: number, V: number, D: number, ref?: boolean): void;
+  layerNorm(
+    x: NativeArray, g: NativeArray, b: NativeArray, y: NativeArray, mean: NativeArray, rstd: NativeArray,
+    T: number, D: number, eps: number, ref?: boolean,
+  ): void;
+  layerNormBackward(
+    x: NativeArray, g: NativeArray, mean: NativeArray, rstd: NativeArray, dy: NativeArray, dx: NativeArray, dg: NativeArray,
+    db: NativeArray, T: number, D: number, ref?: boolean,
+  ): void;
+  attention(
+    qkv: NativeArray, out: NativeArray, qr: NativeArray, kr: NativeArray, p: NativeArray,
+    B: number, S: number, H: number, dh: number, ref?: boolean,
+  ): void;
+  attentionBackward(
+    qkv: NativeArray, qr: NativeArray, kr: NativeArray, p: NativeArray, dout: NativeArray, dqkv: NativeArray,
+    B: number, S: number, H: number, dh: number, ref?: boolean,
+  ): void;
+  crossEntropy(logits: NativeArray, targets: NativeArray, lse: NativeArray, T: number, V: number, ref?: boolean): number;
+  crossEntropyBackward(
+    logits: NativeArray, targets: NativeArray, lse: NativeArray, dlogits: NativeArray, T: number, V: number, dloss: number,
+    ref?: boolean,
+  ): void;
+  dropout(x: NativeArray, y: NativeArray, p: number, seed: number): void;
+  sumSquares(x: NativeArray): number;
+  scaleInPlace(x: NativeArray, s: number): void;
+}
 
 // ---- optimisers -----------------------------------------------------------------------------------------
 export interface OptimBinding {

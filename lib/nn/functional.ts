@@ -57,6 +57,66 @@ export function reshape(x: Variable, shape: readonly number[]): Variable {
   return record1('reshape', [x], y, (g) => [g.reshape(x.shape)]);
 }
 
+// ---- Transformer ops ---------------------------------------------------------------------------------------
+
+import * as nnops from '../ops/nn.js';
+
+/** y [T, N] = x [T, K]·Wᵀ + b with W [N, K]. */
+export function linear(x: Variable, w: Variable, b: Variable | null): Variable {
+  const y = nnops.linear(x.data, w.data, b?.data);
+  return record1('linear', [x, w, b], y, (dy) => {
+    const needX = x.requiresGrad || x.node !== null;
+    const g = nnops.linearBackward(dy, x.data, w.data, { bias: Boolean(b), needX });
+    return [g.dx, g.dw, g.db];
+  });
+}
+
+/** Rows of W [V, D] for ids [T] (a constant i32 tensor). */
+export function embedding(w: Variable, ids: Tensor): Variable {
+  const y = nnops.embedding(w.data, ids);
+  return record1('embedding', [w], y, (dy) => [nnops.embeddingBackward(dy, ids, w.shape[0])], [ids]);
+}
+
+/** Layer norm over the last dim of x [T, D]. */
+export function layerNorm(x: Variable, g: Variable, b: Variable, eps = 1e-5): Variable {
+  const { y, saved } = nnops.layerNorm(x.data, g.data, b.data, eps);
+  return record1(
+    'layerNorm',
+    [x, g, b],
+    y,
+    (dy) => {
+      const r = nnops.layerNormBackward(dy, x.data, g.data, saved);
+      return [r.dx, r.dg, r.db];
+    },
+    [saved.mean, saved.rstd],
+  );
+}
+
+/** Causal multi-head self-attention with rotary positions: qkv [B·S, 3D] → [B·S, D]. */
+export function causalAttention(qkv: Variable, dims: nnops.AttentionDims): Variable {
+  const { out, saved } = nnops.attention(qkv.data, dims);
+  return record1('attention', [qkv], out, (dout) => [nnops.attentionBackward(dout, qkv.data, dims, saved)], [saved.qr, saved.kr, saved.p]);
+}
+
+/** Inverted dropout with a stateless mask seeded by `seed` (p = 0 returns x itself). */
+export function dropout(x: Variable, p: number, seed: number): Variable {
+  if (p === 0) return x;
+  const y = nnops.dropout(x.data, p, seed);
+  return record1('dropout', [x], y, (dy) => [nnops.dropout(dy, p, seed)]);
+}
+
+/** Mean cross-entropy (nats) of logits [T, V] against targets [T] (a constant i32 tensor): a scalar Variable. */
+export function crossEntropy(logits: Variable, targets: Tensor): Variable {
+  const { loss, lse } = nnops.crossEntropy(logits.data, targets);
+  return record1(
+    'crossEntropy',
+    [logits],
+    Tensor.fromHost(Float32Array.of(loss), []),
+    (g) => [nnops.crossEntropyBackward(g.item(), logits.data, targets, lse)],
+    [lse, targets],
+  );
+}
+
 // ---- sparse FFN ops ---------------------------------------------------------------------------------------
 
 import { Parameter } from './module.js';

@@ -16,6 +16,18 @@ import { Variable, noGrad } from '../../lib/autograd.js';
 import { Parameter } from '../../lib/nn/module.js';
 import { randn } from '../helpers.js';
 
+/** The gradient of p as a dense array (zeros where a sparse gradient has no row). */
+function denseGrad(p: Variable): Float32Array {
+  const out = new Float32Array(p.data.size);
+  if (p instanceof Parameter && p.sparseGrad) {
+    const rows = p.sparseGrad.rows.data() as Int32Array;
+    const vals = p.sparseGrad.values.data() as Float32Array;
+    const D = p.shape[1];
+    rows.forEach((r, i) => out.set(vals.subarray(i * D, (i + 1) * D), r * D));
+  } else if (p.grad) out.set(p.grad.data() as Float32Array);
+  return out;
+}
+
 /** ⟨g, u⟩ for a dense or sparse gradient of p. */
 function analyticDot(p: Variable, u: Float32Array): number {
   if (p instanceof Parameter && p.sparseGrad) {
@@ -40,6 +52,8 @@ export interface GradCheckOptions {
   rtol?: number;
   atol?: number;
   seed?: number;
+  /** Mix the analytic gradient's direction into the probe direction (default true). */
+  alongGradient?: boolean;
 }
 
 /**
@@ -57,14 +71,25 @@ export function checkDirectional(
   L.backward();
   L.dispose();
   const out: { name: string; analytic: number; numeric: number }[] = [];
+  // Direction u = normalise(ĝ + r̂): half along the analytic gradient (a large, well-resolved signal that checks
+  // its magnitude) and half random (checks its direction).
   const dirs = params.map(([, p], i) => {
     const n = p.data.size;
-    const u = randn(n, seed + 31 * i);
-    let norm = 0;
-    for (const v of u) norm += v * v;
-    norm = Math.sqrt(norm);
-    for (let j = 0; j < n; j++) u[j] /= norm;
-    return u;
+    const r = randn(n, seed + 31 * i);
+    const g = denseGrad(p);
+    const unit = (a: Float32Array): void => {
+      let s = 0;
+      for (const v of a) s += v * v;
+      s = Math.sqrt(s) || 1;
+      for (let j = 0; j < n; j++) a[j] /= s;
+    };
+    unit(r);
+    if (opts.alongGradient !== false) {
+      unit(g);
+      for (let j = 0; j < n; j++) r[j] += g[j];
+      unit(r);
+    }
+    return r;
   });
   const analytic = params.map(([, p], i) => analyticDot(p, dirs[i]));
   for (const [, p] of params) p.zeroGrad();
