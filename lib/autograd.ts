@@ -60,7 +60,7 @@ export function scope<T>(name: string, fn: () => T): T {
       const dt = performance.now() - t0;
       profile.forward.set(name, (profile.forward.get(name) ?? 0) + dt);
       // The enclosing scope did not spend this time itself.
-      if (prev !== name) profile.forward.set(prev, (profile.forward.get(prev) ?? 0) - dt);
+      if (prev !== name && prev !== 'other') profile.forward.set(prev, (profile.forward.get(prev) ?? 0) - dt);
     }
   }
 }

@@ -191,7 +191,8 @@ export function moe(x: Variable, z: Variable, w1: Variable, w2: Variable, opts: 
   const { y, saved } = moeExperts(x.data, r, { w1: w1.data, w2: w2.data }, { act: 'relu' });
   const ent = Tensor.fromHost(Float32Array.of(r.aux.entropy), []);
   const bal = Tensor.fromHost(Float32Array.of(r.aux.balance), []);
-  const routeTensors = [r.choices, r.ids, r.gates, r.counts, r.offsets, r.sortedSlots, r.slotRank, r.dropped];
+  // Every tensor the routing owns (whatever fields moeRoute returns) is saved for backward and freed with the graph.
+  const routeTensors = Object.values(r).filter((v): v is Tensor => v instanceof Tensor);
   const [yv, ev, bv] = record(
     'moe',
     [x, z, w1, w2],
