@@ -4,7 +4,7 @@
  * register-only loop of bf16 mma.sync.m16n8k16 (the instruction class gemm_bf16 uses) or of f32 FMAs over
  * every SM. Timed inside the addon with CUDA events (median of --iters runs after warm-up).
  *
- *   npm run bench -- gemm-cuda [--sizes 4096,8192] [--iters 10] [--dtypes bf16,f32]
+ *   npm run bench -- gemm --device cuda [--sizes 4096,8192] [--iters 10] [--dtypes bf16,f32]   (or: gemm-cuda)
  *
  * Prints a table and writes bench/results/gemm-cuda-cuda.json. Needs the CUDA flavor (npm run build:cuda and a
  * GPU); elsewhere it says why and exits.

@@ -37,6 +37,8 @@ interface Shape {
 
 export async function run(args: string[]): Promise<void> {
   const o = parseArgs(args);
+  // `--device cuda`: the CUDA GEMM suite (TFLOP/s at 4096³ and 8192³ against the measured peak).
+  if (o.device === 'cuda') return (await import('./gemm-cuda.js')).run(args);
   const quick = o.quick === true;
   const n = native();
   const best = info().cpu.bestIsa as Isa;

@@ -86,7 +86,7 @@ struct Scope {
   std::vector<void*> bufs;
   cudaEvent_t start = nullptr, stop = nullptr;
   ~Scope() {
-    for (void* p : bufs) cudaFree(p);
+    for (void* p : bufs) device_free(p);
     if (start) cudaEventDestroy(start);
     if (stop) cudaEventDestroy(stop);
   }

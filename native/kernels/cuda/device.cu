@@ -77,15 +77,57 @@ Status probe(ProbeInfo* out) {
   return s;
 }
 
+// Device memory comes from the stream-ordered allocator (cudaMallocAsync on the default stream) where the device
+// supports memory pools: cudaFree synchronises the whole device, and tensors freed by tidy() every step would
+// stall the pipeline. The pool keeps freed blocks for reuse (release threshold: unlimited), like PyTorch's caching
+// allocator; cudaMalloc/cudaFree remain the fallback. The choice is made once per process.
+namespace {
+int use_pools() {
+  static int pools = -1;
+  if (pools >= 0) return pools;
+  int dev = 0, supported = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;  // undecided: the runtime is not usable yet; retry on the next call
+  }
+  if (supported) {
+    cudaMemPool_t pool;
+    uint64_t threshold = UINT64_MAX;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess) {
+      cudaGetLastError();
+      supported = 0;
+    }
+  }
+  return pools = supported ? 1 : 0;
+}
+}  // namespace
+
 Status device_malloc(void** ptr, size_t bytes) {
   *ptr = nullptr;
   // Never hand out a null pointer (napi treats null data as "absent"): zero-sized buffers get one byte.
-  return status_of(cudaMalloc(ptr, bytes ? bytes : 1), "cudaMalloc(" + std::to_string(bytes) + " bytes)");
+  const size_t n = bytes ? bytes : 1;
+  const std::string what = "cudaMalloc(" + std::to_string(bytes) + " bytes)";
+  if (use_pools()) {
+    Status s = status_of(cudaMallocAsync(ptr, n, 0), what);
+    // The pool may hold freed blocks of another size: return them to the device and try once more.
+    if (s.out_of_memory()) {
+      cudaGetLastError();
+      cudaMemPool_t pool;
+      int dev = 0;
+      if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess &&
+          cudaDeviceSynchronize() == cudaSuccess && cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
+        s = status_of(cudaMallocAsync(ptr, n, 0), what);
+    }
+    return s;
+  }
+  return status_of(cudaMalloc(ptr, n), what);
 }
 
 Status device_free(void* ptr) {
   if (!ptr) return Status{};
-  cudaError_t e = cudaFree(ptr);
+  cudaError_t e = use_pools() ? cudaFreeAsync(ptr, 0) : cudaFree(ptr);
   if (e == cudaErrorCudartUnloading) return Status{};  // process teardown: the memory goes with the context
   return status_of(e, "cudaFree");
 }
