@@ -73,6 +73,17 @@ Status gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
                  int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t batch = 1,
                  int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
 
+// ---- σ-MoE expert block (kernels/cuda/moe_experts.cu) -------------------------------------------------------
+// The forward of sffn::moe_experts_forward (sffn/moe.h): pre[r] = x[t]·W1[e] (+ b1[e]), hs[r] = g·act(pre[r]),
+// y[t] = Σ_j hs[rank(t,j)]·W2[e] (+ b2). x [T, D], w1 [E, D, G], b1 [E, G] or null, w2 [E, G, D], b2 [D] or null,
+// pre and hs [S, G], y [T, D] are DEVICE pointers; the routing (gates [T, K], offsets [E+1], sorted_slots [S],
+// slot_rank [T·K]) is in HOST memory, already validated (napi routing_arg), and uploaded per call.
+// act: 0 relu, 1 gelu (erf), 2 silu, 3 none (sffn::Act). Deterministic (fixed reduction orders, no atomics).
+Status moe_experts_forward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
+                           const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                           const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
+                           float* pre, float* hs, float* y);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -1,0 +1,158 @@
+// Device code of the CUDA σ-MoE expert block forward (launcher: moe_experts.cu; contract: sffn/cuda.h, which
+// follows sffn::moe_experts_forward in sffn/moe.h). Kept apart so test/gpu/emulate/moe_emu.cpp can run these
+// exact kernels on the CPU (SFFN_CUDA_EMULATION).
+//
+//   up:      pre[r] = x[t(r)] · W1[e] (+ b1[e]),  hs[r] = gate(r) · act(pre[r])     rows r of expert e, [S, G]
+//   down:    yr[r]  = hs[r] · W2[e]                                                   [S, D]
+//   combine: y[t]   = Σ_{j<K, kept} yr[rank(t, j)] (+ b2)                             [T, D], fixed j order
+// Shapes: x [T, D], w1 [E, D, G], b1 [E, G], w2 [E, G, D], b2 [D]; r is a rank (row of the sorted slot list),
+// t(r) = sorted_slots[r] / K. A grouped GEMM block owns one (expert, 128-row tile, 128-column tile): the token
+// rows are gathered while staging A (no permuted copy of x), every C element is reduced over D (or G) in a fixed
+// order by one thread, so the result is deterministic. f32 SIMT FMA, the tile scheme of gemm_f32_kernel.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace sffn {
+namespace cuda {
+namespace {
+
+constexpr int MG_BM = 128, MG_BN = 128, MG_BK = 8, MG_THREADS = 256, MG_PAD = 4;
+
+// The (expert, first row) of every 128-row tile, from host offsets [E + 1]: what the grid's x index walks.
+inline std::vector<int32_t> moe_row_tiles(int64_t E, const int64_t* offsets) {
+  std::vector<int32_t> tiles;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = 0; r < offsets[e + 1] - offsets[e]; r += MG_BM) {
+      tiles.push_back((int32_t)e);
+      tiles.push_back((int32_t)r);
+    }
+  return tiles;
+}
+
+// Act codes as sffn::Act: 0 relu, 1 gelu (erf form, as PyTorch), 2 silu, 3 none.
+__device__ __forceinline__ float moe_act(int act, float a) {
+  switch (act) {
+    case 0: return a > 0.f ? a : 0.f;
+    case 1: return 0.5f * a * (1.f + erff(a * 0.70710678118654752f));
+    case 2: return a / (1.f + expf(-a));
+    default: return a;
+  }
+}
+
+// UP: A rows are x rows gathered by token (lda = D), reduction over D, N = G, epilogue bias + pre + gated act.
+// Down (!UP): A rows are hs rows r (lda = G), reduction over G, N = D, epilogue writes yr.
+template <bool UP>
+__global__ void __launch_bounds__(MG_THREADS)
+    moe_grouped_gemm_kernel(const int32_t* __restrict__ tiles, const int64_t* __restrict__ offsets,
+                            const int32_t* __restrict__ sorted_slots, const float* __restrict__ gates, int64_t K_slots,
+                            const float* __restrict__ A, int64_t lda, const float* __restrict__ W, int64_t KD,
+                            int64_t N, const float* __restrict__ bias, int act, float* __restrict__ out,
+                            float* __restrict__ hs_out) {
+  __shared__ __align__(16) float As[2][MG_BK][MG_BM + MG_PAD];  // As[k][m]
+  __shared__ __align__(16) float Bs[2][MG_BK][MG_BN + MG_PAD];  // Bs[k][n]
+
+  const int tid = threadIdx.x;
+  const int ty = tid / 16, tx = tid % 16;
+  const int e = tiles[2 * blockIdx.x];
+  const int64_t rbeg = offsets[e] + tiles[2 * blockIdx.x + 1];
+  const int64_t rend = offsets[e + 1];
+  const int64_t n0 = (int64_t)blockIdx.y * MG_BN;
+  const float* We = W + (int64_t)e * KD * N;
+  const int64_t ktiles = (KD + MG_BK - 1) / MG_BK;
+
+  // Staging map: A thread -> row m = tid/2, k = (tid%2)*4 + 0..3 (one gathered row per thread for the whole
+  // K loop); B thread -> k = tid/32, n = (tid%32)*4 + 0..3.
+  const int a_m = tid / 2, a_k = (tid % 2) * 4;
+  const int b_k = tid / 32, b_n = (tid % 32) * 4;
+  const int64_t ra = rbeg + a_m;
+  const float* arow = nullptr;
+  if (ra < rend) arow = UP ? A + (int64_t)(sorted_slots[ra] / K_slots) * lda : A + ra * lda;
+
+  float rA[4], rB[4];
+  auto load = [&](int64_t kt) {
+    const int64_t k0 = kt * MG_BK;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t gk = k0 + a_k + q;
+      rA[q] = (arow && gk < KD) ? arow[gk] : 0.f;
+      const int64_t gk2 = k0 + b_k, gn = n0 + b_n + q;
+      rB[q] = (gk2 < KD && gn < N) ? We[gk2 * N + gn] : 0.f;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      As[buf][a_k + q][a_m] = rA[q];
+      Bs[buf][b_k][b_n + q] = rB[q];
+    }
+  };
+
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  if (ktiles > 0) {
+    load(0);
+    store(0);
+    __syncthreads();
+  }
+  int buf = 0;
+  for (int64_t kt = 0; kt < ktiles; ++kt) {
+    const bool more = kt + 1 < ktiles;
+    if (more) load(kt + 1);
+#pragma unroll
+    for (int k = 0; k < MG_BK; ++k) {
+      float4 a0 = *reinterpret_cast<const float4*>(&As[buf][k][ty * 4]);
+      float4 a1 = *reinterpret_cast<const float4*>(&As[buf][k][64 + ty * 4]);
+      float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][k][tx * 4]);
+      float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][k][64 + tx * 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t r = rbeg + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
+    if (r >= rend) continue;
+    const float g = (UP && hs_out) ? gates[sorted_slots[r]] : 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + (j - 4));
+      if (n >= N) continue;
+      float v = acc[i][j];
+      if (UP && bias) v += bias[(int64_t)e * N + n];
+      out[r * N + n] = v;
+      if (UP && hs_out) hs_out[r * N + n] = g * moe_act(act, v);
+    }
+  }
+}
+
+// y[t, d] = Σ_{j<K} yr[rank(t, j), d] over kept slots, in j order, then + b2[d]. Grid-stride over T·D.
+__global__ void moe_combine_kernel(int64_t T, int64_t D, int64_t K, const int32_t* __restrict__ slot_rank,
+                                   const float* __restrict__ yr, const float* __restrict__ b2, float* __restrict__ y) {
+  const int64_t n = T * D;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = i / D, d = i % D;
+    float s = 0.f;
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t r = slot_rank[t * K + j];
+      if (r >= 0) s += yr[(int64_t)r * D + d];
+    }
+    y[i] = b2 ? s + b2[d] : s;
+  }
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sffn
