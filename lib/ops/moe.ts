@@ -303,7 +303,7 @@ interface Dims {
   G: number;
 }
 
-function expertDims(op: string, x: Tensor, r: MoeRouting, p: MoeExpertParams): Dims {
+function expertDims(op: string, x: Tensor, r: MoeRouting, p: MoeExpertParams, cudaOk = false): Dims {
   expectTensor(x, op, 'x', 'f32');
   if (x.rank !== 2) fail('shape', `${op}: x must have shape [T, D], got [${x.shape.join(', ')}]`);
   checkRouting(op, r);
@@ -318,7 +318,12 @@ function expertDims(op: string, x: Tensor, r: MoeRouting, p: MoeExpertParams): D
   if (p.b1 !== undefined) expectTensor(p.b1, op, 'b1', 'f32', [r.E, G]);
   if (p.b2 !== undefined) expectTensor(p.b2, op, 'b2', 'f32', [D]);
   if (G < 1 || D < 1) fail('shape', `${op}: D and G must be >= 1, got D=${D}, G=${G}`);
-  checkCpu(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2, gates: r.gates });
+  if (!cudaOk) checkCpu(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2, gates: r.gates });
+  else {
+    // The CUDA expert forward: x and the parameters on one device; the routing always on the host.
+    sameDevice(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2 });
+    checkCpu(op, { gates: r.gates });
+  }
   return { T, D, E: r.E, k: r.k, G };
 }
 
@@ -350,9 +355,22 @@ export function moeExperts(
   opts: MoeExpertsOptions = {},
 ): { y: Tensor; saved: MoeExpertsSaved } {
   const op = 'moeExperts';
-  const { T, D, E, k, G } = expertDims(op, x, r, p);
+  const { T, D, E, k, G } = expertDims(op, x, r, p, opts.impl !== 'ref');
   const act = checkAct(op, opts.act ?? 'relu');
   const S = r.numSlots;
+  if (x.device === 'cuda') {
+    // CUDA: outputs on the device; the routing (host) is uploaded by the native call.
+    const yd = Tensor.zeros([T, D], { device: 'cuda' });
+    const pred = Tensor.zeros([S, G], { device: 'cuda' });
+    const hsd = Tensor.zeros([S, G], { device: 'cuda' });
+    const arg = (t: Tensor | undefined, name: string) => (t ? t.nativeArg(op, name) : null);
+    native().moeExperts(
+      T, D, E, k, G, act, false, ...routeArgs(op, r), arg(x, 'x') as never, arg(p.w1, 'w1') as never,
+      arg(p.b1, 'b1') as never, arg(p.w2, 'w2') as never, arg(p.b2, 'b2') as never, arg(pred, 'pre') as never,
+      arg(hsd, 'hs') as never, arg(yd, 'y') as never,
+    );
+    return { y: yd, saved: { pre: pred, hs: hsd } };
+  }
   const pre = new Float32Array(S * G);
   const hs = new Float32Array(S * G);
   const y = new Float32Array(T * D);

@@ -9,6 +9,10 @@
 #include "common.h"
 #include "sffn/core.h"
 #include "sffn/moe.h"
+#ifdef SFFN_WITH_CUDA
+#include "cuda_util.h"
+#include "sffn/cuda.h"
+#endif
 
 namespace sffn {
 namespace napi {
@@ -228,7 +232,20 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
   Buf pre = arg_buf(info, 16, op, "pre", DType::F32, S * s.G);
   Buf hs = arg_buf(info, 17, op, "hs", DType::F32, S * s.G);
   Buf y = arg_buf(info, 18, op, "y", DType::F32, s.T * s.D);
-  host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"hs", &hs}, {"y", &y}});
+  // CUDA flavor: the tensors may all live on the device (routing stays on the host, validated above).
+  if (same_device(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"hs", &hs},
+                       {"y", &y}})) {
+#ifdef SFFN_WITH_CUDA
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    check_cuda(cuda::moe_experts_forward(s.T, s.D, s.E, s.K, s.G, (int)s.act, r.gates, r.offsets, r.sorted_slots,
+                                         r.slot_rank, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(),
+                                         b2.as<float>(), pre.as<float>(), hs.as<float>(), y.as<float>()),
+               op);
+    return info.Env().Undefined();
+#else
+    fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
+#endif
+  }
   if (ref) {
     moe_experts_forward_ref(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
                             pre.as<float>(), hs.as<float>(), y.as<float>());
