@@ -195,7 +195,7 @@ export interface MoeBinding {
     T: number, D: number, E: number, k: number, G: number, act: NativeAct, ref: boolean, gates: Float32Array,
     offsets: BigInt64Array, sortedSlots: Int32Array, slotRank: Int32Array, x: Float32Array, w1: Float32Array,
     w2: Float32Array, pre: Float32Array, hs: Float32Array, dy: Float32Array, dx: Float32Array, dw1: Float32Array,
-    db1: Float32Array | null, dw2: Float32Array, db2: Float32Array | null, dgates: Float32Array,
+    db1: Float32Array | null, dw2: Float32Array, db2: Float32Array | null, dgates: Float32Array, dwZeroed?: boolean,
   ): void;
   moeExpertUp(
     T: number, D: number, E: number, k: number, G: number, act: NativeAct, gates: Float32Array, offsets: BigInt64Array,

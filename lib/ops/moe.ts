@@ -426,7 +426,7 @@ export function moeExpertsBackward(
   native().moeExpertsBackward(
     T, D, E, k, G, act, opts.impl === 'ref', ...routeArgs(op, r), x.nativeArg(op, 'x') as Float32Array,
     f32(p.w1, op, 'w1')!, f32(p.w2, op, 'w2')!, f32(saved.pre, op, 'saved.pre')!, f32(saved.hs, op, 'saved.hs')!,
-    dy.nativeArg(op, 'dy') as Float32Array, dx, dw1, db1, dw2, db2, dgates,
+    dy.nativeArg(op, 'dy') as Float32Array, dx, dw1, db1, dw2, db2, dgates, true, // fresh, zeroed dW arrays
   );
   const out: MoeExpertsGrads = {
     dx: Tensor.fromHost(dx, [T, D]),

@@ -257,7 +257,7 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
 }
 
 // moeExpertsBackward(T, D, E, K, G, act, ref, gates, offsets, sortedSlots, slotRank, x, w1, w2, pre, hs, dy,
-//                    dx, dw1, db1|null, dw2, db2|null, dgates)
+//                    dx, dw1, db1|null, dw2, db2|null, dgates, dwZeroed)
 Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
   const char* op = "moeExpertsBackward";
   MoeExpertsShape s = experts_shape(info, 0, op);
@@ -277,6 +277,10 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
   Buf dw2 = arg_buf(info, 20, op, "dw2", DType::F32, s.E * s.G * s.D);
   Buf db2 = arg_buf_opt(info, 21, op, "db2", DType::F32, s.D);
   Buf dgates = arg_buf(info, 22, op, "dgates", DType::F32, s.T * s.K);
+  // Optional: true promises that dw1, dw2 and db1 are all zeros (lib/ops/moe.ts passes freshly allocated
+  // arrays), so the kernel leaves experts without slots untouched. Not scanned: that would touch every page the
+  // promise exists to leave alone. A false promise cannot write out of bounds, only leave those values as given.
+  bool dw_zeroed = info.Length() > 23 && arg_bool(info, 23, op, "dwZeroed");
   host_only(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"hs", &hs}, {"dy", &dy}, {"dx", &dx},
                  {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}, {"dgates", &dgates}});
   if (ref) {
@@ -288,7 +292,7 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
     float* dpre = static_cast<float*>(scratch(0, kWorkSlot, (size_t)(S * s.G) * sizeof(float)));
     moe_experts_backward(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),
                          dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
-                         db2.as<float>(), dgates.as<float>(), dpre);
+                         db2.as<float>(), dgates.as<float>(), dpre, dw_zeroed);
   }
   return info.Env().Undefined();
 }

@@ -168,6 +168,26 @@ describe('moeExperts cpu matches the native reference', () => {
         expect(g.db1.subarray(e * 6, e * 6 + 6).every((v) => v === 0), `db1[${e}] ${impl}`).toBe(true);
       }
     }
+    // Native contract: without the dwZeroed promise the kernel overwrites whatever the dW buffers held.
+    const n = native();
+    const { T, D, E, k, G } = { T: 40, D: 8, E: 5, k: 1, G: 6 };
+    const f = moeExperts(m.x, m.r, m.params, { act: 'relu' });
+    const dirty = (len: number) => new Float32Array(len).fill(Number.NaN);
+    const dw1 = dirty(E * D * G);
+    const dw2 = dirty(E * G * D);
+    const db1 = dirty(E * G);
+    n.moeExpertsBackward(
+      T, D, E, k, G, 'relu', false, m.r.gates.data() as Float32Array, m.r.offsets.data() as BigInt64Array,
+      m.r.sortedSlots.data() as Int32Array, m.r.slotRank.data() as Int32Array, m.x.data() as Float32Array,
+      m.params.w1.data() as Float32Array, m.params.w2.data() as Float32Array, f.saved.pre.data() as Float32Array,
+      f.saved.hs.data() as Float32Array, m.dy.data() as Float32Array, new Float32Array(T * D), dw1, db1, dw2,
+      new Float32Array(D), new Float32Array(T * k), false,
+    );
+    expect(dw1.subarray(0, 4 * D * G).every((v) => v === 0)).toBe(true);
+    expect(dw2.subarray(0, 4 * G * D).every((v) => v === 0)).toBe(true);
+    expect(db1.subarray(0, 4 * G).every((v) => v === 0)).toBe(true);
+    expect(dw1.every((v) => Number.isFinite(v))).toBe(true);
+    for (const u of [f.y, f.saved.pre, f.saved.hs]) u.dispose();
     m.dispose();
   });
 });

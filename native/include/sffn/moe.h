@@ -126,9 +126,11 @@ void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, cons
 //   dx[t]  = Σ_e dpre(rows of t at e) · W1[e]ᵀ  (column owners, expert order, as the forward's combine)
 // Every dW tile has one owner reducing over its expert's rows in rank order (no atomics); experts with no
 // slots get dW = 0. dgates is 0 for slots that were not kept. db1 / db2 may be null. Workspace: dpre [S, G].
+// dw_zeroed: the caller guarantees dw1, dw2 and db1 hold zeros on entry (freshly allocated), so experts with no
+// slots are not written at all (at small T that is most of the output: E·D·G floats never touched).
 void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
                           const float* w2, const float* pre, const float* hs, const float* dy, float* dx, float* dw1,
-                          float* db1, float* dw2, float* db2, float* dgates, float* dpre);
+                          float* db1, float* dw2, float* db2, float* dgates, float* dpre, bool dw_zeroed = false);
 
 // Reference expert block (kernels/ref/moe_experts.cpp): plain loops with double accumulation, computed
 // straight from the slot list (no GEMM); same outputs.

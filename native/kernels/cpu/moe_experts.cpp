@@ -297,7 +297,7 @@ void moe_experts_forward(const MoeExpertsShape& s, const MoeRoutingView& r, cons
 
 void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, const float* x, const float* w1,
                           const float* w2, const float* pre, const float* hs, const float* dy, float* dx, float* dw1,
-                          float* db1, float* dw2, float* db2, float* dgates, float* dpre) {
+                          float* db1, float* dw2, float* db2, float* dgates, float* dpre, bool dw_zeroed) {
   const int64_t T = s.T, D = s.D, E = s.E, K = s.K, G = s.G;
   const int64_t* off = r.offsets;
   const size_t cap = (size_t)std::max<int64_t>({kRowBlock, kRedBlock, D, G});
@@ -356,10 +356,10 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
   };
   run_items(
       [&](auto&& emit) {
-        enum_tiles(off, E, false, G, kColBlock, D, kColBlock, 0, true, [&](double c, const Tile& tl) {
+        enum_tiles(off, E, false, G, kColBlock, D, kColBlock, 0, !dw_zeroed, [&](double c, const Tile& tl) {
           emit(c, [&, tl](const Tables& tab) { dw_tile(tl, tab, hs, G, false, dy, D, true, dw2 + tl.e * G * D, D); });
         });
-        enum_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, true, [&](double c, const Tile& tl) {
+        enum_tiles(off, E, false, D, kColBlock, G, kColBlock, 0, !dw_zeroed, [&](double c, const Tile& tl) {
           emit(c, [&, tl](const Tables& tab) { dw_tile(tl, tab, x, D, true, dpre, G, false, dw1 + tl.e * D * G, G); });
         });
         enum_owner_blocks(D, owner_cols(D), (double)off[E] * (double)G, [&](double c, int64_t n0, int64_t n1) {
@@ -380,6 +380,7 @@ void moe_experts_backward(const MoeExpertsShape& s, const MoeRoutingView& r, con
         [&](int64_t e0, int64_t e1, int) {
           for (int64_t e = e0; e < e1; ++e) {
             float* b = db1 + e * G;
+            if (dw_zeroed && off[e + 1] == off[e]) continue;
             std::fill(b, b + G, 0.0f);
             for (int64_t rk = off[e]; rk < off[e + 1]; ++rk)
               for (int64_t j = 0; j < G; ++j) b[j] += dpre[rk * G + j];
