@@ -10,6 +10,8 @@
 // later blocks add alpha·acc. Every C element is the same chain of FMAs whatever tile, block or thread
 // computes it, so results are bit-identical run to run and for any thread count. Threads split M (or N, when
 // N is the larger side) in whole MR/NR units, or whole matrices of a batch; K is never split.
+// Problems with M <= MR (GEMV-like: generation, tiny expert tiles) skip packing and read B in place; that
+// choice depends on the whole problem's M only, so it too is the same for every thread count.
 //
 // Micro-kernels and packing: gemm.avx512.cpp (6×64), gemm.avx2.cpp (6×16), scalar_* below (6×8, plain
 // C++ for CPUs without AVX2 and for other architectures). Packing buffers are thread_local and grow-only:
