@@ -68,7 +68,7 @@ export async function run(args: string[]): Promise<void> {
     for (const t of threadList) {
       setNumThreads(Math.max(t, 1));
       const probe = n.fmaPeak(isa, t, 1e5);
-      const iters = Math.max(1e5, Math.round((0.3 * probe * 1e9) / t / (isa === 'avx512' ? 768 : isa === 'avx2' ? 192 : 32)));
+      const iters = Math.max(1e5, Math.round((0.3 * probe * 1e9) / t / (isa === 'avx512' ? 768 : isa === 'avx2' ? 192 : 96)));
       peak[t] = Math.max(n.fmaPeak(isa, t, iters), n.fmaPeak(isa, t, iters));
     }
 
@@ -143,7 +143,8 @@ export async function run(args: string[]): Promise<void> {
     );
     console.log('naive ref = kernels/ref/gemm.cpp (triple loop, f64 accumulation, 1 thread), timed on the rows listed');
     printTable(gathered, 'Gathered GEMM (gemm_f32_rows: A rows gathered, C rows scattered), 1 thread');
-    writeResults('gemm', { isa, threads: threadList, peak, shapes: json, gathered });
+    // The best ISA's run is the headline file; other ISAs get their own (gemm-avx2-cpu.json, ...).
+    writeResults(isa === best ? 'gemm' : `gemm-${isa}`, { isa, threads: threadList, peak, shapes: json, gathered });
   } finally {
     setNumThreads(savedThreads);
     setIsa(best);
