@@ -265,6 +265,16 @@ export interface PkmBinding {
     T: number, J: number, N: number, D: number, act: number, ref?: boolean,
     outRows?: Int32Array | null, outDU?: Float32Array | null, outDV?: Float32Array | null,
   ): { count: number; rows: Int32Array; dU: Float32Array; dV: Float32Array };
+  batchNorm(
+    x: NativeArray, gamma: NativeArray | null, beta: NativeArray | null, runningMean: NativeArray | null,
+    runningVar: NativeArray | null, y: NativeArray, mean: NativeArray, invstd: NativeArray,
+    T: number, F: number, training: boolean, momentum: number, eps: number, ref?: boolean,
+  ): void;
+  batchNormBackward(
+    dy: NativeArray, x: NativeArray, gamma: NativeArray | null, mean: NativeArray, invstd: NativeArray,
+    dx: NativeArray, dgamma: NativeArray | null, dbeta: NativeArray | null, T: number, F: number, training: boolean,
+    ref?: boolean,
+  ): void;
   /** madvise(MADV_HUGEPAGE) on the array's 2 MiB-aligned interior; false where unsupported. */
   adviseHugePages(array: HostArray): boolean;
   /** STREAM-like copy and triad bandwidth in GB/s (10⁹ bytes moved per second). */

@@ -6,6 +6,9 @@
  * - {@link embeddingBag}: `out[t] = Σ_j w[t,j] · V[idx[t,j]]`  (the PKM value read).
  * - {@link peerExperts}: `out[t] = Σ_j g[t,j] · act(U[i]·x[t]) · V[i]` (PEER singleton experts, fused).
  *
+ * - {@link batchNorm}: the optional query BatchNorm of Lample's PKM and PEER (the query projection is a plain
+ *   matmul).
+ *
  * Table gradients come back sparse ({@link SparseRows}: unique rows ascending plus one [U, D] block), built
  * deterministically, so a 1024² × D table never gets an N×D gradient; {@link sparseAdamwStep} consumes them.
  *
@@ -536,6 +539,129 @@ export function peerExpertsBackward(
     // dV gets its own copy of the (small) row list so the two gradients can be disposed independently.
     dV: sparseResult(res.count, res.rows, res.dV, D, N, true),
   };
+}
+
+// ---- query BatchNorm -------------------------------------------------------------------------------------------
+
+export interface BatchNormOptions extends ImplOption {
+  /** Batch statistics (and running-statistics update) when true, running statistics when false. */
+  training: boolean;
+  /** Running-statistics update rate (default 0.1, as torch.nn.BatchNorm1d). */
+  momentum?: number;
+  /** Default 1e-5. */
+  eps?: number;
+}
+
+/** Statistics a {@link batchNorm} call used, f32 [F]; pass them to {@link batchNormBackward}. */
+export interface BatchNormSaved {
+  mean: Tensor;
+  invStd: Tensor;
+}
+
+function bnDims(x: Tensor, op: string): { T: number; F: number } {
+  if (x.rank < 2) throw new ShapeError(`${op}: x must be [T, ...features], got ${shapeStr(x.shape)}`);
+  const T = x.shape[0];
+  const F = x.shape.slice(1).reduce((a, b) => a * b, 1);
+  if (F < 1) throw new ShapeError(`${op}: x must have at least one feature, got ${shapeStr(x.shape)}`);
+  return { T, F };
+}
+
+/**
+ * BatchNorm over the features of `x` [T, ...] (all trailing dims flattened to F features, statistics over the T
+ * rows), as torch.nn.BatchNorm1d: the optional query BatchNorm of Lample's PKM (over the H·Dk query features)
+ * and PEER. In training mode it uses the batch statistics (biased variance) and, when `running` is given,
+ * updates it in place (unbiased variance, `momentum`); in eval mode it uses `running`. Note that in a causal LM
+ * batch statistics mix time positions (methods.md §2.3); Csordás' PKM drops the BatchNorm.
+ *
+ * @param gamma, beta optional affine parameters f32 [F] (default 1 and 0).
+ * @returns y shaped like x, and the statistics used (for the backward).
+ * @example
+ * ```ts
+ * const running = { mean: Tensor.zeros([H * Dk]), var: Tensor.full([H * Dk], 1) };
+ * const { y: qn, saved } = batchNorm(q, gamma, beta, running, { training: true });
+ * const { dx, dGamma, dBeta } = batchNormBackward(dqn, q, gamma, saved, { training: true });
+ * ```
+ */
+export function batchNorm(
+  x: Tensor,
+  gamma: Tensor | null | undefined,
+  beta: Tensor | null | undefined,
+  running: { mean: Tensor; var: Tensor } | null | undefined,
+  opts: BatchNormOptions,
+): { y: Tensor; saved: BatchNormSaved } {
+  const op = 'batchNorm';
+  expectTensor(x, op, 'x', 'f32');
+  const { T, F } = bnDims(x, op);
+  if (gamma) expectTensor(gamma, op, 'gamma', 'f32', [F]);
+  if (beta) expectTensor(beta, op, 'beta', 'f32', [F]);
+  if (running) {
+    expectTensor(running.mean, op, 'running.mean', 'f32', [F]);
+    expectTensor(running.var, op, 'running.var', 'f32', [F]);
+  }
+  if (!opts || typeof opts.training !== 'boolean')
+    throw new TypeError(`${op}: opts.training must be a boolean, got ${String(opts?.training)}`);
+  if (!opts.training && !running) throw new RangeError(`${op}: eval mode (training: false) needs running statistics`);
+  cpuOnly(op, { x, gamma: gamma ?? undefined, beta: beta ?? undefined, mean: running?.mean, var: running?.var });
+  const ref = isRef(opts, op);
+  const y = Tensor.zeros(x.shape);
+  const mean = Tensor.zeros([F]);
+  const invStd = Tensor.zeros([F]);
+  try {
+    native().batchNorm(
+      x.nativeArg(op, 'x'), gamma ? gamma.nativeArg(op, 'gamma') : null, beta ? beta.nativeArg(op, 'beta') : null,
+      running ? running.mean.nativeArg(op, 'running.mean') : null, running ? running.var.nativeArg(op, 'running.var') : null,
+      y.nativeArg(op, 'y'), mean.nativeArg(op, 'mean'), invStd.nativeArg(op, 'invStd'), T, F, opts.training,
+      opts.momentum ?? 0.1, opts.eps ?? 1e-5, ref,
+    );
+  } catch (e) {
+    for (const t of [y, mean, invStd]) t.dispose();
+    throw e;
+  }
+  return { y, saved: { mean, invStd } };
+}
+
+/**
+ * Backward of {@link batchNorm} (with the same `training` flag): dx shaped like x; dGamma/dBeta f32 [F] when
+ * gamma was used (`gamma` given), else null.
+ *
+ * @example
+ * ```ts
+ * const { dx, dGamma, dBeta } = batchNormBackward(dy, x, gamma, saved, { training: true });
+ * ```
+ */
+export function batchNormBackward(
+  dy: Tensor,
+  x: Tensor,
+  gamma: Tensor | null | undefined,
+  saved: BatchNormSaved,
+  opts: Omit<BatchNormOptions, 'momentum' | 'eps'>,
+): { dx: Tensor; dGamma: Tensor | null; dBeta: Tensor | null } {
+  const op = 'batchNormBackward';
+  expectTensor(x, op, 'x', 'f32');
+  const { T, F } = bnDims(x, op);
+  expectTensor(dy, op, 'dy', 'f32', x.shape);
+  if (gamma) expectTensor(gamma, op, 'gamma', 'f32', [F]);
+  expectTensor(saved?.mean, op, 'saved.mean', 'f32', [F]);
+  expectTensor(saved.invStd, op, 'saved.invStd', 'f32', [F]);
+  if (!opts || typeof opts.training !== 'boolean')
+    throw new TypeError(`${op}: opts.training must be a boolean, got ${String(opts?.training)}`);
+  cpuOnly(op, { dy, x, gamma: gamma ?? undefined, mean: saved.mean, invStd: saved.invStd });
+  const ref = isRef(opts, op);
+  const dx = Tensor.zeros(x.shape);
+  const dGamma = gamma ? Tensor.zeros([F]) : null;
+  const dBeta = gamma ? Tensor.zeros([F]) : null;
+  try {
+    native().batchNormBackward(
+      dy.nativeArg(op, 'dy'), x.nativeArg(op, 'x'), gamma ? gamma.nativeArg(op, 'gamma') : null,
+      saved.mean.nativeArg(op, 'saved.mean'), saved.invStd.nativeArg(op, 'saved.invStd'), dx.nativeArg(op, 'dx'),
+      dGamma ? dGamma.nativeArg(op, 'dGamma') : null, dBeta ? dBeta.nativeArg(op, 'dBeta') : null, T, F,
+      opts.training, ref,
+    );
+  } catch (e) {
+    for (const t of [dx, dGamma, dBeta]) t?.dispose();
+    throw e;
+  }
+  return { dx, dGamma, dBeta };
 }
 
 /**

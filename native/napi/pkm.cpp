@@ -1,6 +1,7 @@
 // PKM / PEER group: pkmTopk ↔ pkm_topk_forward, pkmTopkBackward ↔ pkm_topk_backward, embeddingBag ↔
 // embedding_bag_forward, embeddingBagBackward ↔ embedding_bag_backward, peerExperts ↔ peer_forward,
-// peerExpertsBackward ↔ peer_backward, memBandwidth ↔ mem_bandwidth. Every function takes a trailing `ref`
+// peerExpertsBackward ↔ peer_backward, batchNorm ↔ batch_norm_forward, batchNormBackward ↔ batch_norm_backward,
+// memBandwidth ↔ mem_bandwidth, adviseHugePages. Every function takes a trailing `ref`
 // boolean that runs the scalar reference (kernels/ref) instead, for the tests.
 //
 // Validation covers every buffer kind and length, every dim, and every index that would be read through
@@ -344,6 +345,60 @@ Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// ---- query BatchNorm ------------------------------------------------------------------------------------------
+// batchNorm(x, gamma?, beta?, runningMean?, runningVar?, y, mean, invstd, T, F, training, momentum, eps, ref?)
+Napi::Value JS_batchNorm(const Napi::CallbackInfo& info) {
+  const char* op = "batchNorm";
+  const int64_t T = arg_int(info, 8, op, "T", 0, kMaxI32);
+  const int64_t F = arg_int(info, 9, op, "F", 1, kMaxI32);
+  check_product(op, "T·F", T, F, (int64_t)1 << 40);
+  const bool training = arg_bool(info, 10, op, "training");
+  const double momentum = arg_num(info, 11, op, "momentum");
+  const double eps = arg_num(info, 12, op, "eps");
+  if (!(momentum >= 0 && momentum <= 1)) fail(ErrKind::Range, op, ": momentum must be in [0, 1], got ", momentum);
+  if (!(eps >= 0)) fail(ErrKind::Range, op, ": eps must be >= 0, got ", eps);
+  const bool ref = arg_ref(info, 13, op);
+  Buf x = arg_buf(info, 0, op, "x", DType::F32, T * F);
+  Buf gamma = arg_buf_opt(info, 1, op, "gamma", DType::F32, F);
+  Buf beta = arg_buf_opt(info, 2, op, "beta", DType::F32, F);
+  Buf rm = arg_buf_opt(info, 3, op, "runningMean", DType::F32, F);
+  Buf rv = arg_buf_opt(info, 4, op, "runningVar", DType::F32, F);
+  Buf y = arg_buf(info, 5, op, "y", DType::F32, T * F);
+  Buf mean = arg_buf(info, 6, op, "mean", DType::F32, F);
+  Buf invstd = arg_buf(info, 7, op, "invstd", DType::F32, F);
+  host_only(op, {{"x", &x}, {"gamma", &gamma}, {"beta", &beta}, {"runningMean", &rm}, {"runningVar", &rv}, {"y", &y},
+                 {"mean", &mean}, {"invstd", &invstd}});
+  if (training && T < 1) fail(ErrKind::Shape, op, ": training needs at least one token, got T=0");
+  (ref ? batch_norm_forward_ref : batch_norm_forward)(T, F, x.as<float>(), gamma.as<float>(), beta.as<float>(),
+                                                      rm.as<float>(), rv.as<float>(), training, (float)momentum,
+                                                      (float)eps, y.as<float>(), mean.as<float>(), invstd.as<float>());
+  return info.Env().Undefined();
+}
+
+// batchNormBackward(dy, x, gamma?, mean, invstd, dx, dgamma?, dbeta?, T, F, training, ref?)
+Napi::Value JS_batchNormBackward(const Napi::CallbackInfo& info) {
+  const char* op = "batchNormBackward";
+  const int64_t T = arg_int(info, 8, op, "T", 0, kMaxI32);
+  const int64_t F = arg_int(info, 9, op, "F", 1, kMaxI32);
+  check_product(op, "T·F", T, F, (int64_t)1 << 40);
+  const bool training = arg_bool(info, 10, op, "training");
+  const bool ref = arg_ref(info, 11, op);
+  Buf dy = arg_buf(info, 0, op, "dy", DType::F32, T * F);
+  Buf x = arg_buf(info, 1, op, "x", DType::F32, T * F);
+  Buf gamma = arg_buf_opt(info, 2, op, "gamma", DType::F32, F);
+  Buf mean = arg_buf(info, 3, op, "mean", DType::F32, F);
+  Buf invstd = arg_buf(info, 4, op, "invstd", DType::F32, F);
+  Buf dx = arg_buf(info, 5, op, "dx", DType::F32, T * F);
+  Buf dgamma = arg_buf_opt(info, 6, op, "dgamma", DType::F32, F);
+  Buf dbeta = arg_buf_opt(info, 7, op, "dbeta", DType::F32, F);
+  host_only(op, {{"dy", &dy}, {"x", &x}, {"gamma", &gamma}, {"mean", &mean}, {"invstd", &invstd}, {"dx", &dx},
+                 {"dgamma", &dgamma}, {"dbeta", &dbeta}});
+  (ref ? batch_norm_backward_ref : batch_norm_backward)(T, F, dy.as<float>(), x.as<float>(), gamma.as<float>(),
+                                                        mean.as<float>(), invstd.as<float>(), training,
+                                                        dx.as<float>(), dgamma.as<float>(), dbeta.as<float>());
+  return info.Env().Undefined();
+}
+
 // adviseHugePages(array) → bool: asks the kernel to back the array's memory with transparent huge pages
 // (madvise MADV_HUGEPAGE on the 2 MiB-aligned interior). Random row reads over a 1 GiB table miss the TLB on
 // nearly every row with 4 KiB pages; with 2 MiB pages the whole table fits the TLB. Takes effect for pages
@@ -366,6 +421,8 @@ Napi::Value JS_adviseHugePages(const Napi::CallbackInfo& info) {
 
 Registrar reg([](Napi::Env env, Napi::Object exports) {
   def(env, exports, "adviseHugePages", JS_adviseHugePages);
+  def(env, exports, "batchNorm", JS_batchNorm);
+  def(env, exports, "batchNormBackward", JS_batchNormBackward);
   def(env, exports, "pkmTopk", JS_pkmTopk);
   def(env, exports, "pkmTopkBackward", JS_pkmTopkBackward);
   def(env, exports, "embeddingBag", JS_embeddingBag);

@@ -98,6 +98,24 @@ void peer_backward_ref(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, 
                        const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
                        float* dg, int64_t nrows, const int32_t* rows, float* dU_rows, float* dV_rows);
 
+// ---- query BatchNorm (Lample 2019 §3.2 / PEER §2: BatchNorm1d over the H·Dk query features) ------------------
+// x, y [T, F]; gamma, beta [F] (null: 1 and 0); running_mean/var [F] (null: not tracked); mean, invstd [F] out.
+// training: statistics of this batch (biased variance normalises, unbiased variance updates the running
+// estimate with `momentum`, as torch.nn.BatchNorm1d); else the running statistics. mean/invstd receive the
+// statistics used, for the backward. Per feature, sums run over t in order: deterministic for any thread count.
+void batch_norm_forward(int64_t T, int64_t F, const float* x, const float* gamma, const float* beta,
+                        float* running_mean, float* running_var, bool training, float momentum, float eps, float* y,
+                        float* mean, float* invstd);
+// dx [T, F]; dgamma, dbeta [F] (null: not needed). training selects the batch-statistics gradient.
+void batch_norm_backward(int64_t T, int64_t F, const float* dy, const float* x, const float* gamma, const float* mean,
+                         const float* invstd, bool training, float* dx, float* dgamma, float* dbeta);
+void batch_norm_forward_ref(int64_t T, int64_t F, const float* x, const float* gamma, const float* beta,
+                            float* running_mean, float* running_var, bool training, float momentum, float eps,
+                            float* y, float* mean, float* invstd);
+void batch_norm_backward_ref(int64_t T, int64_t F, const float* dy, const float* x, const float* gamma,
+                             const float* mean, const float* invstd, bool training, float* dx, float* dgamma,
+                             float* dbeta);
+
 // ---- machine memory bandwidth (for the benchmarks' floors) ---------------------------------------------------
 // STREAM-like copy (a → b) and triad (a = b + s·c) over buffers of `bytes` each, on the current thread pool.
 // Returns the best of `reps` repetitions in bytes moved per second (copy counts 2 × bytes, triad 3 × bytes).
