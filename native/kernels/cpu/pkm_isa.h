@@ -38,6 +38,7 @@ struct PkmRowKernels {
                              float* dV);
   void (*peer_backward_dx)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
                            const float* dh, float* dx);
+  void (*topk_half)(const float* s, int64_t n, int64_t k, float* v, int32_t* ix);
   // AdamW update of n elements; the coefficients are (decay, β1, 1−β1, β2, 1−β2, step size, 1/√bc2, ε).
   void (*adamw_update)(int64_t n, float* p, const float* g, float* m, float* v, const float* coef8);
 };

@@ -8,7 +8,8 @@ namespace sffn {
 const PkmRowKernels& pkm_row_kernels() {
   static const PkmRowKernels scalar{eb_forward_range, eb_backward_dw_range, rows_accumulate_range,
                                     peer_forward_range, peer_backward_tokens_range, pkm_bwd_tokens_range, pkm_bwd_rows_range,
-                       eb_backward_rows_range, peer_backward_rows_range, peer_backward_dx_range, adamw_update_range};
+                       eb_backward_rows_range, peer_backward_rows_range, peer_backward_dx_range, topk_half_range,
+                       adamw_update_range};
   static const PkmRowKernels k_avx2 = avx2::pkm_row_kernels_avx2();
   static const PkmRowKernels k_avx512 = avx512::pkm_row_kernels_avx512();
   switch (active_isa()) {

@@ -285,6 +285,60 @@ static inline void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J,
   }
 }
 
+// ---- product-key top-k ---------------------------------------------------------------------------------------
+
+// Bit l set when s[l] > thr, for 16 scores.
+static inline unsigned block16_gt(const float* s, float thr) {
+#if defined(__AVX512F__)
+  return (unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(s), _mm512_set1_ps(thr), _CMP_GT_OQ);
+#elif defined(__AVX__)
+  const __m256 t = _mm256_set1_ps(thr);
+  return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), t, _CMP_GT_OQ)) |
+         ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + 8), t, _CMP_GT_OQ)) << 8);
+#elif defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(thr);
+  unsigned m = 0;
+  for (int i = 0; i < 4; ++i) m |= (unsigned)_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(s + 4 * i), t)) << (4 * i);
+  return m;
+#else
+  unsigned m = 0;
+  for (int l = 0; l < 16; ++l) m |= (unsigned)(s[l] > thr) << l;
+  return m;
+#endif
+}
+
+// Sorted top-k of s[0..n) into (v desc, ix): insertion into a k-list, scanning in index order with a strict '>'
+// so lower indices stay first among equal values. Blocks of 16 scores are first tested against the current
+// k-th best in one vector compare: once the list is full almost every block is skipped without a branch per
+// score (~k·ln(n/k) insertions happen in all).
+static inline void topk_half_range(const float* __restrict s, int64_t n, int64_t k, float* __restrict v,
+                                   int32_t* __restrict ix) {
+  int64_t cnt = 0;
+  auto insert = [&](float x, int64_t a) {
+    if (cnt == k && !(x > v[k - 1])) return;
+    int64_t p = cnt < k ? cnt : k - 1;
+    while (p > 0 && v[p - 1] < x) {
+      v[p] = v[p - 1];
+      ix[p] = ix[p - 1];
+      --p;
+    }
+    v[p] = x;
+    ix[p] = (int32_t)a;
+    if (cnt < k) ++cnt;
+  };
+  int64_t a = 0;
+  for (; a < n && cnt < k; ++a) insert(s[a], a);
+  for (; a + 16 <= n; a += 16) {
+    unsigned mask = block16_gt(s + a, v[k - 1]);
+    while (mask) {
+      const int l = __builtin_ctz(mask);
+      mask &= mask - 1;
+      insert(s[a + l], a + l);  // re-checks against the (possibly raised) k-th best
+    }
+  }
+  for (; a < n; ++a) insert(s[a], a);
+}
+
 // ---- product-key top-k backward (kernels/cpu/pkm_topk.cpp drives these) -------------------------------------
 
 // dscore of one token's [H, k] block from dweights through the activation (pkm.h PkmAct: 0 none, 1 softmax,

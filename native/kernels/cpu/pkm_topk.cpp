@@ -2,7 +2,8 @@
 //
 // Forward, per chunk of tokens:
 //   1. sub-key scores S1 = Q1 · C_hᵀ, S2 = Q2 · C'_hᵀ as dense GEMMs (gemm_f32), [rows, n] each;
-//   2. per (token, head): sorted top-k of each half (insertion into a k-list; ~k·ln(n/k) insertions);
+//   2. per (token, head): sorted top-k of each half (insertion into a k-list, blocks of 16 scores skipped with one
+//      vector compare against the current k-th best; ~k·ln(n/k) insertions; pkm_rows.h, compiled per ISA);
 //   3. exact top-k of the candidate sums v1[i] + v2[j] without the k² grid: with both lists sorted descending,
 //      (i, j) can only be in the top-k when (i+1)(j+1) <= k (the (i+1)(j+1) pairs (i' <= i, j' <= j) are all at
 //      least as large, and float addition is monotone), so only Σ_m ⌊k/m⌋ candidates are scored (119 for k=32);
@@ -31,25 +32,6 @@ int64_t chunk_tokens(const PkmDims& d) { return std::max<int64_t>(1, std::min<in
 
 // Higher score first, then lower slot index: a strict total order, so selections are unique.
 inline bool better(float x, int64_t sx, float y, int64_t sy) { return x > y || (x == y && sx < sy); }
-
-// Sorted top-k of s[0..n) into (v, ix). Scanning in index order with a strict '>' keeps lower indices first
-// among equal values.
-void topk_half(const float* s, int64_t n, int64_t k, float* v, int32_t* ix) {
-  int64_t cnt = 0;
-  for (int64_t a = 0; a < n; ++a) {
-    float x = s[a];
-    if (cnt == k && !(x > v[k - 1])) continue;
-    int64_t p = cnt < k ? cnt : k - 1;
-    while (p > 0 && v[p - 1] < x) {
-      v[p] = v[p - 1];
-      ix[p] = ix[p - 1];
-      --p;
-    }
-    v[p] = x;
-    ix[p] = (int32_t)a;
-    if (cnt < k) ++cnt;
-  }
-}
 
 void act_forward(const PkmDims& d, PkmAct act, const float* s, float* w) {
   const int64_t HK = d.H * d.k;
@@ -115,6 +97,7 @@ void pkm_topk_forward(const PkmDims& d, PkmAct act, const float* q, const float*
   float* S = static_cast<float*>(work);
   char* sel_base = reinterpret_cast<char*>(S + 2 * Tc * H * n);
   const size_t sel_bytes = select_scratch_bytes(d);
+  const PkmRowKernels& kern = pkm_row_kernels();
   for (int64_t t0 = 0; t0 < d.T; t0 += Tc) {
     const int64_t tc = std::min(Tc, d.T - t0);
     for (int hf = 0; hf < 2; ++hf) {
@@ -137,8 +120,8 @@ void pkm_topk_forward(const PkmDims& d, PkmAct act, const float* q, const float*
             const int64_t t = t0 + tt;
             for (int64_t h = 0; h < H; ++h) {
               const int64_t row = tmaj ? tt * H + h : h * Tc + tt;
-              topk_half(S + row * n, n, k, s.v1, s.i1);
-              topk_half(S + Tc * H * n + row * n, n, k, s.v2, s.i2);
+              kern.topk_half(S + row * n, n, k, s.v1, s.i1);
+              kern.topk_half(S + Tc * H * n + row * n, n, k, s.v2, s.i2);
               // Pruned candidate scan: only (i, j) with (i+1)(j+1) <= k can make the top-k.
               int64_t cnt = 0;
               for (int64_t i = 0; i < k; ++i) {
