@@ -1,5 +1,5 @@
 /**
- * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer] [--rounds 7] [--no-huge]`.
+ * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt] [--rounds 7] [--no-huge]`.
  *
  * Tables use transparent huge pages (adviseHugePages) unless --no-huge.
  *
@@ -301,6 +301,37 @@ function benchPeer(tokens: number[], rows: Row[], json: unknown[]): void {
   for (const t of [U, V, keys, mU, vU, mV, vV, sU, sV, mK, vK]) t.dispose();
 }
 
+// Sparse AdamW cost against table size: U random touched rows on tables of N = 2^16 and 2^20 rows (D = 256).
+// Time should follow U, not N.
+function benchOptScaling(rows: Row[], json: unknown[]): void {
+  const D = 256;
+  for (const U of [4096, 16384])
+    for (const N of [1 << 16, 1 << 20]) {
+      // Touch every page first (as in training, where the moments are resident).
+      const p = randTensor([N, D], 6, 0.05);
+      const m = randTensor([N, D], 8, 0);
+      const v = randTensor([N, D], 9, 0);
+      const steps = Tensor.zeros([N], { dtype: 'i32' });
+      (steps.data() as Int32Array).fill(0);
+      // U distinct random rows, ascending (as a backward returns them): random access in both tables.
+      const pick = new Set<number>();
+      let sd = 12345;
+      while (pick.size < U) {
+        sd = (Math.imul(sd, 1103515245) + 12345) >>> 0;
+        pick.add(sd % N);
+      }
+      const ids = Int32Array.from([...pick].sort((a, b) => a - b));
+      const g = randTensor([U, D], 7, 1);
+      const grad: SparseRows = { rows: Tensor.from(ids), values: g, numRows: N };
+      sparseAdamwStep(p, m, v, steps, grad, OPT);
+      const t = time(() => sparseAdamwStep(p, m, v, steps, grad, OPT), { warmup: 2, minRuns: 7, minSeconds: 0.3 });
+      const r = { N, U, D, 'opt ms': ms(t), 'GB/s': (U * D * 28) / t.median / 1e9 };
+      rows.push(r);
+      json.push({ ...r, timing: t });
+      for (const x of [p, m, v, steps, grad.rows, g]) x.dispose();
+    }
+}
+
 export async function run(args: string[]): Promise<void> {
   const opts = parseArgs(args);
   const tokens = typeof opts.tokens === 'string' ? opts.tokens.split(',').map(Number) : [1, 512, 4096];
@@ -318,10 +349,16 @@ export async function run(args: string[]): Promise<void> {
   const json: unknown[] = [];
   if (!only || only === 'pkm') benchPkm(tokens, rows, json);
   if (!only || only === 'peer') benchPeer(tokens, rows, json);
-  printTable(rows, 'PKM (Dk=256, H=4, k=32, N=512², D=256) and PEER (D=256, Dk=256, H=8, k=16, N=1024²); ms are medians');
+  if (rows.length) printTable(rows, 'PKM (Dk=256, H=4, k=32, N=512², D=256) and PEER (D=256, Dk=256, H=8, k=16, N=1024²); ms are medians');
   console.log(
     `\n*/floor = kernel time / (bytes that must move / copy bandwidth), median over rounds that alternate a copy probe ` +
       `(probe GB/s) with one kernel call; GB/s columns use the medians above. Peak memory ${maxRssGiB().toFixed(2)} GiB max RSS`,
   );
-  writeResults('pkm', { bandwidth: bwAll, tokens, results: json, maxRssGiB: maxRssGiB() });
+  const optRows: Row[] = [];
+  const optJson: unknown[] = [];
+  if (!only || only === 'opt') {
+    benchOptScaling(optRows, optJson);
+    printTable(optRows, 'Sparse AdamW step: same touched rows U on tables of N rows (28 bytes moved per element)');
+  }
+  writeResults('pkm', { bandwidth: bwAll, tokens, results: json, optimizerScaling: optJson, maxRssGiB: maxRssGiB() });
 }
