@@ -119,6 +119,7 @@ const AWKWARD: [number, number, number][] = [
   [129, 1000, 3],
   [1000, 17, 129],
   [17, 3, 1],
+  [9, 129, 17], // two row groups on the unpacked few-rows path
 ];
 
 describe('gemm (native)', () => {
@@ -250,6 +251,7 @@ describe('gemm (native)', () => {
           [13, 1100, 500, 1], // split over N
           [40, 50, 60, 6], // whole matrices per thread
           [3, 2100, 400, 1], // few rows: unpacked path, split over N
+          [9, 1500, 300, 1], // two row groups of the unpacked path
         ]) {
           for (const [ta, tb] of [TRANSPOSES[0], TRANSPOSES[3]]) {
             const A = randn(M * K * batch, 51), B = randn(K * N * batch, 52), C0 = randn(M * N * batch, 53);

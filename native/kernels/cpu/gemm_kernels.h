@@ -34,9 +34,10 @@ using GemmPackB = void (*)(const GemmSrc* b, bool trans, int64_t k0, int64_t kc,
 using GemmKernel = void (*)(int64_t kc, const float* a, const float* b, float* const* c, float alpha, float beta, int mr,
                             int nr);
 
-// Few rows (m <= MR), nothing packed: C[0:m, 0:n] = alpha·A·B + beta·C, where A row r is a[r][0:K]
-// (contiguous), B(k,j) = row(k)[j0+j] (b_trans = false) or row(j0+j)[k] (b_trans = true), c[r] points at
-// C(r, 0); work holds m·n floats (64-byte aligned). Every element is one FMA chain (b_trans = false) or one
+// Few rows (m <= MR per call; the driver calls it per group of MR rows), nothing packed:
+// C[0:m, 0:n] = alpha·A·B + beta·C, where A row r is a[r][0:K] (contiguous), B(k,j) = row(k)[j0+j]
+// (b_trans = false) or row(j0+j)[k] (b_trans = true), c[r] points at C(r, 0); work holds m·n floats
+// (64-byte aligned). Every element is one FMA chain (b_trans = false) or one
 // fixed-order lane reduction (b_trans = true) over the whole K.
 using GemmSmall = void (*)(bool b_trans, int m, int64_t n, int64_t K, const float* const* a, const GemmSrc* b,
                            int64_t j0, float* const* c, float alpha, float beta, float* work);
