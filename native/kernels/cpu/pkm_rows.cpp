@@ -1,4 +1,4 @@
-// Baseline x86-64 build of the row kernels (pkm_rows.h) and the per-ISA dispatch table (pkm_isa.h).
+// Baseline build of the row kernels (pkm_rows.h) and the per-ISA dispatch table (pkm_isa.h).
 #include "pkm_isa.h"
 #include "pkm_rows.h"
 #include "sffn/core.h"
@@ -10,6 +10,8 @@ const PkmRowKernels& pkm_row_kernels() {
                                     peer_forward_range, peer_backward_tokens_range, pkm_bwd_tokens_range, pkm_bwd_rows_range,
                        eb_backward_rows_range, peer_backward_rows_range, peer_backward_dx_range, topk_half_range,
                        adamw_update_range};
+#if defined(__x86_64__)
+  // The ISA libraries exist only on x64 (binding.gyp); elsewhere active_isa() is always Scalar.
   static const PkmRowKernels k_avx2 = avx2::pkm_row_kernels_avx2();
   static const PkmRowKernels k_avx512 = avx512::pkm_row_kernels_avx512();
   switch (active_isa()) {
@@ -17,6 +19,9 @@ const PkmRowKernels& pkm_row_kernels() {
     case Isa::Avx2: return k_avx2;
     default: return scalar;
   }
+#else
+  return scalar;
+#endif
 }
 
 }  // namespace sffn
