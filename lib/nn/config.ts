@@ -358,7 +358,9 @@ export function parameterEqual(denseCfg: ModelConfig, kind: FfnKind, opts: Spars
       const target = ffnParams(D, denseCfg.ffn);
       let best: FfnConfig | undefined;
       for (let n = Math.max(k, 2); n <= 4096; n++) {
-        const f: FfnConfig = kind === 'pkm' ? { kind: 'pkm', variant: 'csordas', heads, subKeys: n, k } : { kind: 'peer', heads, subKeys: n, k, queryDim: D };
+        // PEER's query width: D/2 per head (the query projection, H·Dk·D, would otherwise cost more than the experts).
+        const f: FfnConfig =
+          kind === 'pkm' ? { kind: 'pkm', variant: 'csordas', heads, subKeys: n, k } : { kind: 'peer', heads, subKeys: n, k, queryDim: Math.max(16, 2 * Math.floor(D / 4)) };
         if (!best || Math.abs(ffnParams(D, f) - target) < Math.abs(ffnParams(D, best) - target)) best = f;
         if (ffnParams(D, f) > target) break;
       }

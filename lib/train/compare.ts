@@ -162,7 +162,11 @@ function smooth(points: { step: number; bpb: number }[], beta = 0.9): [number, n
 }
 
 export function compareFigure(rows: CompareRow[], title: string): string {
-  const train: Series[] = rows.map((r) => ({ name: r.name, points: smooth(r.curve) }));
+  // Skip the first 5% of steps (the drop from 8 bits/byte) so the axis shows where the models differ.
+  const train: Series[] = rows.map((r) => {
+    const pts = smooth(r.curve);
+    return { name: r.name, points: pts.slice(Math.floor(pts.length * 0.05)) };
+  });
   const valid: Series[] = rows.map((r) => ({ name: r.name, points: r.valid.map((v) => [v.step, v.bpb] as [number, number]) }));
   const histograms: Histogram[] = [];
   for (const r of rows) {
