@@ -28,8 +28,10 @@ export interface ComparePreset {
 export const PRESETS: Record<string, ComparePreset> = {
   quick: {
     base: { vocab: 256, dModel: 128, nLayers: 4, nHeads: 4, context: 128, dropout: 0, ffn: { kind: 'dense', dFF: 512 } },
-    sparse: { experts: 16, k: 4, gamma: 0.001, expertDropout: 0, pkmHeads: 4, pkmK: 8, peerHeads: 4, peerK: 8 },
-    train: { steps: 300, batch: 16, lr: 2e-3, warmup: 30, clip: 0.25, seed: 1, evalEvery: 50, evalBytes: 32768 },
+    // E = 8 experts of G = 64 (K = 2, K/E = 1/4): at D = 128 the paper's G = 128 would leave too few experts, and
+    // G = 32 is below the expert size the paper found to work (§1.11 of the methods notes).
+    sparse: { experts: 8, k: 2, gamma: 0.001, expertDropout: 0, pkmHeads: 4, pkmK: 8, peerHeads: 4, peerK: 8 },
+    train: { steps: 600, batch: 16, lr: 2e-3, warmup: 30, clip: 0.25, seed: 1, evalEvery: 100, evalBytes: 32768 },
   },
   small: {
     base: { vocab: 256, dModel: 256, nLayers: 6, nHeads: 8, context: 256, dropout: 0, ffn: { kind: 'dense', dFF: 1024 } },

@@ -55,7 +55,7 @@ export class Progress {
   }
 
   /** Reports step `step` (1-based count of finished steps) with the tokens done since the start. */
-  update(step: number, info: { loss?: number; tokens?: number; extra?: string }): void {
+  update(step: number, info: { loss?: number; lossLabel?: string; tokens?: number; extra?: string }): void {
     const elapsed = (Date.now() - this.#start) / 1000;
     const done = step - this.#startStep;
     const rate = done > 0 ? elapsed / done : NaN;
@@ -63,7 +63,7 @@ export class Progress {
     const tps = info.tokens !== undefined && elapsed > 0 ? info.tokens / elapsed : NaN;
     const parts = [
       `${this.label ? this.label + ' ' : ''}step ${step}/${this.total}`,
-      info.loss !== undefined ? `loss ${info.loss.toFixed(4)}` : '',
+      info.loss !== undefined ? `${info.lossLabel ?? 'loss'} ${info.loss.toFixed(4)}` : '',
       Number.isFinite(tps) ? `${Math.round(tps)} tok/s` : '',
       `ETA ${formatDuration(eta)}`,
       info.extra ?? '',

@@ -298,7 +298,7 @@ export class Trainer {
     while (this.step < c.steps) {
       const r = this.trainStep();
       this.#log?.write({ event: 'step', ...r });
-      progress?.update(this.step, { loss: r.bpb, tokens: this.tokensSeen - tokens0, extra: `lr ${r.lr.toExponential(2)}` });
+      progress?.update(this.step, { loss: r.bpb, lossLabel: 'train bpb', tokens: this.tokensSeen - tokens0, extra: `lr ${r.lr.toExponential(2)}` });
       const end = this.step === c.steps;
       if ((c.evalEvery > 0 && this.step % c.evalEvery === 0) || end) {
         last = this.evaluate('valid');
