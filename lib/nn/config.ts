@@ -302,7 +302,7 @@ function withFfn(cfg: ModelConfig, ffn: FfnConfig): ModelConfig {
  * The parameter-equal pair for a dense configuration (one FFN config for every layer) and a sparse kind.
  * MoE kinds keep the dense width as E·G (so the experts hold exactly the dense FFN's weights) and the dense
  * twin's d_ff grows by about E·D / (2D + 1) channels to cover the selector (rounded to the closest total); Switch
- * uses E/4 experts of 4G (the paper's Switch baseline, K = 1); PKM and PEER choose the number of sub-keys
+ * uses E/K experts of K·G (the paper's Switch baseline: K = 1 at the σ-MoE's FLOPs); PKM and PEER choose the number of sub-keys
  * n whose table is closest to the dense FFN's parameters, and the dense twin is then resized to match.
  *
  * @example
@@ -340,7 +340,9 @@ export function parameterEqual(denseCfg: ModelConfig, kind: FfnKind, opts: Spars
       break;
     }
     case 'switch': {
-      const E = Math.max(1, Math.round((opts.experts ?? 16) / 4));
+      // The paper's Switch baseline at equal FLOPs: K times fewer experts, each K times wider (E/K experts of K·G).
+      const Es = opts.experts ?? 16;
+      const E = Math.max(1, Math.round(Es / (opts.k ?? Math.max(1, Es / 4))));
       if (F % E !== 0) throw new ConfigError(`parameterEqual: dFF=${F} must be divisible by the Switch expert count ${E}`);
       sparseFfn = { kind: 'switch', experts: E, k: 1, expertSize: F / E, capacityFactor: 1.25, balance: 0.01 };
       break;

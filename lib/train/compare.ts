@@ -1,6 +1,6 @@
 /**
  * The parameter-equal comparison (the σ-MoE paper's protocol at small scale, methods.md §1.11): a dense
- * model and, at the same total parameter count, σ-MoE (K/E = 1/4), Switch (top-1, E/4 experts of 4G,
+ * model and, at the same total parameter count, σ-MoE (K/E = 1/4), Switch (top-1, E/K experts of K·G,
  * capacity 1.25), PKM (Csordás variant) and PEER, trained on the same data with the same seed, steps, batch
  * and schedule. Prints one table (valid bits per byte, parameters, FFN share of FLOPs, tokens/s, peak tensor
  * memory, expert usage) and writes an SVG with the loss curves and expert-usage histograms plus a JSON file.
