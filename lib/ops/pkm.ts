@@ -686,9 +686,9 @@ export function adviseHugePages(t: Tensor): boolean {
 }
 
 /**
- * Measures this machine's memory bandwidth with a STREAM-like copy and triad over three buffers of `bytes`
- * each (default 256 MiB) on `threads` threads (default: the pool size), best of `reps` repetitions (default 5).
- * GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
+ * Measures this machine's memory bandwidth with a STREAM-like copy, triad and read over three buffers of `bytes`
+ * each (default 256 MiB) on `threads` threads (default: the pool size), best of `reps` repetitions (default 5),
+ * the read being a plain sum. GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
  *
  * @example
  * ```ts
@@ -696,6 +696,6 @@ export function adviseHugePages(t: Tensor): boolean {
  * const floorMs = bytesMoved / (copy * 1e9) * 1e3;
  * ```
  */
-export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number, reps = 5): { copy: number; triad: number } {
+export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number, reps = 5): { copy: number; triad: number; read: number } {
   return native().memBandwidth(bytes, threads ?? native().getNumThreads(), reps);
 }

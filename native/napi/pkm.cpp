@@ -316,7 +316,7 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// memBandwidth(bytes, threads, reps?) → { copy, triad } in GB/s (10⁹ bytes moved per second), best of `reps`
+// memBandwidth(bytes, threads, reps?) → { copy, triad, read } in GB/s (10⁹ bytes moved per second), best of `reps`
 // repetitions (default 5).
 Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   const char* op = "memBandwidth";
@@ -342,6 +342,7 @@ Napi::Value JS_memBandwidth(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("copy", bw.copy / 1e9);
   o.Set("triad", bw.triad / 1e9);
+  o.Set("read", bw.read / 1e9);
   return o;
 }
 

@@ -20,7 +20,7 @@
 namespace sffn {
 namespace {
 
-constexpr int64_t kPrefetch = 4;  // rows ahead
+constexpr int64_t kPrefetch = 8;  // rows ahead
 
 // Fixed-order dot product: 16 lane partial sums (one AVX-512 vector, two AVX2 or four SSE vectors), reduced
 // pairwise. The order depends only on D, so results are deterministic for an ISA.
@@ -70,7 +70,7 @@ static inline void stream_fence() {
 }
 
 static inline void prefetch_row(const float* r, int64_t D) {
-  for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(r + i, 0, 0);
+  for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(r + i, 0, 3);
 }
 
 // PEER activations (pkm.h PeerAct): 0 relu, 1 gelu (erf), 2 silu, 3 identity.
@@ -174,7 +174,13 @@ static inline void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int
     const float* vr = V + (int64_t)rows[u] * D;
     row_zero(acc, D);
     for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
-      if (q + kPrefetch < oend) prefetch_row(dout + (pos[q + kPrefetch] / J) * D, D);
+      if (q + kPrefetch < oend) {
+        // Positions of a row are scattered over tokens: fetch the weight and dw entries ahead too.
+        const int64_t pf = pos[q + kPrefetch];
+        prefetch_row(dout + (pf / J) * D, D);
+        __builtin_prefetch(w + pf, 0, 3);
+        __builtin_prefetch(dw + pf, 1, 3);
+      }
       const int64_t p = pos[q];
       const float* go = dout + (p / J) * D;
       dw[p] = row_dot(go, vr, D);
@@ -201,9 +207,13 @@ static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, i
     row_zero(accV, D);
     for (int64_t q = offsets[u]; q < offsets[u + 1]; ++q) {
       if (q + kPrefetch < oend) {
-        const int64_t tf = pos[q + kPrefetch] / J;
+        const int64_t pf = pos[q + kPrefetch], tf = pf / J;
         prefetch_row(dout + tf * D, D);
         prefetch_row(x + tf * D, D);
+        __builtin_prefetch(g + pf, 0, 3);
+        __builtin_prefetch(h + pf, 0, 3);
+        __builtin_prefetch(dg + pf, 1, 3);
+        __builtin_prefetch(dh + pf, 1, 3);
       }
       const int64_t p = pos[q], t = p / J;
       const float* go = dout + t * D;
