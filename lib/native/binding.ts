@@ -277,8 +277,8 @@ export interface PkmBinding {
   ): void;
   /** madvise(MADV_HUGEPAGE) on the array's 2 MiB-aligned interior; false where unsupported. */
   adviseHugePages(array: HostArray): boolean;
-  /** STREAM-like copy, triad and read-only bandwidth in GB/s (10⁹ bytes moved per second). */
-  memBandwidth(bytes: number, threads: number, reps?: number): { copy: number; triad: number; read: number };
+  /** STREAM-like copy, triad, read-only and scattered-row bandwidth in GB/s (10⁹ bytes moved per second). */
+  memBandwidth(bytes: number, threads: number, reps?: number): { copy: number; triad: number; read: number; rows: number };
 }
 
 // ---- Transformer ops (issue: training) -------------------------------------------------------------------

@@ -688,7 +688,8 @@ export function adviseHugePages(t: Tensor): boolean {
 /**
  * Measures this machine's memory bandwidth with a STREAM-like copy, triad and read over three buffers of `bytes`
  * each (default 256 MiB) on `threads` threads (default: the pool size), best of `reps` repetitions (default 5),
- * the read being a plain sum. GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
+ * the read being a plain sum, and `rows`: 1 KiB rows read in a scattered order (the PKM/PEER gather pattern).
+ * GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
  *
  * @example
  * ```ts
@@ -696,6 +697,6 @@ export function adviseHugePages(t: Tensor): boolean {
  * const floorMs = bytesMoved / (copy * 1e9) * 1e3;
  * ```
  */
-export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number, reps = 5): { copy: number; triad: number; read: number } {
+export function memBandwidth(bytes = 256 * 2 ** 20, threads?: number, reps = 5): { copy: number; triad: number; read: number; rows: number } {
   return native().memBandwidth(bytes, threads ?? native().getNumThreads(), reps);
 }

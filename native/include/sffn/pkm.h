@@ -117,13 +117,14 @@ void batch_norm_backward_ref(int64_t T, int64_t F, const float* dy, const float*
                              float* dbeta);
 
 // ---- machine memory bandwidth (for the benchmarks' floors) ---------------------------------------------------
-// STREAM-like copy (a → b), triad (a = b + s·c) and read (sum of a) over buffers of `bytes` each, on the current
-// thread pool. Returns the best of `reps` repetitions in bytes moved per second (copy counts 2 × bytes, triad
-// 3 × bytes, read 1 × bytes).
+// STREAM-like copy (a → b), triad (a = b + s·c) and read (sum of a) over buffers of `bytes` each, plus `rows`:
+// reading 1 KiB rows of a in a scattered order (the PKM/PEER gather pattern), on the current thread pool. Returns
+// the best of `reps` repetitions in bytes moved per second (copy counts 2 × bytes, triad 3 × bytes).
 struct MemBandwidth {
   double copy;
   double triad;
   double read;
+  double rows;
 };
 MemBandwidth mem_bandwidth(float* a, float* b, float* c, int64_t n, int reps);
 
