@@ -20,7 +20,7 @@ void peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, const
                2);
 }
 
-size_t peer_backward_work_bytes(int64_t T, int64_t J) { return (size_t)(2 * T * J) * sizeof(float) + 128; }
+size_t peer_backward_work_bytes(int64_t T, int64_t J) { return (size_t)(3 * T * J) * sizeof(float) + 256; }
 
 void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, const float* x, const int32_t* idx,
                    const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
@@ -31,11 +31,16 @@ void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, cons
   float* dh = static_cast<float*>(work);
   float* gv = dh + T * J;
   if (D <= kPkmFusedMaxD) {
-    // Row-centric pass (V read once per touched row: dg, dh, dU, dV), then dx per token from U and dh.
+    // act(h) and act'(h) in token order (vectorised), then the row-centric pass (V read once per touched row:
+    // dg, dh, dU, dV), then dx per token from U and dh.
+    float* av = gv;
+    float* ag = gv + T * J;
+    parallel_for(T * J, [&](int64_t b, int64_t e, int) { kern.peer_act_rows((int)act, h + b, av + b, ag + b, e - b); },
+                 4096);
     parallel_for(
         nrows,
         [&](int64_t b, int64_t e, int) {
-          kern.peer_backward_rows(b, e, J, D, (int)act, rows, offsets, pos, g, h, V, x, dout, dg, dh, dU_rows, dV_rows);
+          kern.peer_backward_rows(b, e, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU_rows, dV_rows);
         },
         16);
     parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);

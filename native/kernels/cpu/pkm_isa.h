@@ -32,10 +32,11 @@ struct PkmRowKernels {
   void (*eb_backward_rows)(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows, const int64_t* offsets,
                            const int64_t* pos, const float* w, const float* V, const float* dout, float* dw,
                            float* dV);
-  void (*peer_backward_rows)(int64_t u0, int64_t u1, int64_t J, int64_t D, int act, const int32_t* rows,
-                             const int64_t* offsets, const int64_t* pos, const float* g, const float* h,
-                             const float* V, const float* x, const float* dout, float* dg, float* dh, float* dU,
-                             float* dV);
+  void (*peer_backward_rows)(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                             const int64_t* offsets, const int64_t* pos, const float* g, const float* av,
+                             const float* ag, const float* V, const float* x, const float* dout, float* dg, float* dh,
+                             float* dU, float* dV);
+  void (*peer_act_rows)(int act, const float* h, float* a, float* ag, int64_t n);
   void (*peer_backward_dx)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
                            const float* dh, float* dx);
   void (*topk_half)(const float* s, int64_t n, int64_t k, float* v, int32_t* ix);

@@ -49,15 +49,25 @@ static inline void row_zero(float* y, int64_t D) {
 // traffic of the row pass. Callers end with stream_fence().
 static inline void row_stream(float* __restrict dst, const float* __restrict src, int64_t D) {
   int64_t i = 0;
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
 #if defined(__AVX512F__)
-  if (((uintptr_t)dst & 63) == 0)
+  constexpr uintptr_t kAlign = 64;
+#elif defined(__AVX__)
+  constexpr uintptr_t kAlign = 32;
+#else
+  constexpr uintptr_t kAlign = 16;
+#endif
+  if (((uintptr_t)dst & 3) == 0) {
+    // Large typed arrays are page-aligned plus a small allocator header: peel to the vector alignment.
+    for (; i < D && ((uintptr_t)(dst + i) & (kAlign - 1)) != 0; ++i) dst[i] = src[i];
+#if defined(__AVX512F__)
     for (; i + 16 <= D; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
 #elif defined(__AVX__)
-  if (((uintptr_t)dst & 31) == 0)
     for (; i + 8 <= D; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-#elif defined(__SSE2__)
-  if (((uintptr_t)dst & 15) == 0)
+#else
     for (; i + 4 <= D; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  }
 #endif
   for (; i < D; ++i) dst[i] = src[i];
 }
@@ -73,12 +83,47 @@ static inline void prefetch_row(const float* r, int64_t D) {
   for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(r + i, 0, 3);
 }
 
+// Branch-free exp and erf over plain float arithmetic, so the activation loops vectorise (no libm calls):
+//   exp: x = n·ln2 + r with |r| <= ln2/2 (n rounded with the 1.5·2^23 trick), e^r by its degree-6 Taylor
+//        polynomial, 2^n from the exponent bits (relative error ~2e-7);  erf: Abramowitz & Stegun 7.1.26
+//        (absolute error <= 1.5e-7). The float64 references use std::exp / std::erf.
+static inline float fast_expf(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = ((int32_t)n + 127) << 23;
+  return p * scale.f;
+}
+
+static inline float fast_erff(float x) {
+  const float ax = x < 0 ? -x : x;
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float y = 1.0f - p * t * fast_expf(-ax * ax);
+  return x < 0 ? -y : y;
+}
+
 // PEER activations (pkm.h PeerAct): 0 relu, 1 gelu (erf), 2 silu, 3 identity.
 static inline float peer_act(int act, float h) {
   switch (act) {
     case 0: return h > 0 ? h : 0.0f;
-    case 1: return 0.5f * h * (1.0f + ::erff(h * 0.70710678118654752f));
-    case 2: return h / (1.0f + ::expf(-h));
+    case 1: return 0.5f * h * (1.0f + fast_erff(h * 0.70710678118654752f));
+    case 2: return h / (1.0f + fast_expf(-h));
     default: return h;
   }
 }
@@ -87,15 +132,36 @@ static inline float peer_act_grad(int act, float h) {
   switch (act) {
     case 0: return h > 0 ? 1.0f : 0.0f;
     case 1: {
-      const float cdf = 0.5f * (1.0f + ::erff(h * 0.70710678118654752f));
-      const float pdf = 0.39894228040143268f * ::expf(-0.5f * h * h);
-      return cdf + h * pdf;
+      const float cdf = 0.5f * (1.0f + fast_erff(h * 0.70710678118654752f));
+      return cdf + h * 0.39894228040143268f * fast_expf(-0.5f * h * h);
     }
     case 2: {
-      const float s = 1.0f / (1.0f + ::expf(-h));
+      const float s = 1.0f / (1.0f + fast_expf(-h));
       return s * (1.0f + h * (1.0f - s));
     }
     default: return 1.0f;
+  }
+}
+
+// a[i] = act(h[i]) (and ag[i] = act'(h[i]) when ag is given), with the switch outside the loops so they vectorise.
+static inline void peer_act_rows(int act, const float* __restrict h, float* __restrict a, float* __restrict ag,
+                                 int64_t n) {
+  switch (act) {
+    case 0:
+      for (int64_t i = 0; i < n; ++i) a[i] = peer_act(0, h[i]);
+      if (ag) for (int64_t i = 0; i < n; ++i) ag[i] = peer_act_grad(0, h[i]);
+      break;
+    case 1:
+      for (int64_t i = 0; i < n; ++i) a[i] = peer_act(1, h[i]);
+      if (ag) for (int64_t i = 0; i < n; ++i) ag[i] = peer_act_grad(1, h[i]);
+      break;
+    case 2:
+      for (int64_t i = 0; i < n; ++i) a[i] = peer_act(2, h[i]);
+      if (ag) for (int64_t i = 0; i < n; ++i) ag[i] = peer_act_grad(2, h[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) a[i] = h[i];
+      if (ag) for (int64_t i = 0; i < n; ++i) ag[i] = 1.0f;
   }
 }
 
@@ -193,10 +259,11 @@ static inline void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int
 
 // PEER: for unique rows [u0, u1) with c = ⟨V[row], dout[t]⟩: dg[p] = act(h)·c, dh[p] = g·c·act'(h),
 // dU[u] = Σ_p dh[p]·x[t], dV[u] = Σ_p g·act(h)·dout[t]  (t = p / J).
-static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, int act, const int32_t* rows,
+// av, ag: act(h) and act'(h) per position (peer_act_rows in token order beforehand).
+static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
                                             const int64_t* offsets, const int64_t* pos, const float* g,
-                                            const float* h, const float* V, const float* x, const float* dout,
-                                            float* dg, float* dh, float* dU, float* dV) {
+                                            const float* av, const float* ag, const float* V, const float* x,
+                                            const float* dout, float* dg, float* dh, float* dU, float* dV) {
   alignas(64) float accU[kFusedMaxD];
   alignas(64) float accV[kFusedMaxD];
   const int64_t oend = offsets[u1];
@@ -211,16 +278,17 @@ static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, i
         prefetch_row(dout + tf * D, D);
         prefetch_row(x + tf * D, D);
         __builtin_prefetch(g + pf, 0, 3);
-        __builtin_prefetch(h + pf, 0, 3);
+        __builtin_prefetch(av + pf, 0, 3);
+        __builtin_prefetch(ag + pf, 0, 3);
         __builtin_prefetch(dg + pf, 1, 3);
         __builtin_prefetch(dh + pf, 1, 3);
       }
       const int64_t p = pos[q], t = p / J;
       const float* go = dout + t * D;
       const float c = row_dot(vr, go, D);
-      const float a = peer_act(act, h[p]);
+      const float a = av[p];
       dg[p] = a * c;
-      dh[p] = g[p] * c * peer_act_grad(act, h[p]);
+      dh[p] = g[p] * c * ag[p];
       row_axpy(accU, dh[p], x + t * D, D);
       row_axpy(accV, g[p] * a, go, D);
     }
@@ -259,10 +327,16 @@ static inline void peer_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t
     }
     float* o = out + t * D;
     row_zero(o, D);
-    for (int64_t j = 0; j < J; ++j) {
-      if (j + kPrefetch < J) prefetch_row(V + (int64_t)it[j + kPrefetch] * D, D);
-      else if (t + 1 < t1 && j + kPrefetch - J < J) prefetch_row(U + (int64_t)it[J + j + kPrefetch - J] * D, D);
-      row_axpy(o, g[t * J + j] * peer_act(act, ht[j]), V + (int64_t)it[j] * D, D);
+    alignas(64) float coef[256];
+    for (int64_t j0 = 0; j0 < J; j0 += 256) {
+      const int64_t w = J - j0 < 256 ? J - j0 : 256;
+      peer_act_rows(act, ht + j0, coef, nullptr, w);
+      for (int64_t i = 0; i < w; ++i) coef[i] *= g[t * J + j0 + i];
+      for (int64_t j = j0; j < j0 + w; ++j) {
+        if (j + kPrefetch < J) prefetch_row(V + (int64_t)it[j + kPrefetch] * D, D);
+        else if (t + 1 < t1 && j + kPrefetch - J < J) prefetch_row(U + (int64_t)it[j + kPrefetch] * D, D);
+        row_axpy(o, coef[j - j0], V + (int64_t)it[j] * D, D);
+      }
     }
   }
 }
