@@ -391,12 +391,78 @@ static inline unsigned block16_gt(const float* s, float thr) {
 #endif
 }
 
+#if defined(__AVX512F__)
+// AVX-512 top-k for k <= 32: the sorted list lives in two zmm registers (values) and two (indices); inserting x
+// is a compare (the entries smaller than x, a suffix of the list), a one-lane shift of that suffix and a masked
+// write of x at its head: no data-dependent branch per insertion (the scalar insertion loop mispredicts on its
+// exit for each of the ~k·ln(n/k) insertions). New scores come in index order and move only entries strictly
+// smaller, so equal values keep the lower index first, as in the scalar version.
+static inline void topk_half_avx512_32(const float* __restrict s, int64_t n, int64_t k, float* __restrict v,
+                                       int32_t* __restrict ix) {
+  __m512 v0 = _mm512_set1_ps(0.0f), v1 = v0;
+  __m512i i0 = _mm512_setzero_si512(), i1 = i0;
+  uint32_t valid = 0;  // lanes holding an entry (a prefix)
+  const uint32_t full = k >= 32 ? 0xffffffffu : ((1u << k) - 1);
+  const __m512i last = _mm512_set1_epi32((int)((k - 1) & 15));
+  float thr = 0.0f;
+  auto insert = [&](float x, int32_t a) {
+    const __m512 xv = _mm512_set1_ps(x);
+    const uint32_t lt = (uint32_t)_mm512_cmp_ps_mask(v0, xv, _CMP_LT_OQ) |
+                        ((uint32_t)_mm512_cmp_ps_mask(v1, xv, _CMP_LT_OQ) << 16);
+    const uint32_t m = (lt | ~valid) & full;  // entries that move right (a suffix of the first k lanes)
+    if (!m) return;                           // list full and x not larger than the k-th best
+    const uint32_t head = m & (0u - m);       // where x goes
+    const __m512i sv0 = _mm512_alignr_epi32(_mm512_castps_si512(v0), _mm512_setzero_si512(), 15);
+    const __m512i sv1 = _mm512_alignr_epi32(_mm512_castps_si512(v1), _mm512_castps_si512(v0), 15);
+    const __m512i si0 = _mm512_alignr_epi32(i0, _mm512_setzero_si512(), 15);
+    const __m512i si1 = _mm512_alignr_epi32(i1, i0, 15);
+    const __mmask16 m0 = (__mmask16)(m & 0xffff), m1 = (__mmask16)(m >> 16);
+    const __mmask16 h0 = (__mmask16)(head & 0xffff), h1 = (__mmask16)(head >> 16);
+    v0 = _mm512_mask_mov_ps(_mm512_mask_mov_ps(v0, m0, _mm512_castsi512_ps(sv0)), h0, xv);
+    v1 = _mm512_mask_mov_ps(_mm512_mask_mov_ps(v1, m1, _mm512_castsi512_ps(sv1)), h1, xv);
+    const __m512i av = _mm512_set1_epi32(a);
+    i0 = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(i0, m0, si0), h0, av);
+    i1 = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(i1, m1, si1), h1, av);
+    valid = ((valid << 1) | 1u) & full;
+    if (valid == full) thr = _mm512_cvtss_f32(_mm512_permutexvar_ps(last, k > 16 ? v1 : v0));
+  };
+  int64_t a = 0;
+  for (; a < n && valid != full; ++a) insert(s[a], (int32_t)a);
+  for (; a + 16 <= n; a += 16) {
+    uint32_t mask = (uint32_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(s + a), _mm512_set1_ps(thr), _CMP_GT_OQ);
+    while (mask) {
+      const int l = __builtin_ctz(mask);
+      mask &= mask - 1;
+      if (s[a + l] > thr) insert(s[a + l], (int32_t)(a + l));
+    }
+  }
+  for (; a < n; ++a)
+    if (s[a] > thr) insert(s[a], (int32_t)a);
+  alignas(64) float vb[32];
+  alignas(64) int32_t ib[32];
+  _mm512_store_ps(vb, v0);
+  _mm512_store_ps(vb + 16, v1);
+  _mm512_store_si512((__m512i*)ib, i0);
+  _mm512_store_si512((__m512i*)(ib + 16), i1);
+  for (int64_t j = 0; j < k; ++j) {
+    v[j] = vb[j];
+    ix[j] = ib[j];
+  }
+}
+#endif
+
 // Sorted top-k of s[0..n) into (v desc, ix): insertion into a k-list, scanning in index order with a strict '>'
 // so lower indices stay first among equal values. Blocks of 16 scores are first tested against the current
 // k-th best in one vector compare: once the list is full almost every block is skipped without a branch per
 // score (~k·ln(n/k) insertions happen in all).
 static inline void topk_half_range(const float* __restrict s, int64_t n, int64_t k, float* __restrict v,
                                    int32_t* __restrict ix) {
+#if defined(__AVX512F__)
+  if (k <= 32) {
+    topk_half_avx512_32(s, n, k, v, ix);
+    return;
+  }
+#endif
   int64_t cnt = 0;
   auto insert = [&](float x, int64_t a) {
     if (cnt == k && !(x > v[k - 1])) return;
