@@ -197,6 +197,28 @@ describe('pkmTopk', () => {
     keys.dispose();
   });
 
+  it('k = 1, 16, 17, 32, 33 (vector and scalar list paths) match exhaustive search on every ISA, also with ties', async () => {
+    for (const k of [1, 16, 17, 32, 33]) {
+      const c: Cfg = { name: '', T: 7, H: 2, Hq: 2, Hk: 2, Dk: 8, n: 40, k };
+      const { q, keys } = inputs(c, 50 + k);
+      // Quantised keys make many sub-key scores equal: ties must resolve to the lower index everywhere.
+      const kd = keys.data() as Float32Array;
+      if (k % 2) for (let i = 0; i < kd.length; i++) kd[i] = Math.round(kd[i] * 2) / 2;
+      const qd = q.data() as Float32Array;
+      if (k % 2) for (let i = 0; i < qd.length; i++) qd[i] = Math.round(qd[i]);
+      const ref = pkmTopk(q, keys, k, { act: 'none', impl: 'ref' });
+      for (const isa of await cpuIsas()) {
+        const got = await withIsa(isa, () => pkmTopk(q, keys, k, { act: 'none' }));
+        expect(Array.from(got.indices.data() as Int32Array), `${isa} k=${k}`).toEqual(Array.from(ref.indices.data() as Int32Array));
+        expectClose(got.scores.data() as Float32Array, ref.scores.data() as Float32Array);
+        disposeSel(got);
+      }
+      disposeSel(ref);
+      q.dispose();
+      keys.dispose();
+    }
+  });
+
   it('ties: equal scores keep the lower slot first, results are sorted best first', () => {
     // All-zero keys: every slot scores 0, so the top-k are slots 0..k-1 in order.
     const q = Tensor.from(randn(2 * 1 * 4, 5), { shape: [2, 1, 4] });
