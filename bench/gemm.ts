@@ -95,13 +95,13 @@ export async function run(args: string[]): Promise<void> {
       const best: Record<number, number> = {};
       for (const t of threadList) {
         setNumThreads(t);
-        const tm = time(call, { warmup: 1, minRuns: quick ? 3 : 5, minSeconds: quick ? 0.2 : 0.6, maxRuns: 50 });
+        const tm = time(call, { warmup: 1, minRuns: quick ? 3 : 5, minSeconds: quick ? 0.2 : 0.4, maxRuns: 50 });
         per[t] = flops / tm.median / 1e9;
         best[t] = flops / tm.p10 / 1e9;
       }
       // The naive reference on the first R rows (row i of C costs the same for every i).
       setNumThreads(1);
-      const R = Math.max(1, Math.min(M, Math.round((quick ? 5e7 : 2e8) / (2 * N * K))));
+      const R = Math.max(1, Math.min(M, Math.round((quick ? 3e7 : 8e7) / (2 * N * K))));
       const callRef = () => n.gemmRef(ta, tb, R, N, K, 1, A, lda, B, ldb, 0, C, N, 1, 0, 0, 0);
       const tr = time(callRef, { warmup: 1, minRuns: 3, minSeconds: 0.2, maxRuns: 10 });
       const refG = (2 * R * N * K) / tr.median / 1e9;
