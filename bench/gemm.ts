@@ -73,7 +73,7 @@ export async function run(args: string[]): Promise<void> {
     for (const t of threadList) {
       setNumThreads(Math.max(t, 1));
       const probe = n.fmaPeak(isa, t, 1e5);
-      const iters = Math.max(1e4, Math.round((0.04 * probe * 1e9) / t / flopsPerIter));
+      const iters = Math.max(1e4, Math.round((0.04 * probe * 1e9) / t / flopsPerIter)); // ~40 ms
       peak[t] = 0;
       for (let r = 0; r < 10; r++) peak[t] = Math.max(peak[t], n.fmaPeak(isa, t, iters));
     }
@@ -116,7 +116,15 @@ export async function run(args: string[]): Promise<void> {
       row['naive ref GFLOP/s'] = refG;
       row['ref rows'] = R === M ? 'all' : `${R} of ${M}`;
       rows.push(row);
-      json.push({ ...s, ta, tb, gflops: per, gflopsP10: best, pctPeak: Object.fromEntries(threadList.map((t) => [t, (100 * per[t]) / peak[t]])), ref: { gflops: refG, rows: R } });
+      json.push({
+        ...s,
+        ta,
+        tb,
+        gflops: per,
+        gflopsP10: best,
+        pctPeak: Object.fromEntries(threadList.map((t) => [t, (100 * per[t]) / peak[t]])),
+        ref: { gflops: refG, rows: R },
+      });
     }
 
     // The gathered GEMM (gemm_f32_rows), single thread, against gemm on the same contiguous problem.
@@ -133,10 +141,12 @@ export async function run(args: string[]): Promise<void> {
         cRows = pick.map((r) => r * N),
         bRows = Int32Array.from({ length: K }, (_, k) => k * N);
       const flops = 2 * M * N * K;
-      const tg = time(() => n.gemmRows(false, false, M, N, K, 1, X, aRows, W, bRows, 0, Y, cRows), { warmup: 1, minSeconds: 0.3 });
+      const rowsCall = () => n.gemmRows(false, false, M, N, K, 1, X, aRows, W, bRows, 0, Y, cRows);
+      const tg = time(rowsCall, { warmup: 1, minSeconds: 0.3 });
       const Xc = X.subarray(0, M * K),
         Yc = new Float32Array(M * N);
-      const tc = time(() => n.gemm(false, false, M, N, K, 1, Xc, K, W, N, 0, Yc, N, 1, 0, 0, 0), { warmup: 1, minSeconds: 0.3 });
+      const plainCall = () => n.gemm(false, false, M, N, K, 1, Xc, K, W, N, 0, Yc, N, 1, 0, 0, 0);
+      const tc = time(plainCall, { warmup: 1, minSeconds: 0.3 });
       gathered.push({
         'M×K×N': `${M}×${K}×${N}`,
         'gemmRows GFLOP/s': flops / tg.median / 1e9,
@@ -146,13 +156,39 @@ export async function run(args: string[]): Promise<void> {
     }
 
     const loadAfter = os.loadavg()[0];
+    // Few rows (generation, tiny expert tiles): the unpacked path, B read in place; GB/s of B streamed.
+    const fewRows: Record<string, string | number>[] = [];
+    setNumThreads(threadList[threadList.length - 1]);
+    const fewShapes: [number, number, number, boolean][] = quick
+      ? [[1, 512, 2048, false]]
+      : [
+          [1, 512, 2048, false],
+          [1, 512, 2048, true],
+          [4, 2048, 512, false],
+          [4, 2048, 512, true],
+        ];
+    for (const [M, K, N, tb] of fewShapes) {
+      const A = fill(M * K, 5),
+        B = fill(K * N, 6),
+        C = new Float32Array(M * N);
+      const call = () => n.gemm(false, tb, M, N, K, 1, A, K, B, tb ? K : N, 0, C, N, 1, 0, 0, 0);
+      const tm = time(call, { warmup: 3, minSeconds: 0.2 });
+      fewRows.push({
+        'M×K×N': `${M}×${K}×${N}${tb ? ' Bᵀ' : ''}`,
+        'µs': tm.median * 1e6,
+        'GFLOP/s': (2 * M * N * K) / tm.median / 1e9,
+        'B GB/s': (4 * K * N) / tm.median / 1e9,
+      });
+    }
+
     printTable(rows, `CPU GEMM (${isa}), C = op(A)·op(B), f32 row-major; GFLOP/s = 2·M·N·K / median time`);
-    console.log(
-      `measured FMA peak (${isa}): ${threadList.map((t) => `${peak[t].toFixed(1)} GFLOP/s on ${t} thread${t > 1 ? 's' : ''}`).join(', ')}`,
-    );
+    const peaks = threadList.map((t) => `${peak[t].toFixed(1)} GFLOP/s on ${t} thread${t > 1 ? 's' : ''}`);
+    console.log(`measured FMA peak (${isa}): ${peaks.join(', ')}`);
     console.log('naive ref = kernels/ref/gemm.cpp (triple loop, f64 accumulation, 1 thread), timed on the rows listed');
-    console.log(`machine load (1-min average) ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${os.cpus().length} CPUs`);
+    const cpus = os.cpus().length;
+    console.log(`machine load (1-min average) ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, ${cpus} CPUs`);
     printTable(gathered, 'Gathered GEMM (gemm_f32_rows: A rows gathered, C rows scattered), 1 thread');
+    printTable(fewRows, `Few rows (M <= 12: unpacked, B read in place), ${threadList[threadList.length - 1]} threads`);
     // The best ISA's run is the headline file; other ISAs get their own (gemm-avx2-cpu.json, ...).
     writeResults(isa === bestIsa ? 'gemm' : `gemm-${isa}`, {
       isa,
@@ -161,6 +197,7 @@ export async function run(args: string[]): Promise<void> {
       loadavg: { before: loadBefore, after: loadAfter },
       shapes: json,
       gathered,
+      fewRows,
     });
   } finally {
     setNumThreads(savedThreads);
