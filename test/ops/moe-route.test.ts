@@ -235,6 +235,16 @@ describe('moeRoute semantics', () => {
     zt.dispose();
   });
 
+  test('many experts: k > 16 (partial sort path), ties and dropout', () => {
+    for (const gate of GATES) {
+      checkForward({ T: 12, E: 40, k: 20, gate, select: 'topk' }, logits(12, 40, 50), 'cpu');
+      checkForward({ T: 12, E: 40, k: 20, gate, select: 'threshold', threshold: 0.7, dropout: 0.2 }, logits(12, 40, 51), 'cpu');
+    }
+    const tied = new Float32Array(3 * 40).fill(0.5);
+    checkForward({ T: 3, E: 40, k: 18, gate: 'softmax', select: 'topk' }, tied, 'cpu');
+    checkBackward({ T: 4, E: 24, k: 18, gate: 'softmax-renorm', select: 'topk' }, logits(4, 24, 52), 'cpu');
+  });
+
   test('edge routings: T=1, k=E, E=1, T=0, every token to one expert', () => {
     for (const [T, E, k] of [[1, 5, 2], [6, 4, 4], [5, 1, 1], [0, 3, 2]]) {
       for (const gate of GATES) checkForward({ T, E, k, gate, select: 'topk' }, logits(T, E, 20 + T), 'cpu');
