@@ -6,11 +6,16 @@
  * says so. Also: the transposed variants the FFN backward uses, and the gathered row-pointer GEMM that the
  * MoE grouped GEMM builds on (single thread, rows gathered from a larger matrix in scrambled order).
  *
- *   npm run bench -- gemm [--quick] [--isa avx2|avx512|scalar] [--threads 1,2]
+ * OpenBLAS runs the same shapes in the same run (bench/openblas_gemm.py through numpy, which bundles OpenBLAS) when
+ * python3 with numpy is on PATH; `--no-openblas` skips it.
+ *
+ *   npm run bench -- gemm [--quick] [--isa avx2|avx512|scalar] [--threads 1,2] [--no-openblas]
  *
  * Prints tables and writes bench/results/gemm-cpu.json.
  */
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
+import { fileURLToPath } from 'node:url';
 
 import { getNumThreads, info, setIsa, setNumThreads } from '../lib/index.js';
 import { native } from '../lib/native/loader.js';
@@ -26,6 +31,26 @@ function fill(n: number, seed: number): Float32Array {
     a[i] = s / 2 ** 31 - 1;
   }
   return a;
+}
+
+interface OpenBlasRun {
+  blas: string;
+  results: { gflops: number; gflopsP10: number }[];
+}
+
+/** The shapes through numpy/OpenBLAS with `threads` threads, or the reason it could not run. */
+function openBlas(shapes: Shape[], threads: number, minSeconds: number): OpenBlasRun | string {
+  // The script sits in bench/ (next to this file's source; dist/bench/ when compiled).
+  const script = fileURLToPath(new URL('../../bench/openblas_gemm.py', import.meta.url));
+  const r = spawnSync('python3', [script], {
+    input: JSON.stringify({ shapes, min_seconds: minSeconds }),
+    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
+    encoding: 'utf8',
+    maxBuffer: 1 << 20,
+  });
+  if (r.error) return `python3 not runnable (${r.error.message})`;
+  if (r.status !== 0) return (r.stderr.trim().split('\n').pop() ?? 'failed').slice(0, 120);
+  return JSON.parse(r.stdout) as OpenBlasRun;
 }
 
 interface Shape {
@@ -155,6 +180,19 @@ export async function run(args: string[]): Promise<void> {
       });
     }
 
+    // OpenBLAS on the same shapes, right after ours (same run, same machine state).
+    const blas: Record<number, OpenBlasRun | string> = {};
+    if (o['no-openblas'] !== true)
+      for (const t of threadList) {
+        blas[t] = openBlas(shapes, t, quick ? 0.2 : 0.4);
+        const b = blas[t];
+        rows.forEach((row, i) => {
+          row[`OpenBLAS ${t}T`] = typeof b === 'string' ? 'n/a' : b.results[i].gflops;
+          row[`ours/OpenBLAS ${t}T`] = typeof b === 'string' ? 'n/a' : `${(Number(row[`GFLOP/s ${t}T`]) / b.results[i].gflops).toFixed(2)}×`;
+          if (typeof b !== 'string') Object.assign(json[i], { [`openblas${t}T`]: b.results[i] });
+        });
+      }
+
     const loadAfter = os.loadavg()[0];
     // Few rows (generation, tiny expert tiles): the unpacked path, B read in place; GB/s of B streamed.
     const fewRows: Record<string, string | number>[] = [];
@@ -184,6 +222,10 @@ export async function run(args: string[]): Promise<void> {
     printTable(rows, `CPU GEMM (${isa}), C = op(A)·op(B), f32 row-major; GFLOP/s = 2·M·N·K / median time`);
     const peaks = threadList.map((t) => `${peak[t].toFixed(1)} GFLOP/s on ${t} thread${t > 1 ? 's' : ''}`);
     console.log(`measured FMA peak (${isa}): ${peaks.join(', ')}`);
+    for (const t of Object.keys(blas)) {
+      const b = blas[Number(t)];
+      console.log(`OpenBLAS ${t}T: ${typeof b === 'string' ? `not measured: ${b}` : `${b.blas} via numpy matmul, same shapes, median`}`);
+    }
     console.log('naive ref = kernels/ref/gemm.cpp (triple loop, f64 accumulation, 1 thread), timed on the rows listed');
     const cpus = os.cpus().length;
     console.log(`machine load (1-min average) ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, ${cpus} CPUs`);
@@ -195,6 +237,7 @@ export async function run(args: string[]): Promise<void> {
       threads: threadList,
       peak,
       loadavg: { before: loadBefore, after: loadAfter },
+      openblas: Object.fromEntries(Object.entries(blas).map(([t, b]) => [t, typeof b === 'string' ? { error: b } : { blas: b.blas }])),
       shapes: json,
       gathered,
       fewRows,

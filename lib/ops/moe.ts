@@ -193,13 +193,12 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
   const sorted = new Int32Array(TK);
   const rank = new Int32Array(TK);
   const dropped = new Int32Array(E);
+  const perToken = new Int32Array(T);
   const aux = native().moeRoute(
     T, E, k, gate, select, threshold, dropout, seed, capacity, impl === 'ref', z.nativeArg(op, 'z') as Float32Array,
-    choices, ids, gates, counts, offsets, sorted, rank, dropped,
+    choices, ids, gates, counts, offsets, sorted, rank, dropped, perToken,
   );
   const S = Number(offsets[E]);
-  const perToken = new Int32Array(T);
-  for (let t = 0; t < T; t++) for (let j = 0; j < k; j++) if (ids[t * k + j] >= 0) perToken[t]++;
   let numDropped = 0;
   for (let e = 0; e < E; e++) numDropped += dropped[e];
   const tensors = {

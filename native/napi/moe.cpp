@@ -99,8 +99,10 @@ Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
   Buf sorted = arg_buf(info, 16, op, "sortedSlots", DType::I32, TK);
   Buf rank = arg_buf(info, 17, op, "slotRank", DType::I32, TK);
   Buf dropped = arg_buf(info, 18, op, "dropped", DType::I32, p.E);
+  Buf token_counts = arg_buf_opt(info, 19, op, "tokenCounts", DType::I32, p.T);
   host_only(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"gates", &gates}, {"counts", &counts},
-                 {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}, {"dropped", &dropped}});
+                 {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}, {"dropped", &dropped},
+                 {"tokenCounts", &token_counts}});
   MoeRouteOut out;
   out.choices = choices.as<int32_t>();
   out.ids = ids.as<int32_t>();
@@ -115,6 +117,15 @@ Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
   } else {
     std::vector<float> work(moe_route_work_floats(p));
     moe_route_forward(z.as<float>(), p, out, work.data());
+  }
+  if (int32_t* tc = token_counts.as<int32_t>()) {
+    // Experts kept per token (after capacity): here rather than in JS, where a cold loop over T·K ids cost more
+    // than the routing itself.
+    for (int64_t t = 0; t < p.T; ++t) {
+      int32_t n = 0;
+      for (int64_t j = 0; j < p.K; ++j) n += out.ids[t * p.K + j] >= 0;
+      tc[t] = n;
+    }
   }
   Napi::Object r = Napi::Object::New(info.Env());
   r.Set("entropy", out.aux.entropy);
