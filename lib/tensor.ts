@@ -105,7 +105,7 @@ export function memory(): MemoryInfo {
   return { ...counters };
 }
 
-type Tensors = Tensor | Tensors[] | { [k: string]: Tensors } | undefined | null | number | string | boolean;
+type Tensors = Tensor | Tensors[] | { [k: string]: Tensors } | undefined | void | null | number | string | boolean;
 
 function collect(v: unknown, out: Set<Tensor>): void {
   if (v instanceof Tensor) out.add(v);

@@ -109,7 +109,9 @@ describe('Tensor', () => {
 
   describe('bad input', () => {
     it('rejects a Float64Array where f32 is expected', () => {
+      // @ts-expect-error: a Float64Array is the bad input under test
       expect(() => Tensor.from(new Float64Array(4))).toThrow(DTypeError);
+      // @ts-expect-error: as above
       expect(() => Tensor.from(new Float64Array(4), { dtype: 'f32' })).toThrow(/Float32Array.*Float64Array/);
       expect(() => Tensor.from(new Int32Array(4), { dtype: 'f32' })).toThrow(DTypeError);
     });
