@@ -409,12 +409,26 @@ export function moeExpertsBackward(
   opts: MoeExpertsOptions = {},
 ): MoeExpertsGrads {
   const op = 'moeExpertsBackward';
-  const { T, D, E, k, G } = expertDims(op, x, r, p);
+  const { T, D, E, k, G } = expertDims(op, x, r, p, opts.impl !== 'ref');
   const act = checkAct(op, opts.act ?? 'relu');
   expectTensor(dy, op, 'dy', 'f32', [T, D]);
   if (!saved || typeof saved !== 'object') fail('type', `${op}: saved must be the saved tensors of moeExperts`);
   expectTensor(saved.pre, op, 'saved.pre', 'f32', [r.numSlots, G]);
   expectTensor(saved.hs, op, 'saved.hs', 'f32', [r.numSlots, G]);
+  if (sameDevice(op, { dy, x, pre: saved.pre, hs: saved.hs }) === 'cuda') {
+    // CUDA: gradients on the device; dgates on the host, next to the routing it feeds (moeRouteBackward).
+    const zeros = (shape: number[]) => Tensor.zeros(shape, { device: 'cuda' });
+    const g: MoeExpertsGrads = { dx: zeros([T, D]), dw1: zeros([E, D, G]), dw2: zeros([E, G, D]), dgates: Tensor.zeros([T, k]) };
+    if (p.b1) g.db1 = zeros([E, G]);
+    if (p.b2) g.db2 = zeros([D]);
+    const arg = (t: Tensor | undefined, name: string) => (t ? t.nativeArg(op, name) : null) as never;
+    native().moeExpertsBackward(
+      T, D, E, k, G, act, false, ...routeArgs(op, r), arg(x, 'x'), arg(p.w1, 'w1'), arg(p.w2, 'w2'),
+      arg(saved.pre, 'saved.pre'), arg(saved.hs, 'saved.hs'), arg(dy, 'dy'), arg(g.dx, 'dx'), arg(g.dw1, 'dw1'),
+      arg(g.db1, 'db1'), arg(g.dw2, 'dw2'), arg(g.db2, 'db2'), arg(g.dgates, 'dgates'),
+    );
+    return g;
+  }
   checkCpu(op, { dy, x, pre: saved.pre });
   const dx = new Float32Array(T * D);
   const dw1 = new Float32Array(E * D * G);

@@ -292,8 +292,23 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
   // arrays), so the kernel leaves experts without slots untouched. Not scanned: that would touch every page the
   // promise exists to leave alone. A false promise cannot write out of bounds, only leave those values as given.
   bool dw_zeroed = info.Length() > 23 && arg_bool(info, 23, op, "dwZeroed");
-  host_only(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"hs", &hs}, {"dy", &dy}, {"dx", &dx},
-                 {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}, {"dgates", &dgates}});
+  // CUDA flavor: the tensors may all live on the device; the routing and dgates stay on the host.
+  if (same_device(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"hs", &hs}, {"dy", &dy}, {"dx", &dx},
+                       {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}})) {
+#ifdef SFFN_WITH_CUDA
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    host_only(op, {{"dgates", &dgates}});
+    check_cuda(cuda::moe_experts_backward(s.T, s.D, s.E, s.K, s.G, (int)s.act, r.gates, r.offsets, r.sorted_slots,
+                                          r.slot_rank, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(),
+                                          hs.as<float>(), dy.as<float>(), dx.as<float>(), dw1.as<float>(),
+                                          db1.as<float>(), dw2.as<float>(), db2.as<float>(), dgates.as<float>()),
+               op);
+    return info.Env().Undefined();
+#else
+    fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
+#endif
+  }
+  host_only(op, {{"dgates", &dgates}});
   if (ref) {
     moe_experts_backward_ref(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),
                              dy.as<float>(), dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),

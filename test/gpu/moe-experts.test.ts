@@ -1,23 +1,23 @@
 /**
- * moeExperts on the GPU (native/kernels/cuda/moe_experts.cu) against moeExperts on the CPU for the same routing
- * (routing stays on the host): every activation, with and without biases, skewed routing with multi-tile experts,
- * capacity drops, and bad input (routing on the device, mixed devices, the reference impl on cuda tensors).
+ * moeExperts and moeExpertsBackward on the GPU (native/kernels/cuda/moe_experts.cu) against the CPU for the same
+ * routing (routing and dgates stay on the host): every activation, with and without biases, skewed routing with
+ * multi-tile experts, capacity drops, determinism of the backward, and bad input (routing on the device, mixed devices, the reference impl on cuda tensors).
  * Skipped with the probe's reason where no GPU is present (test/gpu/moe-emulated.test.ts still checks the kernels).
  */
 import { describe, expect, it } from 'vitest';
 
-import { DeviceError, Tensor, memory, moeExperts, moeRoute } from '../../lib/index.js';
-import { expectClose, randn } from '../helpers.js';
+import { DeviceError, Tensor, memory, moeExperts, moeExpertsBackward, moeRoute } from '../../lib/index.js';
+import { expectBitIdentical, expectClose, randn } from '../helpers.js';
 import { announce, gpuStatus } from './cuda-env.js';
 
 const st = gpuStatus();
 announce('test/gpu/moe-experts', st);
 
-describe.skipIf(!st.gpu)('CUDA moeExperts', () => {
+describe.skipIf(!st.gpu)('CUDA moeExperts and moeExpertsBackward', () => {
   const acts = ['relu', 'gelu', 'silu'] as const;
   for (const act of acts) {
     for (const bias of [false, true]) {
-      it(`matches the CPU (act=${act}, bias=${bias})`, () => {
+      it(`forward and backward match the CPU (act=${act}, bias=${bias})`, () => {
         const m0 = memory();
         const [T, D, E, k, G] = [150, 40, 6, 2, 70];
         const x = Tensor.from(randn(T * D, 1), { shape: [T, D] });
@@ -38,7 +38,25 @@ describe.skipIf(!st.gpu)('CUDA moeExperts', () => {
         expectClose(gpu.saved.pre.data() as Float32Array, cpu.saved.pre.data() as Float32Array, tol, 'pre');
         expectClose(gpu.saved.hs.data() as Float32Array, cpu.saved.hs.data() as Float32Array, tol, 'hs');
         expectClose(gpu.y.data() as Float32Array, cpu.y.data() as Float32Array, tol, 'y');
-        for (const t of [x, z, w1, w2, b1, b2, cpu.y, cpu.saved.pre, cpu.saved.hs, gpu.y, gpu.saved.pre, gpu.saved.hs, ...dev])
+
+        const dyv = randn(T * D, 7);
+        const dy = Tensor.from(dyv, { shape: [T, D] });
+        const dyd = dy.to('cuda');
+        const gc = moeExpertsBackward(dy, x, r, { w1, w2, b1, b2 }, cpu.saved, { act });
+        const pd = { w1: dev[1]!, w2: dev[2]!, b1: dev[3], b2: dev[4] };
+        const gg = moeExpertsBackward(dyd, dev[0]!, r, pd, gpu.saved, { act });
+        const gg2 = moeExpertsBackward(dyd, dev[0]!, r, pd, gpu.saved, { act });
+        expect(gg.dx.device).toBe('cuda');
+        expect(gg.dgates.device).toBe('cpu');
+        const gtol = { atol: 3e-4, rtol: 3e-4 };
+        for (const key of ['dx', 'dw1', 'dw2', 'dgates', 'db1', 'db2'] as const) {
+          expect(gg[key] === undefined, key).toBe(!bias && (key === 'db1' || key === 'db2'));
+          if (!gg[key]) continue;
+          expectClose(gg[key]!.data() as Float32Array, gc[key]!.data() as Float32Array, gtol, key);
+          expectBitIdentical(gg[key]!.data() as Float32Array, gg2[key]!.data() as Float32Array, `${key} (determinism)`);
+        }
+        for (const g of [gc, gg, gg2]) for (const t of Object.values(g)) t?.dispose();
+        for (const t of [x, z, w1, w2, b1, b2, dy, dyd, cpu.y, cpu.saved.pre, cpu.saved.hs, gpu.y, gpu.saved.pre, gpu.saved.hs, ...dev])
           t?.dispose();
         r.dispose();
         expect(memory()).toEqual(m0);

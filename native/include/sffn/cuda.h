@@ -83,6 +83,16 @@ Status moe_experts_forward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G
                            const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
                            const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
                            float* pre, float* hs, float* y);
+// The backward of sffn::moe_experts_backward (sffn/moe.h) from dy [T, D]: dx [T, D], dw1 [E, D, G], db1 [E, G]
+// (or null), dw2 [E, G, D], db2 [D] (or null), all DEVICE pointers like x, w1, w2, pre, hs, dy; dgates [T, K]
+// is a HOST array (like the routing), 0 for slots that were not kept. Every gradient is overwritten. Reductions
+// have one owner each and a fixed order (dW per expert tile over its rows in rank order; dx over the K slots in
+// order), so results are deterministic.
+Status moe_experts_backward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
+                            const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                            const float* x, const float* w1, const float* w2, const float* pre, const float* hs,
+                            const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2,
+                            float* dgates);
 
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates

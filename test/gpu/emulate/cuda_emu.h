@@ -52,6 +52,17 @@ void violation(const std::string& what) {
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 inline void __syncwarp() { g_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 
+// Warp shuffle through a per-block exchange buffer (all 32 lanes must call it, as on the GPU with a full mask).
+inline float __shfl_down_sync(unsigned, float v, int delta) {
+  static float lanes[1024];
+  const unsigned t = threadIdx.x;
+  lanes[t] = v;
+  __syncwarp();
+  const float r = (t % 32) + delta < 32 ? lanes[t + delta] : v;
+  __syncwarp();
+  return r;
+}
+
 alignas(128) static unsigned char g_dynamic_smem[96 * 1024];
 inline unsigned char* dynamic_smem() { return g_dynamic_smem; }
 
@@ -127,28 +138,31 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }  // namespace wmma
 }  // namespace nvcuda
 
-// Runs body() as every thread of every block of `grid`, one block at a time.
+// Runs body() as every thread of every block of `grid`, one block at a time. The block's threads are created
+// once per launch and step through the blocks together (a barrier publishes each blockIdx and separates blocks).
 template <class F>
 void launch(dim3 grid, unsigned threads, F&& body) {
   gridDim = grid;
   blockDim = dim3{threads, 1, 1};
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = dim3{x, y, z};
-        std::barrier<> block(threads);
-        std::vector<std::barrier<>*> warps;
-        for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(new std::barrier<>(32));
-        g_block_barrier = &block;
-        g_warp_barriers = warps;
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < threads; ++t)
-          ts.emplace_back([t, &body] {
-            threadIdx = dim3{t, 0, 0};
-            body();
-          });
-        for (auto& t : ts) t.join();
-        for (auto* w : warps) delete w;
+  const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+  if (nblocks == 0) return;
+  std::barrier<> block(threads);
+  std::vector<std::barrier<>*> warps;
+  for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(new std::barrier<>(32));
+  g_block_barrier = &block;
+  g_warp_barriers = warps;
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < threads; ++t)
+    ts.emplace_back([t, nblocks, grid, &block, &body] {
+      threadIdx = dim3{t, 0, 0};
+      for (uint64_t b = 0; b < nblocks; ++b) {
+        if (t == 0) blockIdx = dim3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+        block.arrive_and_wait();  // blockIdx published
+        body();
+        block.arrive_and_wait();  // every thread done with this block (statics are reused by the next)
       }
+    });
+  for (auto& t : ts) t.join();
+  for (auto* w : warps) delete w;
 }
 

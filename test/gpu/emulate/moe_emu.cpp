@@ -1,4 +1,4 @@
-// Host emulation of the CUDA σ-MoE expert forward kernels (native/kernels/cuda/moe_kernels.cuh) against a float64
+// Host emulation of the CUDA σ-MoE expert forward and backward kernels (native/kernels/cuda/moe_kernels.cuh) against a float64
 // reference of moe.h's contract: random routings (K distinct experts per token, slots dropped, empty experts, an
 // expert with several 128-row tiles, no kept slot at all), every activation, with and without biases. Launches
 // exactly as moe_experts.cu does (row tiles from moe_row_tiles, grid y over column tiles). AddressSanitizer
@@ -16,6 +16,18 @@ using namespace sffn::cuda;
 static uint32_t g_rng = 777;
 static uint32_t urand() { return g_rng = g_rng * 1664525u + 1013904223u; }
 static float frand() { return (float)((urand() >> 8) & 0xffff) / 32768.f - 1.f; }
+
+static double act_grad_d(int act, double a) {
+  switch (act) {
+    case 0: return a > 0 ? 1 : 0;
+    case 1: return 0.5 * (1 + std::erf(a / std::sqrt(2.0))) + a * std::exp(-0.5 * a * a) / std::sqrt(2 * M_PI);
+    case 2: {
+      const double s = 1 / (1 + std::exp(-a));
+      return s * (1 + a * (1 - s));
+    }
+    default: return 1;
+  }
+}
 
 static double act_d(int act, double a) {
   switch (act) {
@@ -101,11 +113,11 @@ static bool run(const Case& c) {
   const float* pb2 = c.bias ? b2.data() : nullptr;
   if (ntiles > 0) {
     launch(dim3{ntiles, (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
-      moe_grouped_gemm_kernel<true>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, x.data(), D,
+      moe_grouped_gemm_kernel<true, false, true>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, x.data(), D,
                                     w1.data(), D, G, pb1, c.act, pre.data(), hs.data());
     });
     launch(dim3{ntiles, (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
-      moe_grouped_gemm_kernel<false>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, hs.data(), G,
+      moe_grouped_gemm_kernel<false, false, false>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, hs.data(), G,
                                      w2.data(), G, D, nullptr, c.act, yr.data(), nullptr);
     });
   }
@@ -125,6 +137,72 @@ static bool run(const Case& c) {
   };
   bool ok = check("pre", pre.data(), pre_r, std::sqrt((double)D)) && check("hs", hs.data(), hs_r, std::sqrt((double)D)) &&
             check("y", y.data(), y_r, std::sqrt((double)D * G * K));
+
+  // ---- backward, from the emulated pre/hs, launched as moe_experts_backward in moe_experts.cu ----
+  std::vector<float> dy(T * D);
+  for (float& f : dy) f = frand();
+  std::vector<double> dhs_r(S * G), dpre_r(S * G), dg_r(TK, 0.0), dx_r(T * D, 0.0), dw1_r(E * D * G, 0.0),
+      dw2_r(E * G * D, 0.0), db1_r(E * G, 0.0), db2_r(D, 0.0);
+  for (int64_t r = 0; r < S; ++r) {
+    const int64_t slot = sorted[r], t = slot / K, e = ids[slot];
+    double dgs = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      double a = 0;
+      for (int64_t d = 0; d < D; ++d) a += (double)dy[t * D + d] * w2[(e * G + g) * D + d];
+      dhs_r[r * G + g] = a;
+      dgs += a * act_d(c.act, pre[r * G + g]);
+      dpre_r[r * G + g] = gates[slot] * a * act_grad_d(c.act, pre[r * G + g]);
+    }
+    dg_r[slot] = dgs;
+  }
+  for (int64_t r = 0; r < S; ++r) {
+    const int64_t slot = sorted[r], t = slot / K, e = ids[slot];
+    for (int64_t g = 0; g < G; ++g) {
+      db1_r[e * G + g] += dpre_r[r * G + g];
+      for (int64_t d = 0; d < D; ++d) {
+        dw2_r[(e * G + g) * D + d] += (double)hs[r * G + g] * dy[t * D + d];
+        dw1_r[(e * D + d) * G + g] += (double)x[t * D + d] * dpre_r[r * G + g];
+        dx_r[t * D + d] += dpre_r[r * G + g] * w1[(e * D + d) * G + g];
+      }
+    }
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t d = 0; d < D; ++d) db2_r[d] += dy[t * D + d];
+
+  auto p64 = [](int64_t n) { return (size_t)((n + 63) / 64 * 64); };
+  std::vector<float> ws(2 * p64(S * G) + p64(S * D) + p64(TK), -9.f);
+  float* dhs = ws.data();
+  float* dpre = dhs + p64(S * G);
+  float* dxr = dpre + p64(S * G);
+  float* dg = dxr + p64(S * D);
+  std::fill(dg, dg + TK, 0.f);
+  std::vector<float> dx(T * D, -9.f), dw1(E * D * G, -9.f), dw2(E * G * D, -9.f), db1(E * G, -9.f), db2(D, -9.f);
+  if (ntiles > 0) {
+    launch(dim3{ntiles, (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<true, true, false>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, dy.data(),
+                                                 D, w2.data(), D, G, nullptr, c.act, dhs, nullptr);
+    });
+    launch(dim3{2, 1, 1}, 64, [&] {  // 4 warps walking S rows
+      moe_gate_grad_kernel(S, G, sorted.data(), gates.data(), pre.data(), dhs, c.act, dpre, dg);
+    });
+    launch(dim3{ntiles, (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<false, true, false>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, dpre, G,
+                                                  w1.data(), G, D, nullptr, c.act, dxr, nullptr);
+    });
+  }
+  launch(dim3{3, 1, 1}, 64, [&] { moe_combine_kernel(T, D, K, rank.data(), dxr, nullptr, dx.data()); });
+  launch(dim3{(unsigned)(E * ((G + MG_BM - 1) / MG_BM)), (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+    moe_wgrad_kernel<false, true>(G, D, offsets.data(), sorted.data(), K, hs.data(), G, dy.data(), D, dw2.data());
+  });
+  launch(dim3{(unsigned)(E * ((D + MG_BM - 1) / MG_BM)), (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+    moe_wgrad_kernel<true, false>(D, G, offsets.data(), sorted.data(), K, x.data(), D, dpre, G, dw1.data());
+  });
+  launch(dim3{2, 1, 1}, 64, [&] { moe_bias_grad_kernel(E, G, offsets.data(), dpre, db1.data()); });
+  launch(dim3{1, 1, 1}, 32, [&] { moe_col_sum_kernel(T, D, dy.data(), db2.data()); });
+  const double sd = std::sqrt((double)D), sg = std::sqrt((double)G * K), sr = std::sqrt((double)T * K + 1);
+  ok = ok && check("dgates", dg, dg_r, sd * std::sqrt((double)G)) && check("dx", dx.data(), dx_r, sd * sg) &&
+       check("dw1", dw1.data(), dw1_r, sr * sd) && check("dw2", dw2.data(), dw2_r, sr * sd) &&
+       check("db1", db1.data(), db1_r, sr * sd) && check("db2", db2.data(), db2_r, sr);
   std::printf("T=%-4lld D=%-3lld E=%-2lld K=%lld G=%-3lld act=%d bias=%d skew=%d drop=%d%% S=%-4lld tiles=%u  %s\n",
               (long long)T, (long long)D, (long long)E, (long long)K, (long long)G, c.act, c.bias, c.skew, c.drop_pct,
               (long long)S, ntiles, ok ? "ok" : "MISMATCH");
