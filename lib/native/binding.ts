@@ -178,7 +178,7 @@ export interface MoeBinding {
     T: number, E: number, k: number, gate: NativeMoeGate, select: NativeMoeSelect, threshold: number, dropout: number,
     seed: number, capacity: number, ref: boolean, z: Float32Array, choices: Int32Array, ids: Int32Array,
     gates: Float32Array, counts: Int32Array, offsets: BigInt64Array, sortedSlots: Int32Array, slotRank: Int32Array,
-    dropped: Int32Array, tokenCounts?: Int32Array | null,
+    dropped: Int32Array, tokenCounts?: Int32Array | null, aux?: BigInt64Array | null,
   ): { entropy: number; balance: number; zloss: number };
   moeRouteBackward(
     T: number, E: number, k: number, gate: NativeMoeGate, select: NativeMoeSelect, threshold: number, dropout: number,

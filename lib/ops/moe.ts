@@ -1,5 +1,7 @@
 /**
- * Mixture-of-Experts ops (CPU): routing for every gate kind and the expert block as grouped GEMMs.
+ * Mixture-of-Experts ops: routing for every gate kind and the expert block as grouped GEMMs, on the CPU; on CUDA
+ * tensors moeRoute/moeRouteBackward (top-k, dropless, no dropout) and moeExperts/moeExpertsBackward run the CUDA
+ * kernels (native/kernels/cuda/moe_*.cu).
  *
  * Shape letters: T tokens, D model width, E experts, k slots per token, G expert width, S kept slots.
  *
@@ -148,7 +150,9 @@ export function checkAct(op: string, act: unknown): NativeAct {
 
 /**
  * Routes T tokens to E experts from the logits `z` [T, E] (f32): gates, selection, optional expert dropout and
- * capacity, the stable per-expert sort of the kept slots, and the auxiliary losses.
+ * capacity, the stable per-expert sort of the kept slots, and the auxiliary losses. On a CUDA `z` the routing runs on
+ * the device (top-k, dropless, no dropout; other options throw a DeviceError naming them): every tensor of the
+ * result lives on the device, numSlots = T·k, and `aux` is copied back only when it is read.
  *
  * @example
  * ```ts
@@ -161,7 +165,6 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
   const op = 'moeRoute';
   expectTensor(z, op, 'z', 'f32');
   if (z.rank !== 2) fail('shape', `${op}: z must have shape [T, E], got [${z.shape.join(', ')}]`);
-  checkCpu(op, { z });
   if (!opts || typeof opts !== 'object') fail('type', `${op}: options must be an object with k`);
   const [T, E] = z.shape;
   if (E < 1) fail('shape', `${op}: z must have at least one expert column, got E=${E}`);
@@ -183,6 +186,9 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
   }
   const impl = opts.impl ?? 'cpu';
   if (impl !== 'cpu' && impl !== 'ref') fail('range', `${op}: impl must be 'cpu' or 'ref', got ${String(impl)}`);
+  if (z.device === 'cuda') {
+    return routeOnDevice(z, { T, E, k, gate, select, threshold, dropout, seed, capacity, impl });
+  }
 
   const TK = T * k;
   const choices = new Int32Array(TK);
@@ -224,6 +230,82 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
   };
 }
 
+interface RouteConfig {
+  T: number;
+  E: number;
+  k: number;
+  gate: MoeGate;
+  select: MoeSelect;
+  threshold: number;
+  dropout: number;
+  seed: number;
+  capacity: number;
+  impl: 'cpu' | 'ref';
+}
+
+/** Options the CUDA routing does not cover (each changes the kept-slot count per call): a DeviceError naming it. */
+function checkDeviceRoute(op: string, c: RouteConfig): void {
+  if (c.impl === 'ref') throw new DeviceError(`${op}: impl 'ref' runs on the cpu; got cuda tensors`);
+  if (c.select !== 'topk')
+    throw new DeviceError(`${op}: select '${c.select}' is not supported on cuda (only 'topk'); route on the cpu`);
+  if (c.dropout > 0)
+    throw new DeviceError(`${op}: dropout is not supported on cuda (it varies the kept slots per token), got ${c.dropout}`);
+  if (c.capacity >= 0)
+    throw new DeviceError(`${op}: capacity (or capacityFactor) is not supported on cuda (dropless only), got capacity ${c.capacity}`);
+}
+
+// CUDA routing: every tensor on the device, sized for the worst case (dropless top-k keeps S = T·k slots, so the
+// host knows S without reading anything back). The auxiliary losses stay on the device until r.aux is read.
+function routeOnDevice(z: Tensor, c: RouteConfig): MoeRouting {
+  const op = 'moeRoute';
+  checkDeviceRoute(op, c);
+  const { T, E, k } = c;
+  const dev = (shape: number[], dtype: 'f32' | 'i32' | 'i64') => Tensor.zeros(shape, { device: 'cuda', dtype });
+  const tensors = {
+    choices: dev([T, k], 'i32'),
+    ids: dev([T, k], 'i32'),
+    gates: dev([T, k], 'f32'),
+    counts: dev([E], 'i32'),
+    offsets: dev([E + 1], 'i64'),
+    sortedSlots: dev([T * k], 'i32'),
+    slotRank: dev([T, k], 'i32'),
+    dropped: dev([E], 'i32'),
+    tokenCounts: dev([T], 'i32'),
+  };
+  const auxBits = dev([3], 'i64'); // {entropy, balance, zloss} as f64 bit patterns
+  const a = (t: Tensor, name: string) => t.nativeArg(op, name) as never;
+  try {
+    native().moeRoute(
+      T, E, k, c.gate, c.select, c.threshold, c.dropout, c.seed, c.capacity, false, a(z, 'z'), a(tensors.choices, 'choices'),
+      a(tensors.ids, 'ids'), a(tensors.gates, 'gates'), a(tensors.counts, 'counts'), a(tensors.offsets, 'offsets'),
+      a(tensors.sortedSlots, 'sortedSlots'), a(tensors.slotRank, 'slotRank'), a(tensors.dropped, 'dropped'),
+      a(tensors.tokenCounts, 'tokenCounts'), a(auxBits, 'aux'),
+    );
+  } catch (err) {
+    for (const t of [...Object.values(tensors), auxBits]) t.dispose();
+    throw err;
+  }
+  let aux: MoeAuxLosses | undefined;
+  return {
+    T, E, k, gate: c.gate, select: c.select, threshold: c.threshold, dropout: c.dropout, seed: c.seed, capacity: c.capacity,
+    ...tensors,
+    numSlots: T * k,
+    numDropped: 0,
+    get aux(): MoeAuxLosses {
+      if (!aux) {
+        const b = auxBits.data() as BigInt64Array;
+        const f = new Float64Array(b.buffer, b.byteOffset, 3);
+        aux = { entropy: f[0], balance: f[1], zLoss: f[2] };
+      }
+      return aux;
+    },
+    dispose() {
+      for (const t of Object.values(tensors)) t.dispose();
+      auxBits.dispose();
+    },
+  };
+}
+
 /** Upstream gradients of the auxiliary losses (their coefficients in the total loss). */
 export interface MoeAuxWeights {
   /** ∂L/∂entropy (σ-MoE γ). Default 0. */
@@ -259,10 +341,28 @@ export function moeRouteBackward(z: Tensor, r: MoeRouting, dgates: Tensor | null
   checkRouting(op, r);
   expectTensor(z, op, 'z', 'f32', [r.T, r.E]);
   if (dgates !== null) expectTensor(dgates, op, 'dgates', 'f32', [r.T, r.k]);
-  checkCpu(op, { z, dgates: dgates ?? undefined, gates: r.gates });
+  const device = sameDevice(op, { z, dgates: dgates ?? undefined, choices: r.choices, ids: r.ids });
   const we = checkNum(op, 'entropy weight', w.entropy ?? 0, -1e30, 1e30);
   const wb = checkNum(op, 'balance weight', w.balance ?? 0, -1e30, 1e30);
   const wz = checkNum(op, 'zLoss weight', w.zLoss ?? 0, -1e30, 1e30);
+  if (device === 'cuda') {
+    checkDeviceRoute(op, { ...r, impl: w.impl ?? 'cpu' });
+    const dz = Tensor.zeros([r.T, r.E], { device: 'cuda' });
+    const dg = dgates ?? Tensor.zeros([r.T, r.k], { device: 'cuda' });
+    const a = (t: Tensor, name: string) => t.nativeArg(op, name) as never;
+    try {
+      native().moeRouteBackward(
+        r.T, r.E, r.k, r.gate, r.select, r.threshold, r.dropout, r.seed, r.capacity, false, a(z, 'z'),
+        a(r.choices, 'routing.choices'), a(r.ids, 'routing.ids'), a(dg, 'dgates'), we, wb, wz, a(dz, 'dz'),
+      );
+    } catch (err) {
+      dz.dispose();
+      throw err;
+    } finally {
+      if (dg !== dgates) dg.dispose();
+    }
+    return dz;
+  }
   const dz = new Float32Array(r.T * r.E);
   native().moeRouteBackward(
     r.T, r.E, r.k, r.gate, r.select, r.threshold, r.dropout, r.seed, r.capacity, w.impl === 'ref',

@@ -83,8 +83,25 @@ RouteArgs route_params(const Napi::CallbackInfo& info, const char* op) {
   return a;
 }
 
+#ifdef SFFN_WITH_CUDA
+// The CUDA routing covers dropless top-K without dropout: every other option changes the number of kept slots
+// per call, which the device path never reads back.
+void device_route_supported(const char* op, const RouteArgs& a) {
+  if (a.ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+  if (a.p.select != MoeSelect::TopK)
+    fail(ErrKind::Device, op, ": select '", a.p.select == MoeSelect::Adaptive ? "adaptive" : "threshold",
+         "' is not supported on cuda (only 'topk'); route on the cpu");
+  if (a.p.dropout > 0)
+    fail(ErrKind::Device, op, ": dropout is not supported on cuda (it varies the kept slots per token), got ",
+         a.p.dropout, "; route on the cpu");
+  if (a.p.capacity >= 0)
+    fail(ErrKind::Device, op, ": capacity is not supported on cuda (dropless only), got ", a.p.capacity,
+         "; route on the cpu");
+}
+#endif
+
 // moeRoute(T, E, K, gate, select, threshold, dropout, seed, capacity, ref, z, choices, ids, gates, counts, offsets,
-//          sortedSlots, slotRank, dropped) -> { entropy, balance, zloss }
+//          sortedSlots, slotRank, dropped, tokenCounts?, aux?) -> { entropy, balance, zloss } (host), undefined (cuda)
 Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
   const char* op = "moeRoute";
   RouteArgs a = route_params(info, op);
@@ -100,6 +117,25 @@ Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
   Buf rank = arg_buf(info, 17, op, "slotRank", DType::I32, TK);
   Buf dropped = arg_buf(info, 18, op, "dropped", DType::I32, p.E);
   Buf token_counts = arg_buf_opt(info, 19, op, "tokenCounts", DType::I32, p.T);
+  if (same_device(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"gates", &gates}, {"counts", &counts},
+                       {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}, {"dropped", &dropped},
+                       {"tokenCounts", &token_counts}})) {
+    // CUDA: everything on the device; aux [3] (arg 20) receives {entropy, balance, zloss} as f64 bit patterns.
+#ifdef SFFN_WITH_CUDA
+    Buf aux = arg_buf(info, 20, op, "aux", DType::I64, 3);
+    if (!aux.device) fail(ErrKind::Device, op, ": aux must be a cuda buffer like z");
+    if (!token_counts.data) fail(ErrKind::Type, op, ": tokenCounts is required on cuda");
+    device_route_supported(op, a);
+    check_cuda(cuda::moe_route_forward(p.T, p.E, p.K, (int)p.gate, z.as<float>(), choices.as<int32_t>(),
+                                       ids.as<int32_t>(), gates.as<float>(), counts.as<int32_t>(),
+                                       offsets.as<int64_t>(), sorted.as<int32_t>(), rank.as<int32_t>(),
+                                       dropped.as<int32_t>(), token_counts.as<int32_t>(), aux.as<double>()),
+               op);
+    return info.Env().Undefined();
+#else
+    fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
+#endif
+  }
   host_only(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"gates", &gates}, {"counts", &counts},
                  {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}, {"dropped", &dropped},
                  {"tokenCounts", &token_counts}});
@@ -149,6 +185,19 @@ Napi::Value JS_moeRouteBackward(const Napi::CallbackInfo& info) {
   float wb = (float)arg_num(info, 15, op, "balanceWeight");
   float wz = (float)arg_num(info, 16, op, "zLossWeight");
   Buf dz = arg_buf(info, 17, op, "dz", DType::F32, p.T * p.E);
+  if (same_device(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"dgates", &dgates}, {"dz", &dz}})) {
+    // CUDA: the kernel treats choices outside [0, E) as unused slots and keeps a slot only where ids equals its
+    // choice, so device contents cannot steer an access out of bounds (they cannot be scanned here without a copy).
+#ifdef SFFN_WITH_CUDA
+    device_route_supported(op, a);
+    check_cuda(cuda::moe_route_backward(p.T, p.E, p.K, (int)p.gate, z.as<float>(), choices.as<int32_t>(),
+                                        ids.as<int32_t>(), dgates.as<float>(), we, wb, wz, dz.as<float>()),
+               op);
+    return info.Env().Undefined();
+#else
+    fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
+#endif
+  }
   host_only(op, {{"z", &z}, {"choices", &choices}, {"ids", &ids}, {"dgates", &dgates}, {"dz", &dz}});
   const int32_t* c = choices.as<int32_t>();
   const int32_t* id = ids.as<int32_t>();

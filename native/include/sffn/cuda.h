@@ -94,6 +94,22 @@ Status moe_experts_backward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t 
                             const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2,
                             float* dgates);
 
+// ---- MoE routing (kernels/cuda/moe_route.cu) ------------------------------------------------------------------
+// sffn::moe_route_forward (sffn/moe.h) for select = top-K without dropout or capacity (the N-API layer rejects
+// the rest), every array a DEVICE pointer: z [T, E] -> choices, ids, gates [T·K], counts [E], offsets [E+1],
+// sorted_slots, slot_rank [T·K], dropped [E] (zeros), token_counts [T], aux [3] = {entropy, balance, z-loss}
+// (double). gate: 0 sigmoid, 1 softmax, 2 softmax over the chosen (sffn::MoeGate). Everything is sized for the
+// worst case (S = T·K when dropless), so the host never waits: the placement is a deterministic counting scan
+// (per-chunk histograms, ordered scans, no atomics), stable in slot order like the CPU's.
+Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float* z, int32_t* choices, int32_t* ids,
+                         float* gates, int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
+                         int32_t* dropped, int32_t* token_counts, double* aux);
+// sffn::moe_route_backward for the same routings, DEVICE pointers: dz [T, E] from z, choices, ids [T·K] and
+// dgates [T·K] (null = zeros), plus the weighted regularisers. Entries of choices outside [0, E) are unused slots.
+Status moe_route_backward(int64_t T, int64_t E, int64_t K, int gate, const float* z, const int32_t* choices,
+                          const int32_t* ids, const float* dgates, float w_entropy, float w_balance, float w_z,
+                          float* dz);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -52,15 +52,25 @@ void violation(const std::string& what) {
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 inline void __syncwarp() { g_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 
-// Warp shuffle through a per-block exchange buffer (all 32 lanes must call it, as on the GPU with a full mask).
-inline float __shfl_down_sync(unsigned, float v, int delta) {
-  static float lanes[1024];
+// Warp shuffles through a per-block exchange buffer (all 32 lanes must call them, as on the GPU with a full mask).
+template <class V>
+inline V emu_shfl(V v, unsigned src_lane_in_warp, bool valid) {
+  static V lanes[1024];
   const unsigned t = threadIdx.x;
   lanes[t] = v;
   __syncwarp();
-  const float r = (t % 32) + delta < 32 ? lanes[t + delta] : v;
+  const V r = valid ? lanes[t / 32 * 32 + src_lane_in_warp] : v;
   __syncwarp();
   return r;
+}
+template <class V>
+inline V __shfl_down_sync(unsigned, V v, int delta) {
+  const unsigned l = threadIdx.x % 32;
+  return emu_shfl(v, l + delta, l + delta < 32);
+}
+template <class V>
+inline V __shfl_xor_sync(unsigned, V v, int mask) {
+  return emu_shfl(v, (threadIdx.x % 32) ^ (unsigned)mask, true);
 }
 
 alignas(128) static unsigned char g_dynamic_smem[96 * 1024];

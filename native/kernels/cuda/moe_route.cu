@@ -1,0 +1,126 @@
+// CUDA MoE routing, forward and backward (contract in sffn/cuda.h; kernels in moe_route_kernels.cuh). Every array
+// lives on the device and every buffer is sized for the worst case, so no launch waits for the host and the host
+// never waits for counts. Workspaces come from the stream-ordered pool and are freed stream-ordered.
+//   forward:  top-K + gates (warp per token), aux partials per 256 tokens and their ordered final sum, histogram
+//             per 256 slots, per-expert scan over chunks, offsets, stable placement.
+//   backward: lse per token, the same aux sums (p̄, f, log p̄), then dz warp per token.
+// Test: test/gpu/moe-route.test.ts (GPU), test/gpu/moe-emulated.test.ts (route_emu.cpp: host emulation).
+#include <algorithm>
+
+#include "common.cuh"
+#include "moe_route_kernels.cuh"
+
+namespace sffn {
+namespace cuda {
+
+namespace {
+size_t pad256b(size_t b) { return (b + 255) / 256 * 256; }
+unsigned warp_grid(int64_t rows) {  // 8 warps per 256-thread block, grid-stride beyond 65535·8 blocks
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 65535 * 8));
+}
+
+// Workspace of the aux sums: lse [T] f32 | part_p [nc·E] f64 | part_f [nc·E] i32 | part_z [nc] f64 |
+// pbar, f, logpb [E] f64 each | hist [ns·E] i32.
+struct RouteWork {
+  char* ws = nullptr;
+  float* lse = nullptr;
+  double* part_p = nullptr;
+  int32_t* part_f = nullptr;
+  double* part_z = nullptr;
+  double *pbar = nullptr, *f = nullptr, *logpb = nullptr;
+  int32_t* hist = nullptr;
+  ~RouteWork() {
+    if (ws) device_free(ws);
+  }
+  Status alloc(int64_t T, int64_t E, int64_t nc, int64_t ns) {
+    const size_t b_lse = pad256b((size_t)T * 4), b_pp = pad256b((size_t)(nc * E) * 8), b_pf = pad256b((size_t)(nc * E) * 4),
+                 b_pz = pad256b((size_t)nc * 8), b_e = pad256b((size_t)E * 8), b_h = pad256b((size_t)(ns * E) * 4);
+    Status s = device_malloc((void**)&ws, b_lse + b_pp + b_pf + b_pz + 3 * b_e + b_h);
+    if (!s.ok()) return s;
+    char* p = ws;
+    lse = (float*)p, p += b_lse;
+    part_p = (double*)p, p += b_pp;
+    part_f = (int32_t*)p, p += b_pf;
+    part_z = (double*)p, p += b_pz;
+    pbar = (double*)p, p += b_e;
+    f = (double*)p, p += b_e;
+    logpb = (double*)p, p += b_e;
+    hist = (int32_t*)p;
+    return s;
+  }
+};
+
+// The aux sums from lse and choices: part sums per 256 tokens, then one ordered final block.
+Status aux_sums(int64_t T, int64_t E, int64_t K, const float* z, const int32_t* choices, RouteWork& w, int64_t nc,
+                bool stats, double* aux) {
+  if (nc > 0) {
+    moe_route_aux_partial_kernel<<<(unsigned)nc, RT_CHUNK>>>(T, E, K, z, w.lse, choices, w.part_p, w.part_f, w.part_z);
+    Status s = launch_status("moe_route_aux_partial_kernel");
+    if (!s.ok()) return s;
+  }
+  moe_route_aux_final_kernel<<<1, RT_CHUNK>>>(T, E, nc, w.part_p, w.part_f, w.part_z, stats ? w.pbar : nullptr,
+                                              stats ? w.f : nullptr, stats ? w.logpb : nullptr, aux);
+  return launch_status("moe_route_aux_final_kernel");
+}
+}  // namespace
+
+Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float* z, int32_t* choices, int32_t* ids,
+                         float* gates, int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
+                         int32_t* dropped, int32_t* token_counts, double* aux) {
+  const int64_t TK = T * K;
+  const int64_t nc = (T + RT_CHUNK - 1) / RT_CHUNK, ns = (TK + RT_CHUNK - 1) / RT_CHUNK;
+  if (nc > 0x7fffffff || ns > 0x7fffffff) {
+    Status s;
+    s.code = (int)cudaErrorInvalidValue;
+    s.message = "moe_route_forward: T·K too large for the grid";
+    return s;
+  }
+  RouteWork w;
+  Status s = w.alloc(T, E, nc, ns);
+  if (!s.ok()) return s;
+  if (T > 0) {
+    moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, gate, z, w.lse, choices, ids, gates, token_counts);
+    s = launch_status("moe_route_topk_kernel");
+  }
+  if (s.ok()) s = aux_sums(T, E, K, z, choices, w, nc, false, aux);
+  if (s.ok() && TK > 0) s = status_of(cudaMemset(sorted_slots, 0xff, (size_t)TK * 4), "cudaMemset (sortedSlots)");
+  if (s.ok() && ns > 0) {
+    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, ids, w.hist);
+    s = launch_status("moe_route_hist_kernel");
+  }
+  if (s.ok()) {
+    moe_route_scan_kernel<<<(unsigned)((E + 255) / 256), 256>>>(ns, E, w.hist, counts);
+    s = launch_status("moe_route_scan_kernel");
+  }
+  if (s.ok()) {
+    moe_route_offsets_kernel<<<1, 1>>>(E, counts, offsets, dropped);
+    s = launch_status("moe_route_offsets_kernel");
+  }
+  if (s.ok() && ns > 0) {
+    moe_route_place_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, ids, w.hist, offsets, sorted_slots, slot_rank);
+    s = launch_status("moe_route_place_kernel");
+  }
+  return s;
+}
+
+Status moe_route_backward(int64_t T, int64_t E, int64_t K, int gate, const float* z, const int32_t* choices,
+                          const int32_t* ids, const float* dgates, float w_entropy, float w_balance, float w_z,
+                          float* dz) {
+  if (T == 0) return Status{};
+  const int64_t nc = (T + RT_CHUNK - 1) / RT_CHUNK;
+  RouteWork w;
+  Status s = w.alloc(T, E, nc, 0);
+  if (!s.ok()) return s;
+  moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, gate, z, w.lse, nullptr, nullptr, nullptr, nullptr);
+  s = launch_status("moe_route_topk_kernel (lse)");
+  if (s.ok()) s = aux_sums(T, E, K, z, choices, w, nc, true, nullptr);
+  if (s.ok()) {
+    moe_route_backward_kernel<<<warp_grid(T), 256>>>(T, E, K, gate, z, choices, ids, dgates, w.f, w.logpb, w_entropy,
+                                                    w_balance, w_z, dz);
+    s = launch_status("moe_route_backward_kernel");
+  }
+  return s;
+}
+
+}  // namespace cuda
+}  // namespace sffn
