@@ -6,6 +6,8 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   moe: () => import('./moe.js'),
   // pkm
   pkm: () => import('./pkm.js'),
+  // attention
+  attention: () => import('./attention.js'),
   // train
   train: () => import('./train.js'),
   // cuda

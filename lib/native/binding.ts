@@ -299,12 +299,12 @@ export interface NnBinding {
     db: NativeArray, T: number, D: number, ref?: boolean,
   ): void;
   attention(
-    qkv: NativeArray, out: NativeArray, qr: NativeArray, kr: NativeArray, p: NativeArray,
+    qkv: NativeArray, out: NativeArray, qr: NativeArray, kr: NativeArray, lse: NativeArray,
     B: number, S: number, H: number, dh: number, ref?: boolean,
   ): void;
   attentionBackward(
-    qkv: NativeArray, qr: NativeArray, kr: NativeArray, p: NativeArray, dout: NativeArray, dqkv: NativeArray,
-    B: number, S: number, H: number, dh: number, ref?: boolean,
+    qkv: NativeArray, out: NativeArray, qr: NativeArray, kr: NativeArray, lse: NativeArray, dout: NativeArray,
+    dqkv: NativeArray, B: number, S: number, H: number, dh: number, ref?: boolean,
   ): void;
   crossEntropy(logits: NativeArray, targets: NativeArray, lse: NativeArray, T: number, V: number, ref?: boolean): number;
   crossEntropyBackward(

@@ -95,7 +95,9 @@ export function layerNorm(x: Variable, g: Variable, b: Variable, eps = 1e-5): Va
 /** Causal multi-head self-attention with rotary positions: qkv [B·S, 3D] → [B·S, D]. */
 export function causalAttention(qkv: Variable, dims: nnops.AttentionDims): Variable {
   const { out, saved } = nnops.attention(qkv.data, dims);
-  return record1('attention', [qkv], out, (dout) => [nnops.attentionBackward(dout, qkv.data, dims, saved)], [saved.qr, saved.kr, saved.p]);
+  // saved.out is `out` itself: the tape keeps a node's output alive until its backward ran, so it is not listed
+  // among the tensors the node frees.
+  return record1('attention', [qkv], out, (dout) => [nnops.attentionBackward(dout, qkv.data, dims, saved)], [saved.qr, saved.kr, saved.lse]);
 }
 
 /** Inverted dropout with a stateless mask seeded by `seed` (p = 0 returns x itself). */

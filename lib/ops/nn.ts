@@ -185,12 +185,21 @@ export interface AttentionDims {
   H: number;
 }
 
+/**
+ * What backward needs from the forward. Memory is O(B·S·D) per call: no [S, S] probability matrix is kept (backward
+ * recomputes it block by block from qr, kr and lse, FlashAttention-2 style).
+ */
 export interface AttentionSaved {
   /** Rotated q and k, [B, H, S, dh]. */
   qr: Tensor;
   kr: Tensor;
-  /** Causal softmax probabilities [B, H, S, S]. */
-  p: Tensor;
+  /** Log-sum-exp of every query row's causal scores, [B, H, S]. */
+  lse: Tensor;
+  /**
+   * The forward's output [B·S, D] itself (the same Tensor as the returned `out`, not a copy): backward reads it for
+   * the softmax row term dout_i·out_i, so keep it alive and unchanged until then.
+   */
+  out: Tensor;
 }
 
 function attnDims(qkv: Tensor, d: AttentionDims, op: string): { T: number; D: number; dh: number } {
@@ -210,7 +219,14 @@ function attnDims(qkv: Tensor, d: AttentionDims, op: string): { T: number; D: nu
 
 /**
  * Causal multi-head self-attention with rotary positions: qkv [B·S, 3D] → out [B·S, D]. Saves the rotated q, k and
- * the probabilities for backward.
+ * the per-row log-sum-exp for backward (O(S) per head; no S×S matrix is materialised beyond one block per thread).
+ *
+ * @example
+ * ```ts
+ * const { out, saved } = attention(qkv, { B: 2, S: 128, H: 4 });
+ * const dqkv = attentionBackward(dout, qkv, { B: 2, S: 128, H: 4 }, saved);
+ * for (const t of [out, saved.qr, saved.kr, saved.lse]) t.dispose(); // saved.out is out
+ * ```
  */
 export function attention(qkv: Tensor, dims: AttentionDims, opts: ImplOption = {}): { out: Tensor; saved: AttentionSaved } {
   const op = 'attention';
@@ -220,28 +236,30 @@ export function attention(qkv: Tensor, dims: AttentionDims, opts: ImplOption = {
   const out = Tensor.zeros([T, D]);
   const qr = Tensor.zeros([B, H, S, dh]);
   const kr = Tensor.zeros([B, H, S, dh]);
-  const p = Tensor.zeros([B, H, S, S]);
+  const lse = Tensor.zeros([B, H, S]);
   native().attention(
-    qkv.nativeArg(op, 'qkv'), out.nativeArg(op, 'out'), qr.nativeArg(op, 'qr'), kr.nativeArg(op, 'kr'), p.nativeArg(op, 'p'),
+    qkv.nativeArg(op, 'qkv'), out.nativeArg(op, 'out'), qr.nativeArg(op, 'qr'), kr.nativeArg(op, 'kr'), lse.nativeArg(op, 'lse'),
     B, S, H, dh, isRef(opts, op),
   );
-  return { out, saved: { qr, kr, p } };
+  return { out, saved: { qr, kr, lse, out } };
 }
 
-/** dqkv [B·S, 3D] from dout [B·S, D]. */
+/** dqkv [B·S, 3D] from dout [B·S, D] and what {@link attention} saved. */
 export function attentionBackward(dout: Tensor, qkv: Tensor, dims: AttentionDims, saved: AttentionSaved, opts: ImplOption = {}): Tensor {
   const op = 'attentionBackward';
   const { T, D, dh } = attnDims(qkv, dims, op);
   const { B, S, H } = dims;
   expectTensor(dout, op, 'dout', 'f32', [T, D]);
-  expectTensor(saved?.qr, op, 'saved.qr', 'f32', [B, H, S, dh]);
+  if (!saved || typeof saved !== 'object') throw new TypeError(`${op}: saved must be { qr, kr, lse, out } from attention()`);
+  expectTensor(saved.qr, op, 'saved.qr', 'f32', [B, H, S, dh]);
   expectTensor(saved.kr, op, 'saved.kr', 'f32', [B, H, S, dh]);
-  expectTensor(saved.p, op, 'saved.p', 'f32', [B, H, S, S]);
-  cpuOnly(op, { qkv, dout });
+  expectTensor(saved.lse, op, 'saved.lse', 'f32', [B, H, S]);
+  expectTensor(saved.out, op, 'saved.out', 'f32', [T, D]);
+  cpuOnly(op, { qkv, dout, out: saved.out });
   const dqkv = Tensor.zeros([T, 3 * D]);
   native().attentionBackward(
-    qkv.nativeArg(op, 'qkv'), saved.qr.nativeArg(op, 'qr'), saved.kr.nativeArg(op, 'kr'), saved.p.nativeArg(op, 'p'),
-    dout.nativeArg(op, 'dout'), dqkv.nativeArg(op, 'dqkv'), B, S, H, dh, isRef(opts, op),
+    qkv.nativeArg(op, 'qkv'), saved.out.nativeArg(op, 'out'), saved.qr.nativeArg(op, 'qr'), saved.kr.nativeArg(op, 'kr'),
+    saved.lse.nativeArg(op, 'lse'), dout.nativeArg(op, 'dout'), dqkv.nativeArg(op, 'dqkv'), B, S, H, dh, isRef(opts, op),
   );
   return dqkv;
 }

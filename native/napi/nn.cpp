@@ -138,7 +138,7 @@ Napi::Value JS_layerNormBackward(const Napi::CallbackInfo& info) {
 }
 
 struct AttnDims {
-  int64_t B, S, H, dh, T, D, P;
+  int64_t B, S, H, dh, T, D, L;  // L = B·H·S: the saved log-sum-exp (no S² tensor exists)
 };
 
 AttnDims attn_dims(const Napi::CallbackInfo& info, size_t i, const char* op) {
@@ -150,12 +150,12 @@ AttnDims attn_dims(const Napi::CallbackInfo& info, size_t i, const char* op) {
   if (a.dh % 2 != 0) fail(ErrKind::Range, op, ": the head width dh must be even (rotary pairs), got ", a.dh);
   a.T = prod(op, "B·S", a.B, a.S);
   a.D = a.H * a.dh;
-  a.P = prod(op, "B·H·S·S", prod(op, "B·H", a.B, a.H), prod(op, "S·S", a.S, a.S));
+  a.L = prod(op, "B·H·S", prod(op, "B·H", a.B, a.H), a.S);
   prod(op, "T·3D", a.T, 3 * a.D);
   return a;
 }
 
-// attention(qkv, out, qr, kr, p, B, S, H, dh, ref?)
+// attention(qkv, out, qr, kr, lse, B, S, H, dh, ref?)
 Napi::Value JS_attention(const Napi::CallbackInfo& info) {
   const char* op = "attention";
   AttnDims a = attn_dims(info, 5, op);
@@ -164,27 +164,29 @@ Napi::Value JS_attention(const Napi::CallbackInfo& info) {
   Buf out = arg_buf(info, 1, op, "out", DType::F32, a.T * a.D);
   Buf qr = arg_buf(info, 2, op, "qr", DType::F32, a.T * a.D);
   Buf kr = arg_buf(info, 3, op, "kr", DType::F32, a.T * a.D);
-  Buf p = arg_buf(info, 4, op, "p", DType::F32, a.P);
-  host_only(op, {{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"p", &p}});
+  Buf lse = arg_buf(info, 4, op, "lse", DType::F32, a.L);
+  host_only(op, {{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}});
   (ref ? attention_forward_ref : attention_forward)(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(), qr.as<float>(),
-                                                    kr.as<float>(), p.as<float>());
+                                                    kr.as<float>(), lse.as<float>());
   return info.Env().Undefined();
 }
 
-// attentionBackward(qkv, qr, kr, p, dout, dqkv, B, S, H, dh, ref?)
+// attentionBackward(qkv, out, qr, kr, lse, dout, dqkv, B, S, H, dh, ref?)
 Napi::Value JS_attentionBackward(const Napi::CallbackInfo& info) {
   const char* op = "attentionBackward";
-  AttnDims a = attn_dims(info, 6, op);
-  bool ref = opt_ref(info, 10, op);
+  AttnDims a = attn_dims(info, 7, op);
+  bool ref = opt_ref(info, 11, op);
   Buf qkv = arg_buf(info, 0, op, "qkv", DType::F32, a.T * 3 * a.D);
-  Buf qr = arg_buf(info, 1, op, "qr", DType::F32, a.T * a.D);
-  Buf kr = arg_buf(info, 2, op, "kr", DType::F32, a.T * a.D);
-  Buf p = arg_buf(info, 3, op, "p", DType::F32, a.P);
-  Buf dout = arg_buf(info, 4, op, "dout", DType::F32, a.T * a.D);
-  Buf dqkv = arg_buf(info, 5, op, "dqkv", DType::F32, a.T * 3 * a.D);
-  host_only(op, {{"qkv", &qkv}, {"qr", &qr}, {"kr", &kr}, {"p", &p}, {"dout", &dout}, {"dqkv", &dqkv}});
-  (ref ? attention_backward_ref : attention_backward)(a.B, a.S, a.H, a.dh, qkv.as<float>(), qr.as<float>(),
-                                                      kr.as<float>(), p.as<float>(), dout.as<float>(), dqkv.as<float>());
+  Buf out = arg_buf(info, 1, op, "out", DType::F32, a.T * a.D);
+  Buf qr = arg_buf(info, 2, op, "qr", DType::F32, a.T * a.D);
+  Buf kr = arg_buf(info, 3, op, "kr", DType::F32, a.T * a.D);
+  Buf lse = arg_buf(info, 4, op, "lse", DType::F32, a.L);
+  Buf dout = arg_buf(info, 5, op, "dout", DType::F32, a.T * a.D);
+  Buf dqkv = arg_buf(info, 6, op, "dqkv", DType::F32, a.T * 3 * a.D);
+  host_only(op, {{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}, {"dout", &dout}, {"dqkv", &dqkv}});
+  (ref ? attention_backward_ref : attention_backward)(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(),
+                                                      qr.as<float>(), kr.as<float>(), lse.as<float>(), dout.as<float>(),
+                                                      dqkv.as<float>());
   return info.Env().Undefined();
 }
 

@@ -4,9 +4,10 @@
 // and 1 vs 2 threads bit-identical), bad input (a typed error, the process survives), no leaks.
 import { describe, expect, test } from 'vitest';
 
-import { DTypeError, ShapeError, Tensor } from '../../lib/index.js';
+import { DTypeError, DisposedError, ShapeError, Tensor, memory } from '../../lib/index.js';
+import { native } from '../../lib/native/loader.js';
 import * as nn from '../../lib/ops/nn.js';
-import { expectBitIdentical, expectClose, guardLeaks, randn, withThreads } from '../helpers.js';
+import { cpuIsas, expectBitIdentical, expectClose, guardLeaks, randn, withIsa, withThreads } from '../helpers.js';
 
 guardLeaks();
 
@@ -56,12 +57,12 @@ const cases: Case[] = [
     inputs: () => ({ qkv: Tensor.from(randn(10 * 24, 7), { shape: [10, 24] }) }),
     forward: (x, impl) => {
       const r = nn.attention(x.qkv, { B: 2, S: 5, H: 2 }, { impl });
-      return { y: r.out, extra: [r.saved.qr, r.saved.kr, r.saved.p] };
+      return { y: r.out, extra: [r.saved.qr, r.saved.kr, r.saved.lse] };
     },
     backward: (x, dy, impl) => {
       const r = nn.attention(x.qkv, { B: 2, S: 5, H: 2 }, { impl });
       const d = nn.attentionBackward(dy, x.qkv, { B: 2, S: 5, H: 2 }, r.saved, { impl });
-      for (const t of [r.out, r.saved.qr, r.saved.kr, r.saved.p]) t.dispose();
+      for (const t of [r.out, r.saved.qr, r.saved.kr, r.saved.lse]) t.dispose();
       return { qkv: d };
     },
   },
@@ -200,5 +201,226 @@ describe('nn ops against the reference and finite differences', () => {
     x.dispose();
     expect(() => nn.linear(x, w)).toThrow(/linear: x is disposed/);
     for (const t of [w, wBad, xi, qkv, logits, tg]) t.dispose();
+  });
+});
+
+// ---- attention: the blocked (FlashAttention-2 style) CPU kernel ------------------------------------------------
+
+interface AttnShape {
+  B: number;
+  S: number;
+  H: number;
+  dh: number;
+  /** Input scale: large values make the softmax peaky (exercises the online max rescaling). */
+  scale?: number;
+}
+
+/** Independent float64 spec of the forward in TS: out [B·S, D] and lse [B, H, S]. */
+function attentionF64(qkv: Float32Array, { B, S, H, dh }: AttnShape): { out: Float64Array; lse: Float64Array } {
+  const D = H * dh;
+  const out = new Float64Array(B * S * D);
+  const lse = new Float64Array(B * H * S);
+  const rot = (row: number, col: number, pos: number): Float64Array => {
+    const r = new Float64Array(dh);
+    for (let m = 0; m < dh / 2; m++) {
+      const a = pos * Math.pow(10000, (-2 * m) / dh);
+      const u = qkv[row * 3 * D + col + 2 * m];
+      const w = qkv[row * 3 * D + col + 2 * m + 1];
+      r[2 * m] = u * Math.cos(a) - w * Math.sin(a);
+      r[2 * m + 1] = u * Math.sin(a) + w * Math.cos(a);
+    }
+    return r;
+  };
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++) {
+      const q = Array.from({ length: S }, (_, i) => rot(b * S + i, h * dh, i));
+      const k = Array.from({ length: S }, (_, i) => rot(b * S + i, D + h * dh, i));
+      for (let i = 0; i < S; i++) {
+        const s = new Float64Array(i + 1);
+        for (let j = 0; j <= i; j++) {
+          for (let e = 0; e < dh; e++) s[j] += q[i][e] * k[j][e];
+          s[j] /= Math.sqrt(dh);
+        }
+        const mx = Math.max(...s);
+        let z = 0;
+        for (let j = 0; j <= i; j++) z += Math.exp(s[j] - mx);
+        lse[(b * H + h) * S + i] = mx + Math.log(z);
+        for (let j = 0; j <= i; j++) {
+          const p = Math.exp(s[j] - mx) / z;
+          for (let e = 0; e < dh; e++) out[(b * S + i) * D + h * dh + e] += p * qkv[(b * S + j) * 3 * D + 2 * D + h * dh + e];
+        }
+      }
+    }
+  return { out, lse };
+}
+
+function attnInputs(sh: AttnShape, seed: number): { qkv: Tensor; dout: Tensor } {
+  const T = sh.B * sh.S;
+  const D = sh.H * sh.dh;
+  return {
+    qkv: Tensor.from(randn(T * 3 * D, seed, sh.scale ?? 1), { shape: [T, 3 * D] }),
+    dout: Tensor.from(randn(T * D, seed + 1), { shape: [T, D] }),
+  };
+}
+
+/** Forward and backward with one impl; returns host copies and disposes every tensor it made. */
+function attnRun(sh: AttnShape, x: { qkv: Tensor; dout: Tensor }, impl: Impl): Record<'out' | 'qr' | 'kr' | 'lse' | 'dqkv', Float32Array> {
+  const dims = { B: sh.B, S: sh.S, H: sh.H };
+  const r = nn.attention(x.qkv, dims, { impl });
+  const d = nn.attentionBackward(x.dout, x.qkv, dims, r.saved, { impl });
+  const res = { out: f32(r.out).slice(), qr: f32(r.saved.qr).slice(), kr: f32(r.saved.kr).slice(), lse: f32(r.saved.lse).slice(), dqkv: f32(d).slice() };
+  for (const t of [r.out, r.saved.qr, r.saved.kr, r.saved.lse, d]) t.dispose();
+  return res;
+}
+
+describe('attention: blocked causal kernel (no S×S tensors)', () => {
+  // S around and across the block sizes (96 query rows × 64 keys): 1, 3, 63..65, 70, 96/97, 130, 257; dh 2..64.
+  const shapes: AttnShape[] = [
+    { B: 1, S: 1, H: 1, dh: 4 },
+    { B: 2, S: 3, H: 2, dh: 8 },
+    { B: 1, S: 64, H: 1, dh: 2 },
+    { B: 1, S: 65, H: 2, dh: 6 },
+    { B: 1, S: 70, H: 3, dh: 16, scale: 3 },
+    { B: 3, S: 97, H: 1, dh: 10 },
+    { B: 2, S: 130, H: 2, dh: 32 },
+    { B: 1, S: 257, H: 4, dh: 64 },
+    { B: 1, S: 200, H: 1, dh: 4, scale: 4 },
+  ];
+
+  test('the float64 ref equals an independent float64 spec (forward: out, lse)', () => {
+    for (const sh of [shapes[1], shapes[4], { B: 2, S: 9, H: 2, dh: 6, scale: 2 }]) {
+      const x = attnInputs(sh, 5);
+      const r = nn.attention(x.qkv, sh, { impl: 'ref' });
+      const e = attentionF64(f32(x.qkv), sh);
+      expectClose(f32(r.out), e.out, { atol: 1e-6, rtol: 1e-5 }, `ref out ${JSON.stringify(sh)}`);
+      expectClose(f32(r.saved.lse), e.lse, { atol: 1e-6, rtol: 1e-5 }, `ref lse ${JSON.stringify(sh)}`);
+      for (const t of [x.qkv, x.dout, r.out, r.saved.qr, r.saved.kr, r.saved.lse]) t.dispose();
+    }
+  });
+
+  test('ref backward = finite differences of the ref forward (across several rows, peaky softmax)', () => {
+    const sh = { B: 2, S: 9, H: 2, dh: 6, scale: 2 };
+    const x = attnInputs(sh, 17);
+    const g = attnRun(sh, x, 'ref').dqkv;
+    const xs = f32(x.qkv);
+    const orig = xs.slice();
+    const d = f32(x.dout);
+    for (const seed of [1, 2, 3]) {
+      const u = randn(xs.length, 300 + seed);
+      const obj = (s: number): number => {
+        for (let i = 0; i < xs.length; i++) xs[i] = orig[i] + s * u[i];
+        const e = attentionF64(xs, sh).out;
+        let v = 0;
+        for (let i = 0; i < e.length; i++) v += e[i] * d[i];
+        return v;
+      };
+      // The objective is float64 in TS on float32 inputs; a moderate step keeps the rounding of xs small.
+      const eps = 1e-3;
+      const numeric = (obj(eps) - obj(-eps)) / (2 * eps);
+      xs.set(orig);
+      let analytic = 0;
+      for (let i = 0; i < g.length; i++) analytic += g[i] * u[i];
+      expect(Math.abs(numeric - analytic), `direction ${seed}: analytic ${analytic} vs numeric ${numeric}`).toBeLessThan(1e-3 * (1 + Math.abs(analytic)));
+    }
+    x.qkv.dispose();
+    x.dout.dispose();
+  });
+
+  test('cpu = ref (out, qr, kr, lse, dqkv) at every shape on every ISA path', async () => {
+    const isas = await cpuIsas();
+    for (const sh of shapes) {
+      const x = attnInputs(sh, 40 + sh.S);
+      const ref = attnRun(sh, x, 'ref');
+      // dS = P ⊙ (dP − Δ) cancels in float32, so the gradient's absolute error scales with its largest entries
+      // (large inputs, peaky softmax): the absolute tolerance is relative to max |ref dqkv|.
+      const gmax = ref.dqkv.reduce((m, v) => Math.max(m, Math.abs(v)), 1);
+      for (const isa of isas) {
+        const got = await withIsa(isa, () => attnRun(sh, x, 'cpu'));
+        const what = `${isa} ${JSON.stringify(sh)}`;
+        expectClose(got.out, ref.out, { atol: 2e-5, rtol: 1e-4 }, `${what} out`);
+        expectClose(got.qr, ref.qr, { atol: 1e-6, rtol: 1e-5 }, `${what} qr`);
+        expectClose(got.kr, ref.kr, { atol: 1e-6, rtol: 1e-5 }, `${what} kr`);
+        expectClose(got.lse, ref.lse, { atol: 2e-5, rtol: 1e-5 }, `${what} lse`);
+        expectClose(got.dqkv, ref.dqkv, { atol: 2e-5 * gmax, rtol: 2e-4 }, `${what} dqkv (max |ref| ${gmax.toFixed(2)})`);
+      }
+      x.qkv.dispose();
+      x.dout.dispose();
+    }
+  });
+
+  test('deterministic: two runs and 1 vs 2 threads bit-identical (one owner per (sequence, head))', async () => {
+    for (const sh of [shapes[6], shapes[7], { B: 3, S: 33, H: 1, dh: 8 }]) {
+      const x = attnInputs(sh, 77);
+      const a = attnRun(sh, x, 'cpu');
+      const b = attnRun(sh, x, 'cpu');
+      const t1 = await withThreads(1, () => attnRun(sh, x, 'cpu'));
+      const t2 = await withThreads(2, () => attnRun(sh, x, 'cpu'));
+      for (const k of Object.keys(a) as (keyof typeof a)[]) {
+        expectBitIdentical(b[k], a[k], `${k} second run`);
+        expectBitIdentical(t1[k], a[k], `${k} 1 thread`);
+        expectBitIdentical(t2[k], a[k], `${k} 2 threads`);
+      }
+      x.qkv.dispose();
+      x.dout.dispose();
+    }
+  });
+
+  test('memory is O(S): S = 4096 runs, saves qr, kr [S, dh] and lse [S] only, and matches the ref', () => {
+    const sh = { B: 1, S: 4096, H: 1, dh: 16 };
+    const x = attnInputs(sh, 9);
+    const before = memory().hostBytes;
+    const r = nn.attention(x.qkv, sh);
+    // out, qr, kr: S·dh floats each; lse: S floats. A probability matrix would be S² = 16.7 M floats (64 MiB).
+    expect(memory().hostBytes - before).toBe(4 * (3 * sh.S * sh.dh + sh.S));
+    expect(r.saved.qr.shape).toEqual([1, 1, sh.S, sh.dh]);
+    expect(r.saved.kr.shape).toEqual([1, 1, sh.S, sh.dh]);
+    expect(r.saved.lse.shape).toEqual([1, 1, sh.S]);
+    expect(r.saved.out).toBe(r.out);
+    const d = nn.attentionBackward(x.dout, x.qkv, sh, r.saved);
+    const ref = attnRun(sh, x, 'ref');
+    expectClose(f32(r.out), ref.out, { atol: 2e-5, rtol: 1e-4 }, 'out');
+    expectClose(f32(r.saved.lse), ref.lse, { atol: 5e-5, rtol: 1e-5 }, 'lse');
+    expectClose(f32(d), ref.dqkv, { atol: 5e-5, rtol: 2e-4 }, 'dqkv');
+    for (const t of [x.qkv, x.dout, r.out, r.saved.qr, r.saved.kr, r.saved.lse, d]) t.dispose();
+  });
+
+  test('bad input: typed errors naming the op and argument, the process survives', () => {
+    const dims = { B: 1, S: 4, H: 2 };
+    const x = attnInputs({ B: 1, S: 4, H: 2, dh: 4 }, 3);
+    const r = nn.attention(x.qkv, dims);
+    // D not divisible by H, odd head width.
+    const q15 = Tensor.zeros([4, 15]);
+    expect(() => nn.attention(q15, { B: 1, S: 4, H: 2 })).toThrow(/attention: D=5 must be divisible by H=2/);
+    expect(() => nn.attention(q15, { B: 1, S: 4, H: 1 })).toThrow(/attention: the head width D\/H must be even for rotary positions, got 5/);
+    expect(() => nn.attention(x.qkv, { B: 1, S: 4, H: 0 })).toThrow(RangeError);
+    // Wrong saved shapes and dtypes.
+    const wrongLse = Tensor.zeros([1, 2, 4, 4]);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, { ...r.saved, lse: wrongLse })).toThrow(ShapeError);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, { ...r.saved, lse: wrongLse })).toThrow(/attentionBackward: saved.lse must have shape \[1, 2, 4\], got \[1, 2, 4, 4\]/);
+    const wrongQr = Tensor.zeros([1, 2, 3, 4]);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, { ...r.saved, qr: wrongQr })).toThrow(/saved.qr must have shape \[1, 2, 4, 4\]/);
+    const intLse = Tensor.from(new Int32Array(8), { shape: [1, 2, 4] });
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, { ...r.saved, lse: intLse })).toThrow(DTypeError);
+    const wrongOut = Tensor.zeros([4, 4]);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, { ...r.saved, out: wrongOut })).toThrow(/saved.out must have shape \[4, 8\]/);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, undefined as unknown as nn.AttentionSaved)).toThrow(/saved must be \{ qr, kr, lse, out \}/);
+    expect(() => nn.attentionBackward(wrongOut, x.qkv, dims, r.saved)).toThrow(/dout must have shape \[4, 8\]/);
+    // The native guards check exact lengths too (a wrong-length lse would be read out of bounds).
+    const n = (len: number) => new Float32Array(len);
+    expect(() => native().attentionBackward(n(96), n(32), n(32), n(32), n(7), n(32), n(96), 1, 4, 2, 4)).toThrow(ShapeError);
+    expect(() => native().attention(n(96), n(32), n(32), n(32), n(9), 1, 4, 2, 4)).toThrow(/attention: lse/);
+    expect(() => native().attention(n(96), n(32), n(32), n(32), n(8), 1, 4, 2, 3)).toThrow(/dh must be even/);
+    // Disposed tensors.
+    r.saved.lse.dispose();
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, r.saved)).toThrow(DisposedError);
+    expect(() => nn.attentionBackward(x.dout, x.qkv, dims, r.saved)).toThrow(/attentionBackward: saved.lse is disposed/);
+    r.out.dispose();
+    x.qkv.dispose();
+    expect(() => nn.attention(x.qkv, dims)).toThrow(/attention: qkv is disposed/);
+    // The process survives and the op still works.
+    const y = attnInputs({ B: 1, S: 2, H: 1, dh: 2 }, 4);
+    const ok = attnRun({ B: 1, S: 2, H: 1, dh: 2 }, y, 'cpu');
+    expect(ok.out.length).toBe(4);
+    for (const t of [x.dout, q15, wrongLse, wrongQr, intLse, wrongOut, r.saved.qr, r.saved.kr, y.qkv, y.dout]) t.dispose();
   });
 });

@@ -9,7 +9,8 @@
 //   layer_norm      y = (x − μ_t)·r_t·g + b, r_t = 1/√(σ²_t + eps); μ, r [T] saved for backward
 //   attention       qkv [T, 3D] = (q | k | v), each [T, D] with heads contiguous; q, k rotated by RoPE
 //                   (interleaved pairs, θ_j = 10000^(−2j/dh), position = index within the sequence);
-//                   P = softmax_causal(q·kᵀ/√dh) [B, H, S, S] saved; out [T, D] = P·v
+//                   P = softmax_causal(q·kᵀ/√dh); out [T, D] = P·v; saved: qr, kr [B, H, S, dh] and the row
+//                   log-sum-exp L [B, H, S] (P is recomputed block by block in backward: memory O(S), not O(S²))
 //   cross_entropy   loss = (1/T) Σ_t (lse_t − logits[t, y_t]), lse [T] saved
 //   dropout         y = x · m / (1 − p), m_i = [hash(seed, i) ≥ p], no state saved (the mask is recomputed)
 //   sum_squares     Σ x² in double, fixed-size blocks summed in order (independent of the thread count)
@@ -44,16 +45,16 @@ void layer_norm_forward_ref(int64_t T, int64_t D, float eps, const float* x, con
 void layer_norm_backward_ref(int64_t T, int64_t D, const float* x, const float* g, const float* mean,
                              const float* rstd, const float* dy, float* dx, float* dg, float* db);
 
-// qr, kr [B, H, S, dh] (rotated q and k), p [B, H, S, S] (zeros above the diagonal) are saved for backward.
+// qr, kr [B, H, S, dh] (rotated q and k) and lse [B, H, S] (log Σ_{j≤i} e^{s_ij}) are saved for backward.
 void attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, float* out, float* qr, float* kr,
-                       float* p);
-// dqkv [T, 3D].
-void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* qr, const float* kr,
-                        const float* p, const float* dout, float* dqkv);
+                       float* lse);
+// dqkv [T, 3D]. `out` is the forward's output (the fast kernel gets the softmax row term as dout_i·out_i).
+void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* out,
+                        const float* qr, const float* kr, const float* lse, const float* dout, float* dqkv);
 void attention_forward_ref(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, float* out, float* qr,
-                           float* kr, float* p);
-void attention_backward_ref(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* qr,
-                            const float* kr, const float* p, const float* dout, float* dqkv);
+                           float* kr, float* lse);
+void attention_backward_ref(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* out,
+                            const float* qr, const float* kr, const float* lse, const float* dout, float* dqkv);
 
 // Targets must be in [0, V). Returns the mean loss.
 double cross_entropy_forward(int64_t T, int64_t V, const float* logits, const int32_t* y, float* lse);

@@ -1,14 +1,26 @@
-// Causal self-attention with rotary positions on the CPU. One work item per (sequence, head), split over the pool;
-// inside an item every product is a gathered GEMM on the calling thread (gemm_f32_rows: rows addressed through
-// pointer tables, so q, k, v are read in place from the strided qkv buffer) and each item writes only its own head's
-// columns: deterministic and independent of the thread count. The full S×S score block is computed and the upper
-// triangle masked (simple; at most 2× the causal work).
-// Forward:  qr, kr = rope(q, k);  P = softmax_causal(qr·krᵀ/√dh);  out = P·v
-// Backward: dv = Pᵀ·dout;  dP = dout·vᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP));  dq = rope⁻¹(dS·kr/√dh);
-//           dk = rope⁻¹(dSᵀ·qr/√dh).
-// Spec: kernels/ref/attention.cpp. Test: test/ops/nn.test.ts.
-#include <cstddef>
+// Causal self-attention with rotary positions on the CPU, FlashAttention-2 style (Dao 2023, Alg. 1 and 2).
+//   Forward:  qr, kr = rope(q, k);  out_i = Σ_{j≤i} softmax_j(qr_i·kr_j/√dh) v_j;  L_i = log Σ_{j≤i} e^{s_ij}
+//   Backward: P_ij = e^{s_ij − L_i} (recomputed);  Δ_i = dout_i·out_i;  dv_j = Σ_i P_ij dout_i;
+//             dS_ij = P_ij (dout_i·v_j − Δ_i);  dq = rope⁻¹(dS·kr/√dh);  dk = rope⁻¹(dSᵀ·qr/√dh).
+// Shapes: qkv [B·S, 3D], out [B·S, D], qr/kr [B, H, S, dh], L [B, H, S]; dh = D/H.
+//
+// No S×S matrix exists anywhere: scores and probabilities live only as one kBr×kBc block in the calling thread's
+// scratch, and the forward saves O(S) per head (L) next to the rotated q and k. Memory per step is O(B·S·D), not
+// O(B·H·S²) as with a saved probability matrix.
+//
+// Forward: for each query block i (kBr rows) the key blocks j at or below the diagonal are visited in increasing
+// order with an online softmax: running row max m and sum l, the output rows (written in place in `out`) rescaled
+// by e^{m_old − m_new} whenever the max grows; out_i /= l at the end. Key block 0 is visible to every row, so m is
+// finite after the first block and later fully masked rows simply add nothing.
+// Backward: each key block j owns its dk_j (a kBc×dh scratch block) and dv_j (written in place in dqkv), and loops
+// over the query blocks i that can see it; dq (S×dh scratch per item) is accumulated over j in increasing order.
+//
+// One work item per (sequence, head), split over the pool; every product is gemm_f32_rows on the calling thread
+// (row-pointer tables, so q, k, v, out and dout are read in place from their strided buffers). Each item has one
+// owner for all its outputs and a fixed order of every sum: deterministic and independent of the thread count.
+// Spec: kernels/ref/attention.cpp. Test: test/ops/nn.test.ts. Benchmark: npm run bench -- attention.
 #include <cmath>
+#include <cstddef>
 
 #include "sffn/core.h"
 #include "sffn/gemm.h"
@@ -17,7 +29,16 @@
 namespace sffn {
 namespace {
 
-// cos/sin table [S, dh/2] in scratch slot 7 of the calling thread (filled before the parallel region).
+// Block sizes. kBc is a multiple of every GEMM register tile width (NR = 64 / 16 / 8 on AVX-512 / AVX2 / scalar), so
+// the score block QKᵀ has no ragged tile column; kBr is a multiple of MR = 6 so the PV and dS·K products have no
+// ragged tile row. With dh = 64 the working set of one step (q block, k and v blocks, the score block and the
+// output rows, about 4·(kBr + kBc)·dh + kBr·kBc floats ≈ 80 KB) stays in L2. Measured on AVX-512 (bench attention):
+// (96, 64) beat (48, 64), (64, 64) and (96, 128) at S = 128..1024, dh = 64.
+constexpr int64_t kBr = 96;
+constexpr int64_t kBc = 64;
+
+// cos/sin table [S, dh/2] in scratch slot 7 of the calling thread (filled before the parallel region, whose
+// threads use slots 0..2 only).
 float* rope_table(int64_t S, int64_t dh) {
   const int64_t half = dh / 2;
   float* tab = static_cast<float*>(scratch(0, 7, (size_t)(2 * S * half) * sizeof(float)));
@@ -30,6 +51,7 @@ float* rope_table(int64_t S, int64_t dh) {
   return tab;
 }
 
+// Rotates the interleaved pairs of one row by the row's angles (sign = −1: the inverse rotation, for gradients).
 inline void rope_row(int64_t dh, const float* cs, const float* in, float* out, float sign) {
   for (int64_t m = 0; m < dh / 2; m++) {
     const float c = cs[2 * m], s = sign * cs[2 * m + 1];
@@ -39,113 +61,167 @@ inline void rope_row(int64_t dh, const float* cs, const float* in, float* out, f
   }
 }
 
+// Keys of block [j0, j0 + bj) visible to query q (causal: key ≤ query), clamped to [0, bj].
+inline int64_t visible(int64_t q, int64_t j0, int64_t bj) {
+  const int64_t n = q - j0 + 1;
+  return n < 0 ? 0 : n > bj ? bj : n;
+}
+
 }  // namespace
 
 void attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, float* out, float* qr, float* kr,
-                       float* p) {
+                       float* lse) {
   if (B == 0 || S == 0 || H == 0) return;
   const int64_t D = H * dh;
   const float scale = (float)(1.0 / std::sqrt((double)dh));
   const float* tab = rope_table(S, dh);
   parallel_for(B * H, [&](int64_t w0, int64_t w1, int tid) {
-    const float** ptr = static_cast<const float**>(scratch(tid, 0, (size_t)(4 * S) * sizeof(float*)));
-    const float** qrows = ptr;
-    const float** krows = ptr + S;
-    const float** vrows = ptr + 2 * S;
-    const float** prow_c = ptr + 3 * S;
-    float** cptr = static_cast<float**>(scratch(tid, 1, (size_t)(2 * S) * sizeof(float*)));
+    // Row-pointer tables: q, k, v and out rows of the item (S each), the score block's rows (kBr).
+    float** ptr = static_cast<float**>(scratch(tid, 0, (size_t)(4 * S + kBr) * sizeof(float*)));
+    const float** qrows = const_cast<const float**>(ptr);
+    const float** krows = qrows + S;
+    const float** vrows = qrows + 2 * S;
+    float** orows = ptr + 3 * S;
+    float** srows = ptr + 4 * S;
+    // Score / probability block, then the running max and sum of each query row of the block.
+    float* sblk = static_cast<float*>(scratch(tid, 1, (size_t)(kBr * kBc + 2 * kBr) * sizeof(float)));
+    float* mrow = sblk + kBr * kBc;
+    float* lrow = mrow + kBr;
+    for (int64_t r = 0; r < kBr; r++) srows[r] = sblk + r * kBc;
     for (int64_t wi = w0; wi < w1; wi++) {
       const int64_t b = wi / H, h = wi % H;
       float* Q = qr + wi * S * dh;
-      float* Kr = kr + wi * S * dh;
-      float* P = p + wi * S * S;
+      float* K = kr + wi * S * dh;
+      float* L = lse + wi * S;
       for (int64_t i = 0; i < S; i++) {
         const float* row = qkv + (b * S + i) * 3 * D;
         rope_row(dh, tab + i * dh, row + h * dh, Q + i * dh, 1.0f);
-        rope_row(dh, tab + i * dh, row + D + h * dh, Kr + i * dh, 1.0f);
+        rope_row(dh, tab + i * dh, row + D + h * dh, K + i * dh, 1.0f);
         qrows[i] = Q + i * dh;
-        krows[i] = Kr + i * dh;
+        krows[i] = K + i * dh;
         vrows[i] = row + 2 * D + h * dh;
-        cptr[i] = P + i * S;
-        prow_c[i] = P + i * S;
-        cptr[S + i] = out + (b * S + i) * D + h * dh;
+        orows[i] = out + (b * S + i) * D + h * dh;
       }
-      gemm_f32_rows(false, true, S, S, dh, scale, qrows, krows, 0.0f, cptr);
-      for (int64_t i = 0; i < S; i++) {
-        float* r = P + i * S;
-        float mx = r[0];
-        for (int64_t j = 1; j <= i; j++) mx = r[j] > mx ? r[j] : mx;
-        double z = 0;
-        for (int64_t j = 0; j <= i; j++) {
-          r[j] = std::exp(r[j] - mx);
-          z += r[j];
+      for (int64_t i0 = 0; i0 < S; i0 += kBr) {
+        const int64_t bi = S - i0 < kBr ? S - i0 : kBr;
+        const int64_t nkeys = i0 + bi;  // keys 0 .. i0+bi−1 are visible to some row of the block
+        for (int64_t r = 0; r < bi; r++) mrow[r] = -INFINITY, lrow[r] = 0.0f;
+        for (int64_t j0 = 0; j0 < nkeys; j0 += kBc) {
+          const int64_t bj = nkeys - j0 < kBc ? nkeys - j0 : kBc;
+          gemm_f32_rows(false, true, bi, bj, dh, scale, qrows + i0, krows + j0, 0.0f, srows);
+          for (int64_t r = 0; r < bi; r++) {
+            float* s = sblk + r * kBc;
+            const int64_t nv = visible(i0 + r, j0, bj);
+            float mx = mrow[r];
+            for (int64_t c = 0; c < nv; c++) mx = s[c] > mx ? s[c] : mx;
+            // e^{m_old − m_new}: 0 on the first block (m_old = −∞), 1 when the max did not grow.
+            const float alpha = std::exp(mrow[r] - mx);
+            float sum = 0.0f;
+            for (int64_t c = 0; c < nv; c++) {
+              s[c] = std::exp(s[c] - mx);
+              sum += s[c];
+            }
+            for (int64_t c = nv; c < bj; c++) s[c] = 0.0f;
+            lrow[r] = lrow[r] * alpha + sum;
+            mrow[r] = mx;
+            // The first block overwrites the output rows (beta = 0 below), so there is nothing to rescale yet.
+            if (j0 > 0 && alpha != 1.0f)
+              for (int64_t e = 0; e < dh; e++) orows[i0 + r][e] *= alpha;
+          }
+          gemm_f32_rows(false, false, bi, dh, bj, 1.0f, srows, vrows + j0, j0 == 0 ? 0.0f : 1.0f,
+                        orows + i0);
         }
-        const float inv = (float)(1.0 / z);
-        for (int64_t j = 0; j <= i; j++) r[j] *= inv;
-        for (int64_t j = i + 1; j < S; j++) r[j] = 0.0f;
+        for (int64_t r = 0; r < bi; r++) {
+          const float inv = 1.0f / lrow[r];
+          for (int64_t e = 0; e < dh; e++) orows[i0 + r][e] *= inv;
+          L[i0 + r] = mrow[r] + std::log(lrow[r]);
+        }
       }
-      gemm_f32_rows(false, false, S, dh, S, 1.0f, prow_c, vrows, 0.0f, cptr + S);
     }
   });
 }
 
-void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* qr, const float* kr,
-                        const float* p, const float* dout, float* dqkv) {
+void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* out,
+                        const float* qr, const float* kr, const float* lse, const float* dout, float* dqkv) {
   if (B == 0 || S == 0 || H == 0) return;
   const int64_t D = H * dh;
   const float scale = (float)(1.0 / std::sqrt((double)dh));
   const float* tab = rope_table(S, dh);
   parallel_for(B * H, [&](int64_t w0, int64_t w1, int tid) {
-    const float** in = static_cast<const float**>(scratch(tid, 0, (size_t)(6 * S) * sizeof(float*)));
-    const float** prows = in;
-    const float** dorows = in + S;
-    const float** vrows = in + 2 * S;
-    const float** dsrows = in + 3 * S;
-    const float** qrows = in + 4 * S;
-    const float** krows = in + 5 * S;
-    float** outp = static_cast<float**>(scratch(tid, 1, (size_t)(4 * S) * sizeof(float*)));
-    float** dvrows = outp;
-    float** dprows = outp + S;
-    float** dqrows = outp + 2 * S;
-    float** dkrows = outp + 3 * S;
-    float* dP = static_cast<float*>(scratch(tid, 2, (size_t)(S * S) * sizeof(float)));
-    float* dQ = static_cast<float*>(scratch(tid, 3, (size_t)(2 * S * dh) * sizeof(float)));
-    float* dK = dQ + S * dh;
+    // Row-pointer tables: qr, kr, v, dout rows (S each, read), dv rows in dqkv and dq rows in scratch (S each,
+    // written), the P and dS block rows (kBr each), the dk block rows (kBc).
+    float** ptr = static_cast<float**>(scratch(tid, 0, (size_t)(6 * S + 2 * kBr + kBc) * sizeof(float*)));
+    const float** qrows = const_cast<const float**>(ptr);
+    const float** krows = qrows + S;
+    const float** vrows = qrows + 2 * S;
+    const float** dorows = qrows + 3 * S;
+    float** dvrows = ptr + 4 * S;
+    float** dqrows = ptr + 5 * S;
+    float** prows = ptr + 6 * S;
+    float** dsrows = prows + kBr;
+    float** dkrows = dsrows + kBr;
+    // P and dS blocks, the dk block, then Δ [S] and dq [S, dh] of the item.
+    float* work = static_cast<float*>(scratch(tid, 1, (size_t)(2 * kBr * kBc + kBc * dh + S + S * dh) * sizeof(float)));
+    float* pblk = work;
+    float* dsblk = pblk + kBr * kBc;
+    float* dK = dsblk + kBr * kBc;
+    float* delta = dK + kBc * dh;
+    float* dQ = delta + S;
+    for (int64_t r = 0; r < kBr; r++) prows[r] = pblk + r * kBc, dsrows[r] = dsblk + r * kBc;
+    for (int64_t c = 0; c < kBc; c++) dkrows[c] = dK + c * dh;
     for (int64_t wi = w0; wi < w1; wi++) {
       const int64_t b = wi / H, h = wi % H;
       const float* Q = qr + wi * S * dh;
-      const float* Kr = kr + wi * S * dh;
-      const float* P = p + wi * S * S;
+      const float* K = kr + wi * S * dh;
+      const float* L = lse + wi * S;
       for (int64_t i = 0; i < S; i++) {
-        prows[i] = P + i * S;
-        dorows[i] = dout + (b * S + i) * D + h * dh;
-        vrows[i] = qkv + (b * S + i) * 3 * D + 2 * D + h * dh;
-        dsrows[i] = dP + i * S;
+        const float* dor = dout + (b * S + i) * D + h * dh;
+        const float* o = out + (b * S + i) * D + h * dh;
         qrows[i] = Q + i * dh;
-        krows[i] = Kr + i * dh;
+        krows[i] = K + i * dh;
+        vrows[i] = qkv + (b * S + i) * 3 * D + 2 * D + h * dh;
+        dorows[i] = dor;
         dvrows[i] = dqkv + (b * S + i) * 3 * D + 2 * D + h * dh;
-        dprows[i] = dP + i * S;
         dqrows[i] = dQ + i * dh;
-        dkrows[i] = dK + i * dh;
+        // Δ_i = dout_i·out_i = Σ_j P_ij dP_ij (the softmax backward's row term, without an S-long row).
+        double d = 0;
+        for (int64_t e = 0; e < dh; e++) d += (double)dor[e] * o[e];
+        delta[i] = (float)d;
       }
-      gemm_f32_rows(true, false, S, dh, S, 1.0f, prows, dorows, 0.0f, dvrows);
-      gemm_f32_rows(false, true, S, S, dh, 1.0f, dorows, vrows, 0.0f, dprows);
-      for (int64_t i = 0; i < S; i++) {
-        const float* pr = P + i * S;
-        float* d = dP + i * S;
-        double dot = 0;
-        for (int64_t j = 0; j <= i; j++) dot += (double)pr[j] * d[j];
-        const float df = (float)dot;
-        for (int64_t j = 0; j <= i; j++) d[j] = pr[j] * (d[j] - df);
-        for (int64_t j = i + 1; j < S; j++) d[j] = 0.0f;
+      for (int64_t j0 = 0; j0 < S; j0 += kBc) {
+        const int64_t bj = S - j0 < kBc ? S - j0 : kBc;
+        // Query blocks with a row ≥ j0: the first one contains row j0.
+        const int64_t ifirst = j0 / kBr * kBr;
+        for (int64_t i0 = ifirst; i0 < S; i0 += kBr) {
+          const int64_t bi = S - i0 < kBr ? S - i0 : kBr;
+          const float first = i0 == ifirst ? 0.0f : 1.0f;  // beta: the first query block overwrites dv_j, dk_j
+          gemm_f32_rows(false, true, bi, bj, dh, scale, qrows + i0, krows + j0, 0.0f, prows);
+          for (int64_t r = 0; r < bi; r++) {
+            float* p = pblk + r * kBc;
+            const int64_t nv = visible(i0 + r, j0, bj);
+            const float l = L[i0 + r];
+            for (int64_t c = 0; c < nv; c++) p[c] = std::exp(p[c] - l);
+            for (int64_t c = nv; c < bj; c++) p[c] = 0.0f;
+          }
+          // dv_j (+)= Pᵀ·dout_i
+          gemm_f32_rows(true, false, bj, dh, bi, 1.0f, prows, dorows + i0, first, dvrows + j0);
+          // dP = dout_i·v_jᵀ, then dS = P ⊙ (dP − Δ) in place (masked entries have P = 0).
+          gemm_f32_rows(false, true, bi, bj, dh, 1.0f, dorows + i0, vrows + j0, 0.0f, dsrows);
+          for (int64_t r = 0; r < bi; r++) {
+            const float* p = pblk + r * kBc;
+            float* ds = dsblk + r * kBc;
+            const float dl = delta[i0 + r];
+            for (int64_t c = 0; c < bj; c++) ds[c] = p[c] * (ds[c] - dl);
+          }
+          // dk_j (+)= dSᵀ·qr_i/√dh;  dq_i (+)= dS·kr_j/√dh (key block 0 is the first to reach every dq_i).
+          gemm_f32_rows(true, false, bj, dh, bi, scale, dsrows, qrows + i0, first, dkrows);
+          gemm_f32_rows(false, false, bi, dh, bj, scale, dsrows, krows + j0,
+                        j0 == 0 ? 0.0f : 1.0f, dqrows + i0);
+        }
+        for (int64_t c = 0; c < bj; c++)
+          rope_row(dh, tab + (j0 + c) * dh, dK + c * dh, dqkv + (b * S + j0 + c) * 3 * D + D + h * dh, -1.0f);
       }
-      gemm_f32_rows(false, false, S, dh, S, scale, dsrows, krows, 0.0f, dqrows);
-      gemm_f32_rows(true, false, S, dh, S, scale, dsrows, qrows, 0.0f, dkrows);
-      for (int64_t i = 0; i < S; i++) {
-        float* row = dqkv + (b * S + i) * 3 * D;
-        rope_row(dh, tab + i * dh, dQ + i * dh, row + h * dh, -1.0f);
-        rope_row(dh, tab + i * dh, dK + i * dh, row + D + h * dh, -1.0f);
-      }
+      for (int64_t i = 0; i < S; i++) rope_row(dh, tab + i * dh, dQ + i * dh, dqkv + (b * S + i) * 3 * D + h * dh, -1.0f);
     }
   });
 }
