@@ -419,9 +419,13 @@ function expertDims(op: string, x: Tensor, r: MoeRouting, p: MoeExpertParams, cu
   if (G < 1 || D < 1) fail('shape', `${op}: D and G must be >= 1, got D=${D}, G=${G}`);
   if (!cudaOk) checkCpu(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2, gates: r.gates });
   else {
-    // The CUDA expert forward: x and the parameters on one device; the routing always on the host.
-    sameDevice(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2 });
-    checkCpu(op, { gates: r.gates });
+    // The CUDA expert block: x and the parameters on one device; the routing on the host (any device for x), or
+    // on cuda (moeRoute on a cuda z) together with x.
+    const dev = sameDevice(op, { x, w1: p.w1, w2: p.w2, b1: p.b1, b2: p.b2 });
+    const rdev = sameDevice(op, { 'routing.gates': r.gates, 'routing.offsets': r.offsets,
+      'routing.sortedSlots': r.sortedSlots, 'routing.slotRank': r.slotRank });
+    if (rdev === 'cuda' && dev !== 'cuda')
+      throw new DeviceError(`${op}: the routing is on cuda but x and the parameters are on ${dev}`);
   }
   return { T, D, E: r.E, k: r.k, G };
 }
@@ -516,9 +520,11 @@ export function moeExpertsBackward(
   expectTensor(saved.pre, op, 'saved.pre', 'f32', [r.numSlots, G]);
   expectTensor(saved.hs, op, 'saved.hs', 'f32', [r.numSlots, G]);
   if (sameDevice(op, { dy, x, pre: saved.pre, hs: saved.hs }) === 'cuda') {
-    // CUDA: gradients on the device; dgates on the host, next to the routing it feeds (moeRouteBackward).
+    // CUDA: gradients on the device; dgates next to the routing it feeds (moeRouteBackward).
     const zeros = (shape: number[]) => Tensor.zeros(shape, { device: 'cuda' });
-    const g: MoeExpertsGrads = { dx: zeros([T, D]), dw1: zeros([E, D, G]), dw2: zeros([E, G, D]), dgates: Tensor.zeros([T, k]) };
+    // dgates lives with the routing: on the device for a cuda routing, else on the host.
+    const dgates = Tensor.zeros([T, k], { device: r.gates.device });
+    const g: MoeExpertsGrads = { dx: zeros([T, D]), dw1: zeros([E, D, G]), dw2: zeros([E, G, D]), dgates };
     if (p.b1) g.db1 = zeros([E, G]);
     if (p.b2) g.db2 = zeros([D]);
     const arg = (t: Tensor | undefined, name: string) => (t ? t.nativeArg(op, name) : null) as never;

@@ -220,13 +220,31 @@ Napi::Value JS_moeRouteBackward(const Napi::CallbackInfo& info) {
 // Routing at args [a..a+3]: gates [T,K] f32, offsets [E+1] i64, sortedSlots [S] i32, slotRank [T·K] i32.
 // Checks everything the kernels follow: offsets non-decreasing from 0 to S <= T·K, every sorted slot in
 // [0, T·K) and slotRank its exact inverse (so each slot is used once, and no rank or token is out of range).
+// With on_device != null a routing that lives wholly on the device is accepted too (*on_device = true): S is then
+// sortedSlots' length (<= T·k); its contents cannot be read here without a copy, so the CUDA launchers sanitise
+// them on the device (sffn/cuda.h, moe_experts_forward_dev).
 MoeRoutingView routing_arg(const Napi::CallbackInfo& info, size_t a, const char* op, const MoeExpertsShape& s,
-                           int64_t* S_out, std::vector<Buf>& keep) {
+                           int64_t* S_out, std::vector<Buf>& keep, bool* on_device = nullptr) {
   const int64_t TK = s.T * s.K;
   Buf gates = arg_buf(info, a, op, "gates", DType::F32, TK);
   Buf offsets = arg_buf(info, a + 1, op, "offsets", DType::I64, s.E + 1);
   Buf sorted = arg_buf(info, a + 2, op, "sortedSlots", DType::I32);
   Buf rank = arg_buf(info, a + 3, op, "slotRank", DType::I32, TK);
+  if (on_device) {
+    *on_device = same_device(op, {{"gates", &gates}, {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}});
+    if (*on_device) {
+      if (sorted.count > TK)
+        fail(ErrKind::Shape, op, ": sortedSlots must have at most T·k=", TK, " elements, got ", sorted.count);
+      *S_out = sorted.count;
+      keep = {gates, offsets, sorted, rank};
+      MoeRoutingView v;
+      v.gates = gates.as<float>();
+      v.offsets = offsets.as<int64_t>();
+      v.sorted_slots = sorted.as<int32_t>();
+      v.slot_rank = rank.as<int32_t>();
+      return v;
+    }
+  }
   host_only(op, {{"gates", &gates}, {"offsets", &offsets}, {"sortedSlots", &sorted}, {"slotRank", &rank}});
   const int64_t* off = offsets.as<int64_t>();
   if (off[0] != 0) fail(ErrKind::Range, op, ": offsets[0] must be 0, got ", off[0]);
@@ -283,7 +301,8 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
   bool ref = arg_bool(info, 6, op, "ref");
   int64_t S = 0;
   std::vector<Buf> keep;
-  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep);
+  bool routing_on_device = false;
+  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep, &routing_on_device);
   Buf x = arg_buf(info, 11, op, "x", DType::F32, s.T * s.D);
   Buf w1 = arg_buf(info, 12, op, "w1", DType::F32, s.E * s.D * s.G);
   Buf b1 = arg_buf_opt(info, 13, op, "b1", DType::F32, s.E * s.G);
@@ -292,11 +311,19 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
   Buf pre = arg_buf(info, 16, op, "pre", DType::F32, S * s.G);
   Buf hs = arg_buf(info, 17, op, "hs", DType::F32, S * s.G);
   Buf y = arg_buf(info, 18, op, "y", DType::F32, s.T * s.D);
-  // CUDA flavor: the tensors may all live on the device (routing stays on the host, validated above).
+  // CUDA flavor: the tensors may all live on the device, the routing on the host (validated above) or the device.
   if (same_device(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"hs", &hs},
                        {"y", &y}})) {
 #ifdef SFFN_WITH_CUDA
     if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    if (routing_on_device) {
+      check_cuda(cuda::moe_experts_forward_dev(s.T, s.D, s.E, s.K, s.G, S, (int)s.act, r.gates, r.offsets,
+                                               r.sorted_slots, r.slot_rank, x.as<float>(), w1.as<float>(),
+                                               b1.as<float>(), w2.as<float>(), b2.as<float>(), pre.as<float>(),
+                                               hs.as<float>(), y.as<float>()),
+                 op);
+      return info.Env().Undefined();
+    }
     check_cuda(cuda::moe_experts_forward(s.T, s.D, s.E, s.K, s.G, (int)s.act, r.gates, r.offsets, r.sorted_slots,
                                          r.slot_rank, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(),
                                          b2.as<float>(), pre.as<float>(), hs.as<float>(), y.as<float>()),
@@ -306,6 +333,7 @@ Napi::Value JS_moeExperts(const Napi::CallbackInfo& info) {
     fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
 #endif
   }
+  if (routing_on_device) fail(ErrKind::Device, op, ": the routing is on cuda but x and the parameters are on the cpu");
   if (ref) {
     moe_experts_forward_ref(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(), b2.as<float>(),
                             pre.as<float>(), hs.as<float>(), y.as<float>());
@@ -324,7 +352,8 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
   bool ref = arg_bool(info, 6, op, "ref");
   int64_t S = 0;
   std::vector<Buf> keep;
-  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep);
+  bool routing_on_device = false;
+  MoeRoutingView r = routing_arg(info, 7, op, s, &S, keep, &routing_on_device);
   Buf x = arg_buf(info, 11, op, "x", DType::F32, s.T * s.D);
   Buf w1 = arg_buf(info, 12, op, "w1", DType::F32, s.E * s.D * s.G);
   Buf w2 = arg_buf(info, 13, op, "w2", DType::F32, s.E * s.G * s.D);
@@ -341,11 +370,21 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
   // arrays), so the kernel leaves experts without slots untouched. Not scanned: that would touch every page the
   // promise exists to leave alone. A false promise cannot write out of bounds, only leave those values as given.
   bool dw_zeroed = info.Length() > 23 && arg_bool(info, 23, op, "dwZeroed");
-  // CUDA flavor: the tensors may all live on the device; the routing and dgates stay on the host.
+  // CUDA flavor: the tensors may all live on the device; the routing and dgates on the host or the device.
   if (same_device(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"hs", &hs}, {"dy", &dy}, {"dx", &dx},
                        {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}})) {
 #ifdef SFFN_WITH_CUDA
     if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    if (routing_on_device) {
+      if (!dgates.device) fail(ErrKind::Device, op, ": dgates must be a cuda buffer like the routing");
+      check_cuda(cuda::moe_experts_backward_dev(s.T, s.D, s.E, s.K, s.G, S, (int)s.act, r.gates, r.offsets,
+                                                r.sorted_slots, r.slot_rank, x.as<float>(), w1.as<float>(),
+                                                w2.as<float>(), pre.as<float>(), hs.as<float>(), dy.as<float>(),
+                                                dx.as<float>(), dw1.as<float>(), db1.as<float>(), dw2.as<float>(),
+                                                db2.as<float>(), dgates.as<float>()),
+                 op);
+      return info.Env().Undefined();
+    }
     host_only(op, {{"dgates", &dgates}});
     check_cuda(cuda::moe_experts_backward(s.T, s.D, s.E, s.K, s.G, (int)s.act, r.gates, r.offsets, r.sorted_slots,
                                           r.slot_rank, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(),
@@ -357,6 +396,7 @@ Napi::Value JS_moeExpertsBackward(const Napi::CallbackInfo& info) {
     fail(ErrKind::Device, op, ": device buffers need the CUDA flavor");
 #endif
   }
+  if (routing_on_device) fail(ErrKind::Device, op, ": the routing is on cuda but x and the gradients are on the cpu");
   host_only(op, {{"dgates", &dgates}});
   if (ref) {
     moe_experts_backward_ref(s, r, x.as<float>(), w1.as<float>(), w2.as<float>(), pre.as<float>(), hs.as<float>(),

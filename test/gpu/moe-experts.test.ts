@@ -1,12 +1,14 @@
 /**
  * moeExperts and moeExpertsBackward on the GPU (native/kernels/cuda/moe_experts.cu) against the CPU for the same
  * routing (routing and dgates stay on the host): every activation, with and without biases, skewed routing with
- * multi-tile experts, capacity drops, determinism of the backward, and bad input (routing on the device, mixed devices, the reference impl on cuda tensors).
+ * multi-tile experts, capacity drops, determinism of the backward, the whole layer with the routing on the device
+ * (moeRoute on a cuda z feeding the device experts, dgates on the device into moeRouteBackward), and bad input
+ * (mixed devices, a cuda routing with cpu experts, the reference impl on cuda tensors).
  * Skipped with the probe's reason where no GPU is present (test/gpu/moe-emulated.test.ts still checks the kernels).
  */
 import { describe, expect, it } from 'vitest';
 
-import { DeviceError, Tensor, memory, moeExperts, moeExpertsBackward, moeRoute } from '../../lib/index.js';
+import { DeviceError, Tensor, memory, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward } from '../../lib/index.js';
 import { expectBitIdentical, expectClose, randn } from '../helpers.js';
 import { announce, gpuStatus } from './cuda-env.js';
 
@@ -63,6 +65,59 @@ describe.skipIf(!st.gpu)('CUDA moeExperts and moeExpertsBackward', () => {
       });
     }
   }
+
+  for (const gate of ['sigmoid', 'softmax'] as const) {
+    it(`runs the whole layer with the routing on the device (gate=${gate})`, () => {
+      const m0 = memory();
+      const [T, D, E, k, G] = [300, 24, 8, 3, 40]; // T·k = 900: experts of ~112 rows, some over one 128-row tile
+      const z = Tensor.from(randn(T * E, 11), { shape: [T, E] });
+      const x = Tensor.from(randn(T * D, 12), { shape: [T, D] });
+      const w1 = Tensor.from(randn(E * D * G, 13, 0.3), { shape: [E, D, G] });
+      const w2 = Tensor.from(randn(E * G * D, 14, 0.3), { shape: [E, G, D] });
+      const b1 = Tensor.from(randn(E * G, 15), { shape: [E, G] });
+      const dy = Tensor.from(randn(T * D, 16), { shape: [T, D] });
+      const [zd, xd, w1d, w2d, b1d, dyd] = [z, x, w1, w2, b1, dy].map((t) => t.to('cuda'));
+      const rc = moeRoute(z, { k, gate });
+      const rg = moeRoute(zd!, { k, gate });
+      const fc = moeExperts(x, rc, { w1, w2, b1 }, { act: 'gelu' });
+      const fg = moeExperts(xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, { act: 'gelu' });
+      const tol = { atol: 2e-4, rtol: 2e-4 };
+      expect(fg.y.device).toBe('cuda');
+      expectClose(fg.y.data() as Float32Array, fc.y.data() as Float32Array, tol, 'y');
+      expectClose(fg.saved.hs.data() as Float32Array, fc.saved.hs.data() as Float32Array, tol, 'hs');
+      const gc = moeExpertsBackward(dy, x, rc, { w1, w2, b1 }, fc.saved, { act: 'gelu' });
+      const gg = moeExpertsBackward(dyd!, xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, fg.saved, { act: 'gelu' });
+      const gg2 = moeExpertsBackward(dyd!, xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, fg.saved, { act: 'gelu' });
+      expect(gg.dgates.device).toBe('cuda');
+      for (const key of ['dx', 'dw1', 'dw2', 'db1', 'dgates'] as const) {
+        expectClose(gg[key]!.data() as Float32Array, gc[key]!.data() as Float32Array, { atol: 3e-4, rtol: 3e-4 }, key);
+        expectBitIdentical(gg[key]!.data() as Float32Array, gg2[key]!.data() as Float32Array, `${key} (determinism)`);
+      }
+      const w = { entropy: 0.01, balance: 0.02 };
+      const dzc = moeRouteBackward(z, rc, gc.dgates, w);
+      const dzg = moeRouteBackward(zd!, rg, gg.dgates, w);
+      expectClose(dzg.data() as Float32Array, dzc.data() as Float32Array, { atol: 3e-4, rtol: 3e-4 }, 'dz');
+      for (const g of [gc, gg, gg2]) for (const t of Object.values(g)) t?.dispose();
+      for (const t of [z, x, w1, w2, b1, dy, zd, xd, w1d, w2d, b1d, dyd, fc.y, fc.saved.pre, fc.saved.hs, fg.y,
+        fg.saved.pre, fg.saved.hs, dzc, dzg])
+        t?.dispose();
+      rc.dispose();
+      rg.dispose();
+      expect(memory()).toEqual(m0);
+    });
+  }
+
+  it('rejects a cuda routing with experts on the cpu', () => {
+    const [T, D, E, k, G] = [4, 3, 2, 1, 5];
+    const zd = Tensor.from(randn(T * E, 1), { shape: [T, E] }).to('cuda');
+    const r = moeRoute(zd, { k });
+    const x = Tensor.from(randn(T * D, 2), { shape: [T, D] });
+    const w1 = Tensor.zeros([E, D, G]);
+    const w2 = Tensor.zeros([E, G, D]);
+    expect(() => moeExperts(x, r, { w1, w2 })).toThrow(/routing is on cuda/);
+    for (const t of [zd, x, w1, w2]) t.dispose();
+    r.dispose();
+  });
 
   it('rejects mixed devices and the reference impl on cuda tensors', () => {
     const [T, D, E, k, G] = [4, 3, 2, 1, 5];

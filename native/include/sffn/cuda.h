@@ -94,6 +94,23 @@ Status moe_experts_backward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t 
                             const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2,
                             float* dgates);
 
+// The same two with the routing on the DEVICE (moeRoute on cuda): gates [T·K], offsets [E+1], sorted_slots [S],
+// slot_rank [T·K] are device pointers (S = sorted_slots' length, T·K for a device routing), and so is dgates. The
+// host cannot validate device contents without a copy, so the launcher derives sanitised copies on the device
+// (slots outside [0, T·K) -> 0, ranks outside [-1, S) -> -1, offsets clamped non-decreasing within [0, S]): any
+// content is memory-safe, and a valid routing gives results bit-identical to the host-routing path. pre and hs are
+// [S, G]; rows past offsets[E] are left untouched. The grid covers the worst-case tile count (S + 127·E) / 128, so
+// nothing is read back.
+Status moe_experts_forward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                               const float* gates, const int64_t* offsets, const int32_t* sorted_slots,
+                               const int32_t* slot_rank, const float* x, const float* w1, const float* b1,
+                               const float* w2, const float* b2, float* pre, float* hs, float* y);
+Status moe_experts_backward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                                const float* gates, const int64_t* offsets, const int32_t* sorted_slots,
+                                const int32_t* slot_rank, const float* x, const float* w1, const float* w2,
+                                const float* pre, const float* hs, const float* dy, float* dx, float* dw1, float* db1,
+                                float* dw2, float* db2, float* dgates);
+
 // ---- MoE routing (kernels/cuda/moe_route.cu) ------------------------------------------------------------------
 // sffn::moe_route_forward (sffn/moe.h) for select = top-K without dropout or capacity (the N-API layer rejects
 // the rest), every array a DEVICE pointer: z [T, E] -> choices, ids, gates [T·K], counts [E], offsets [E+1],

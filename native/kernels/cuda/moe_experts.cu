@@ -1,11 +1,12 @@
-// CUDA σ-MoE expert block, forward and backward (contract in sffn/cuda.h; kernels in moe_kernels.cuh). Routing
-// comes from the host (already validated by the N-API layer): each launcher uploads it with the row-tile map into
-// one pooled device workspace, runs its kernels and frees the workspace stream-ordered.
+// CUDA σ-MoE expert block, forward and backward (contract in sffn/cuda.h; kernels in moe_kernels.cuh).
 //   forward:  up (gathered grouped GEMM + bias + gated activation), down (grouped GEMM into the per-slot
 //             yr [S, D]), fixed-order combine.
 //   backward: dhs = dy[t]·W2[e]ᵀ (gathered), gate gradient and dpre (warp per row), dxr = dpre·W1[e]ᵀ and the
-//             combine into dx, dW2 / dW1 as per-expert row reductions, db1 / db2 as ordered column sums;
-//             dgates is copied back to the host.
+//             combine into dx, dW2 / dW1 as per-expert row reductions, db1 / db2 as ordered column sums.
+// Routing from the host (already validated by the N-API layer) is uploaded with its exact row-tile map into one
+// pooled workspace; routing on the device (moeRoute on cuda) is sanitised on the device and gets a tile map of
+// worst-case size whose unused entries exit at once, so nothing waits for the host. Workspaces are freed
+// stream-ordered.
 // Test: test/gpu/moe-experts.test.ts (GPU), test/gpu/moe-emulated.test.ts (host emulation of the kernels).
 #include <algorithm>
 #include <vector>
@@ -19,165 +20,236 @@ namespace cuda {
 namespace {
 // Bytes rounded up to 256 so every array in the workspace starts aligned.
 size_t pad256(size_t b) { return (b + 255) / 256 * 256; }
-}  // namespace
-
-Status moe_experts_forward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
-                           const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
-                           const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
-                           float* pre, float* hs, float* y) {
-  if (T == 0 || D == 0) return Status{};
-  const int64_t S = offsets[E];
-  const int64_t TK = T * K;
-  const std::vector<int32_t> tiles = moe_row_tiles(E, offsets);
-  const int64_t ntiles = (int64_t)tiles.size() / 2;
-  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) {
-    Status s;
-    s.code = (int)cudaErrorInvalidValue;
-    s.message = "moe_experts_forward: G and D must be below 65535·128";
-    return s;
-  }
-
-  // Workspace: offsets [E+1] i64 | gates [T·K] f32 | sorted [S] i32 | rank [T·K] i32 | tiles i32 | yr [S, D] f32
-  const size_t b_off = pad256((size_t)(E + 1) * 8), b_gates = pad256((size_t)TK * 4), b_sorted = pad256((size_t)S * 4),
-               b_rank = pad256((size_t)TK * 4), b_tiles = pad256(tiles.size() * 4), b_yr = pad256((size_t)(S * D) * 4);
-  char* ws = nullptr;
-  Status s = device_malloc((void**)&ws, b_off + b_gates + b_sorted + b_rank + b_tiles + b_yr);
-  if (!s.ok()) return s;
-  int64_t* d_off = (int64_t*)ws;
-  float* d_gates = (float*)(ws + b_off);
-  int32_t* d_sorted = (int32_t*)(ws + b_off + b_gates);
-  int32_t* d_rank = (int32_t*)(ws + b_off + b_gates + b_sorted);
-  int32_t* d_tiles = (int32_t*)(ws + b_off + b_gates + b_sorted + b_rank);
-  float* d_yr = (float*)(ws + b_off + b_gates + b_sorted + b_rank + b_tiles);
-
-  s = copy_to_device(d_off, offsets, (size_t)(E + 1) * 8);
-  if (s.ok()) s = copy_to_device(d_gates, gates, (size_t)TK * 4);
-  if (s.ok()) s = copy_to_device(d_sorted, sorted_slots, (size_t)S * 4);
-  if (s.ok()) s = copy_to_device(d_rank, slot_rank, (size_t)TK * 4);
-  if (s.ok()) s = copy_to_device(d_tiles, tiles.data(), tiles.size() * 4);
-  if (s.ok() && ntiles > 0) {
-    dim3 up((unsigned)ntiles, (unsigned)((G + MG_BN - 1) / MG_BN));
-    moe_grouped_gemm_kernel<true, false, true><<<up, MG_THREADS>>>(d_tiles, d_off, d_sorted, d_gates, K, x, D, w1, D, G, b1, act,
-                                                      pre, hs);
-    s = launch_status("moe_grouped_gemm_kernel<up>");
-    if (s.ok()) {
-      dim3 down((unsigned)ntiles, (unsigned)((D + MG_BN - 1) / MG_BN));
-      moe_grouped_gemm_kernel<false, false, false><<<down, MG_THREADS>>>(d_tiles, d_off, d_sorted, d_gates, K, hs, G, w2, G, D,
-                                                           nullptr, act, d_yr, nullptr);
-      s = launch_status("moe_grouped_gemm_kernel<down>");
-    }
-  }
-  if (s.ok()) {
-    const int64_t blocks = std::min<int64_t>((T * D + 255) / 256, 65535 * 8);
-    moe_combine_kernel<<<(unsigned)blocks, 256>>>(T, D, K, d_rank, d_yr, b2, y);
-    s = launch_status("moe_combine_kernel");
-  }
-  Status f = device_free(ws);  // stream-ordered: runs after the kernels above
-  return s.ok() ? f : s;
+unsigned grid1d(int64_t n, int threads) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
 }
 
-namespace {
-// The routing arrays on the device, in one workspace with room for `extra_floats` more.
-struct RoutingUpload {
+Status too_wide(const char* op) {
+  Status s;
+  s.code = (int)cudaErrorInvalidValue;
+  s.message = std::string(op) + ": G and D must be below 65535·128";
+  return s;
+}
+
+// The routing as the kernels read it, on the device. ntiles: grid size over row tiles (exact for host routing,
+// the worst case for device routing); S: rows of the per-slot buffers.
+struct DevRouting {
+  const int64_t* off = nullptr;
+  const float* gates = nullptr;
+  const int32_t* sorted = nullptr;
+  const int32_t* rank = nullptr;
+  const int32_t* tiles = nullptr;
+  int64_t ntiles = 0, S = 0;
+};
+
+// One pooled workspace: the routing (uploaded from the host, or sanitised from the device) and `extra_floats`
+// floats after it. Freed stream-ordered when it goes out of scope (after every kernel queued before).
+struct Workspace {
   char* ws = nullptr;
-  int64_t* off = nullptr;
-  float* gates = nullptr;
-  int32_t* sorted = nullptr;
-  int32_t* rank = nullptr;
-  int32_t* tiles = nullptr;
+  DevRouting r;
   float* extra = nullptr;
-  ~RoutingUpload() {
-    if (ws) device_free(ws);  // stream-ordered: after every kernel queued before
+  ~Workspace() {
+    if (ws) device_free(ws);
   }
-  Status upload(int64_t T, int64_t E, int64_t K, const float* g, const int64_t* o, const int32_t* ss,
-                const int32_t* rk, const std::vector<int32_t>& tl, size_t extra_floats) {
-    const int64_t S = o[E], TK = T * K;
-    const size_t b_off = pad256((size_t)(E + 1) * 8), b_gates = pad256((size_t)TK * 4), b_sorted = pad256((size_t)S * 4),
-                 b_rank = pad256((size_t)TK * 4), b_tiles = pad256(tl.size() * 4);
+  Status alloc(int64_t E, int64_t TK, int64_t S, int64_t ntiles, bool with_gates, size_t extra_floats,
+               char** parts) {
+    const size_t b_off = pad256((size_t)(E + 1) * 8), b_gates = with_gates ? pad256((size_t)TK * 4) : 0,
+                 b_sorted = pad256((size_t)S * 4), b_rank = pad256((size_t)TK * 4),
+                 b_tiles = pad256((size_t)ntiles * 8);
     Status s = device_malloc((void**)&ws, b_off + b_gates + b_sorted + b_rank + b_tiles + extra_floats * 4);
     if (!s.ok()) return s;
-    off = (int64_t*)ws;
-    gates = (float*)(ws + b_off);
-    sorted = (int32_t*)(ws + b_off + b_gates);
-    rank = (int32_t*)(ws + b_off + b_gates + b_sorted);
-    tiles = (int32_t*)(ws + b_off + b_gates + b_sorted + b_rank);
-    extra = (float*)(ws + b_off + b_gates + b_sorted + b_rank + b_tiles);
-    s = copy_to_device(off, o, (size_t)(E + 1) * 8);
-    if (s.ok()) s = copy_to_device(gates, g, (size_t)TK * 4);
-    if (s.ok()) s = copy_to_device(sorted, ss, (size_t)S * 4);
-    if (s.ok()) s = copy_to_device(rank, rk, (size_t)TK * 4);
-    if (s.ok()) s = copy_to_device(tiles, tl.data(), tl.size() * 4);
+    parts[0] = ws;
+    parts[1] = parts[0] + b_off;
+    parts[2] = parts[1] + b_gates;
+    parts[3] = parts[2] + b_sorted;
+    parts[4] = parts[3] + b_rank;
+    extra = (float*)(parts[4] + b_tiles);
+    r.ntiles = ntiles;
+    r.S = S;
+    return s;
+  }
+  // Host routing: copies it and its exact tile map.
+  Status upload(int64_t T, int64_t E, int64_t K, const float* g, const int64_t* o, const int32_t* ss,
+                const int32_t* rk, size_t extra_floats) {
+    const int64_t S = o[E], TK = T * K;
+    const std::vector<int32_t> tl = moe_row_tiles(E, o);
+    char* p[5];
+    Status s = alloc(E, TK, S, (int64_t)tl.size() / 2, true, extra_floats, p);
+    if (!s.ok()) return s;
+    r.off = (int64_t*)p[0];
+    r.gates = (float*)p[1];
+    r.sorted = (int32_t*)p[2];
+    r.rank = (int32_t*)p[3];
+    r.tiles = (int32_t*)p[4];
+    s = copy_to_device((void*)r.off, o, (size_t)(E + 1) * 8);
+    if (s.ok()) s = copy_to_device((void*)r.gates, g, (size_t)TK * 4);
+    if (s.ok()) s = copy_to_device((void*)r.sorted, ss, (size_t)S * 4);
+    if (s.ok()) s = copy_to_device((void*)r.rank, rk, (size_t)TK * 4);
+    if (s.ok()) s = copy_to_device((void*)r.tiles, tl.data(), tl.size() * 4);
+    return s;
+  }
+  // Device routing with S = sorted_slots' length: sanitised copies and the worst-case tile map, on the device.
+  Status derive(int64_t T, int64_t E, int64_t K, int64_t S, const float* g, const int64_t* o, const int32_t* ss,
+                const int32_t* rk, size_t extra_floats) {
+    const int64_t TK = T * K, max_tiles = (S + (MG_BM - 1) * E) / MG_BM;
+    char* p[5];
+    Status s = alloc(E, TK, S, max_tiles, false, extra_floats, p);
+    if (!s.ok()) return s;
+    int64_t* off = (int64_t*)p[0];
+    int32_t* sorted = (int32_t*)p[2];
+    int32_t* rank = (int32_t*)p[3];
+    int32_t* tiles = (int32_t*)p[4];
+    r.off = off;
+    r.gates = g;
+    r.sorted = sorted;
+    r.rank = rank;
+    r.tiles = tiles;
+    if (std::max(TK, S) > 0) {
+      moe_sanitize_routing_kernel<<<grid1d(std::max(TK, S), 256), 256>>>(TK, S, ss, rk, sorted, rank);
+      s = launch_status("moe_sanitize_routing_kernel");
+    }
+    if (s.ok()) {
+      moe_device_tiles_kernel<<<1, 1>>>(E, S, o, off, tiles, max_tiles);
+      s = launch_status("moe_device_tiles_kernel");
+    }
     return s;
   }
 };
 
-unsigned grid1d(int64_t n, int threads) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8)); }
-}  // namespace
-
-Status moe_experts_backward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
-                            const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
-                            const float* x, const float* w1, const float* w2, const float* pre, const float* hs,
-                            const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2,
-                            float* dgates) {
-  const int64_t S = offsets[E], TK = T * K;
-  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) {
-    Status s;
-    s.code = (int)cudaErrorInvalidValue;
-    s.message = "moe_experts_backward: G and D must be below 65535·128";
-    return s;
+Status forward_core(int64_t T, int64_t D, int64_t K, int64_t G, int act, const DevRouting& r, const float* x,
+                    const float* w1, const float* b1, const float* w2, const float* b2, float* pre, float* hs, float* y,
+                    float* yr) {
+  Status s;
+  if (r.ntiles > 0) {
+    dim3 up((unsigned)r.ntiles, (unsigned)((G + MG_BN - 1) / MG_BN));
+    moe_grouped_gemm_kernel<true, false, true><<<up, MG_THREADS>>>(r.tiles, r.off, r.sorted, r.gates, K, x, D, w1, D, G,
+                                                                   b1, act, pre, hs);
+    s = launch_status("moe_grouped_gemm_kernel<up>");
+    if (s.ok()) {
+      dim3 down((unsigned)r.ntiles, (unsigned)((D + MG_BN - 1) / MG_BN));
+      moe_grouped_gemm_kernel<false, false, false><<<down, MG_THREADS>>>(r.tiles, r.off, r.sorted, r.gates, K, hs, G, w2,
+                                                                         G, D, nullptr, act, yr, nullptr);
+      s = launch_status("moe_grouped_gemm_kernel<down>");
+    }
   }
-  const std::vector<int32_t> tiles = moe_row_tiles(E, offsets);
-  const int64_t ntiles = (int64_t)tiles.size() / 2;
-  // Extra workspace: dhs [S, G] | dpre [S, G] | dxr [S, D] | dgates [T·K], each padded to 64 floats.
-  auto p64 = [](int64_t n) { return (size_t)((n + 63) / 64 * 64); };
-  RoutingUpload u;
-  Status s = u.upload(T, E, K, gates, offsets, sorted_slots, slot_rank, tiles, 2 * p64(S * G) + p64(S * D) + p64(TK));
-  if (!s.ok()) return s;
-  float* dhs = u.extra;
-  float* dpre = dhs + p64(S * G);
-  float* dxr = dpre + p64(S * G);
-  float* dg = dxr + p64(S * D);
-  if (TK > 0) s = status_of(cudaMemset(dg, 0, (size_t)TK * 4), "cudaMemset (dgates)");
+  if (s.ok() && T * D > 0) {
+    moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, r.rank, yr, b2, y);
+    s = launch_status("moe_combine_kernel");
+  }
+  return s;
+}
 
-  if (s.ok() && ntiles > 0) {
-    moe_grouped_gemm_kernel<true, true, false><<<dim3((unsigned)ntiles, (unsigned)((G + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
-        u.tiles, u.off, u.sorted, u.gates, K, dy, D, w2, D, G, nullptr, act, dhs, nullptr);
+// dgates_dev [T·K] is written (0 for slots that are not kept).
+Status backward_core(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const DevRouting& r,
+                     const float* x, const float* w1, const float* w2, const float* pre, const float* hs,
+                     const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2, float* dgates_dev,
+                     float* dhs, float* dpre, float* dxr) {
+  const int64_t S = r.S, TK = T * K;
+  Status s;
+  if (TK > 0) s = status_of(cudaMemset(dgates_dev, 0, (size_t)TK * 4), "cudaMemset (dgates)");
+  if (s.ok() && r.ntiles > 0) {
+    moe_grouped_gemm_kernel<true, true, false><<<dim3((unsigned)r.ntiles, (unsigned)((G + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
+        r.tiles, r.off, r.sorted, r.gates, K, dy, D, w2, D, G, nullptr, act, dhs, nullptr);
     s = launch_status("moe_grouped_gemm_kernel<dhs>");
     if (s.ok()) {
-      moe_gate_grad_kernel<<<grid1d(S * 32, 256), 256>>>(S, G, u.sorted, u.gates, pre, dhs, act, dpre, dg);
+      // Rows past offsets[E] (a device routing that kept fewer than S slots) are never written by the GEMM:
+      // the gate kernel walks only the kept rows.
+      moe_gate_grad_kernel<<<grid1d(S * 32, 256), 256>>>(S, G, r.off + E, r.sorted, r.gates, pre, dhs, act, dpre,
+                                                         dgates_dev);
       s = launch_status("moe_gate_grad_kernel");
     }
     if (s.ok()) {
-      moe_grouped_gemm_kernel<false, true, false><<<dim3((unsigned)ntiles, (unsigned)((D + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
-          u.tiles, u.off, u.sorted, u.gates, K, dpre, G, w1, G, D, nullptr, act, dxr, nullptr);
+      moe_grouped_gemm_kernel<false, true, false><<<dim3((unsigned)r.ntiles, (unsigned)((D + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
+          r.tiles, r.off, r.sorted, r.gates, K, dpre, G, w1, G, D, nullptr, act, dxr, nullptr);
       s = launch_status("moe_grouped_gemm_kernel<dx>");
     }
   }
   if (s.ok() && T * D > 0) {
-    moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, u.rank, dxr, nullptr, dx);
+    moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, r.rank, dxr, nullptr, dx);
     s = launch_status("moe_combine_kernel (dx)");
   }
   // Weight gradients run for every expert (experts without rows get zeros).
   if (s.ok()) {
     moe_wgrad_kernel<false, true><<<dim3((unsigned)(E * ((G + MG_BM - 1) / MG_BM)), (unsigned)((D + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
-        G, D, u.off, u.sorted, K, hs, G, dy, D, dw2);
+        G, D, r.off, r.sorted, K, hs, G, dy, D, dw2);
     s = launch_status("moe_wgrad_kernel (dw2)");
   }
   if (s.ok()) {
     moe_wgrad_kernel<true, false><<<dim3((unsigned)(E * ((D + MG_BM - 1) / MG_BM)), (unsigned)((G + MG_BN - 1) / MG_BN)), MG_THREADS>>>(
-        D, G, u.off, u.sorted, K, x, D, dpre, G, dw1);
+        D, G, r.off, r.sorted, K, x, D, dpre, G, dw1);
     s = launch_status("moe_wgrad_kernel (dw1)");
   }
   if (s.ok() && db1) {
-    moe_bias_grad_kernel<<<grid1d(E * G, 256), 256>>>(E, G, u.off, dpre, db1);
+    moe_bias_grad_kernel<<<grid1d(E * G, 256), 256>>>(E, G, r.off, dpre, db1);
     s = launch_status("moe_bias_grad_kernel");
   }
   if (s.ok() && db2) {
     moe_col_sum_kernel<<<grid1d(D, 256), 256>>>(T, D, dy, db2);
     s = launch_status("moe_col_sum_kernel");
   }
+  return s;
+}
+
+// Extra floats of the backward: dhs [S, G] | dpre [S, G] | dxr [S, D] | (host routing) dgates [T·K].
+size_t p64(int64_t n) { return (size_t)((n + 63) / 64 * 64); }
+}  // namespace
+
+Status moe_experts_forward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
+                           const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                           const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
+                           float* pre, float* hs, float* y) {
+  if (T == 0) return Status{};
+  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_experts_forward");
+  Workspace w;
+  Status s = w.upload(T, E, K, gates, offsets, sorted_slots, slot_rank, p64(offsets[E] * D));
+  if (!s.ok()) return s;
+  return forward_core(T, D, K, G, act, w.r, x, w1, b1, w2, b2, pre, hs, y, w.extra);
+}
+
+Status moe_experts_forward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                               const float* gates, const int64_t* offsets, const int32_t* sorted_slots,
+                               const int32_t* slot_rank, const float* x, const float* w1, const float* b1,
+                               const float* w2, const float* b2, float* pre, float* hs, float* y) {
+  if (T == 0) return Status{};
+  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_experts_forward");
+  Workspace w;
+  Status s = w.derive(T, E, K, S, gates, offsets, sorted_slots, slot_rank, p64(S * D));
+  if (!s.ok()) return s;
+  return forward_core(T, D, K, G, act, w.r, x, w1, b1, w2, b2, pre, hs, y, w.extra);
+}
+
+Status moe_experts_backward(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
+                            const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                            const float* x, const float* w1, const float* w2, const float* pre, const float* hs,
+                            const float* dy, float* dx, float* dw1, float* db1, float* dw2, float* db2,
+                            float* dgates) {
+  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_experts_backward");
+  const int64_t S = offsets[E], TK = T * K;
+  Workspace w;
+  Status s = w.upload(T, E, K, gates, offsets, sorted_slots, slot_rank, 2 * p64(S * G) + p64(S * D) + p64(TK));
+  if (!s.ok()) return s;
+  float* dhs = w.extra;
+  float* dpre = dhs + p64(S * G);
+  float* dxr = dpre + p64(S * G);
+  float* dg = dxr + p64(S * D);
+  s = backward_core(T, D, E, K, G, act, w.r, x, w1, w2, pre, hs, dy, dx, dw1, db1, dw2, db2, dg, dhs, dpre, dxr);
   if (s.ok() && TK > 0) s = copy_to_host(dgates, dg, (size_t)TK * 4);
   return s;
+}
+
+Status moe_experts_backward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                                const float* gates, const int64_t* offsets, const int32_t* sorted_slots,
+                                const int32_t* slot_rank, const float* x, const float* w1, const float* w2,
+                                const float* pre, const float* hs, const float* dy, float* dx, float* dw1, float* db1,
+                                float* dw2, float* db2, float* dgates) {
+  if ((G + MG_BN - 1) / MG_BN > 65535 || (D + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_experts_backward");
+  Workspace w;
+  Status s = w.derive(T, E, K, S, gates, offsets, sorted_slots, slot_rank, 2 * p64(S * G) + p64(S * D));
+  if (!s.ok()) return s;
+  float* dhs = w.extra;
+  float* dpre = dhs + p64(S * G);
+  float* dxr = dpre + p64(S * G);
+  return backward_core(T, D, E, K, G, act, w.r, x, w1, w2, pre, hs, dy, dx, dw1, db1, dw2, db2, dgates, dhs, dpre, dxr);
 }
 
 }  // namespace cuda

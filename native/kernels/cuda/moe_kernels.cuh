@@ -30,6 +30,50 @@ inline std::vector<int32_t> moe_row_tiles(int64_t E, const int64_t* offsets) {
   return tiles;
 }
 
+// ---- device routing ------------------------------------------------------------------------------------------
+// A routing that lives on the device (moeRoute on cuda) is not validated by the host. These two kernels derive
+// the arrays every other kernel follows so that no content can steer an access out of bounds (a valid routing
+// passes through unchanged): sorted slots outside [0, TK) become 0, ranks outside [-1, S) become -1.
+__global__ void moe_sanitize_routing_kernel(int64_t TK, int64_t S, const int32_t* __restrict__ sorted,
+                                            const int32_t* __restrict__ rank, int32_t* __restrict__ sorted_out,
+                                            int32_t* __restrict__ rank_out) {
+  const int64_t n = TK > S ? TK : S;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    if (i < S) {
+      const int32_t v = sorted[i];
+      sorted_out[i] = v >= 0 && v < TK ? v : 0;
+    }
+    if (i < TK) {
+      const int32_t v = rank[i];
+      rank_out[i] = v >= 0 && v < S ? v : -1;
+    }
+  }
+}
+
+// One thread: offsets clamped to be non-decreasing within [0, S] (offsets[0] taken as 0), and the tile map of
+// moe_row_tiles for them, padded with expert -1 to max_tiles = (S + 127·E) / 128 entries (>= Σ_e ceil(c_e/128)),
+// so the grid size is known without reading the counts back.
+__global__ void moe_device_tiles_kernel(int64_t E, int64_t S, const int64_t* __restrict__ offsets,
+                                        int64_t* __restrict__ off_out, int32_t* __restrict__ tiles, int64_t max_tiles) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  int64_t prev = 0, n = 0;
+  off_out[0] = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t o = offsets[e + 1];
+    o = o < prev ? prev : (o > S ? S : o);
+    off_out[e + 1] = o;
+    for (int64_t r = 0; r < o - prev && n < max_tiles; r += MG_BM, ++n) {
+      tiles[2 * n] = (int32_t)e;
+      tiles[2 * n + 1] = (int32_t)r;
+    }
+    prev = o;
+  }
+  for (; n < max_tiles; ++n) {
+    tiles[2 * n] = -1;
+    tiles[2 * n + 1] = 0;
+  }
+}
+
 // Act codes as sffn::Act: 0 relu, 1 gelu (erf form, as PyTorch), 2 silu, 3 none.
 __device__ __forceinline__ float moe_act(int act, float a) {
   switch (act) {
@@ -71,6 +115,7 @@ __global__ void __launch_bounds__(MG_THREADS)
   const int tid = threadIdx.x;
   const int ty = tid / 16, tx = tid % 16;
   const int e = tiles[2 * blockIdx.x];
+  if (e < 0) return;  // an unused entry of a worst-case-sized tile map (device routing): the whole block leaves
   const int64_t rbeg = offsets[e] + tiles[2 * blockIdx.x + 1];
   const int64_t rend = offsets[e + 1];
   const int64_t n0 = (int64_t)blockIdx.y * MG_BN;
@@ -156,15 +201,17 @@ __global__ void __launch_bounds__(MG_THREADS)
 
 // ---- backward ------------------------------------------------------------------------------------------------
 
-// One warp per kept row r (slot s = sorted_slots[r], gate g): dgates[s] = <dhs[r], act(pre[r])> and
-// dpre[r] = g · dhs[r] ⊙ act'(pre[r]). Lane-strided partial sums and a fixed shuffle tree: deterministic.
-__global__ void moe_gate_grad_kernel(int64_t S, int64_t G, const int32_t* __restrict__ sorted_slots,
-                                     const float* __restrict__ gates, const float* __restrict__ pre,
-                                     const float* __restrict__ dhs, int act, float* __restrict__ dpre,
-                                     float* __restrict__ dgates) {
+// One warp per kept row r < min(S, *kept) (kept = &offsets[E] on the device; slot s = sorted_slots[r], gate g):
+// dgates[s] = <dhs[r], act(pre[r])> and dpre[r] = g · dhs[r] ⊙ act'(pre[r]). Lane-strided partial sums and a
+// fixed shuffle tree: deterministic.
+__global__ void moe_gate_grad_kernel(int64_t S, int64_t G, const int64_t* __restrict__ kept,
+                                     const int32_t* __restrict__ sorted_slots, const float* __restrict__ gates,
+                                     const float* __restrict__ pre, const float* __restrict__ dhs, int act,
+                                     float* __restrict__ dpre, float* __restrict__ dgates) {
   const int lane = threadIdx.x % 32;
   const int64_t nwarps = (int64_t)gridDim.x * blockDim.x / 32;
-  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < S; r += nwarps) {
+  const int64_t rows = *kept < S ? *kept : S;
+  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; r < rows; r += nwarps) {
     const int32_t slot = sorted_slots[r];
     const float g = gates[slot];
     float part = 0.f;

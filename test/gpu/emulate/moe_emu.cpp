@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "cuda_emu.h"
@@ -45,6 +46,87 @@ struct Case {
   int skew;       // 0: uniform experts; 1: expert 0 takes every first choice
   int drop_pct;   // share of slots dropped (capacity-style)
 };
+
+// The device-routing path of moe_experts.cu (moe_experts_forward_dev / _backward_dev): the routing arrays are
+// sanitised on the device, the tile map has the worst-case size (S + 127·E) / 128 with unused entries, sorted has
+// Sc entries (Sc = T·K for a device routing). Returns every output, forward and backward.
+struct DevOut {
+  std::vector<float> pre, hs, y, dx, dw1, dw2, db1, db2, dg;
+};
+static DevOut device_path(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int act, const float* gates,
+                          const int64_t* offsets, const int32_t* sorted, const int32_t* rank, int64_t Sc,
+                          const float* x, const float* w1, const float* b1, const float* w2, const float* b2,
+                          const float* dy) {
+  const int64_t TK = T * K, max_tiles = (Sc + (MG_BM - 1) * E) / MG_BM;
+  std::vector<int32_t> s2(std::max<int64_t>(Sc, 1)), r2(std::max<int64_t>(TK, 1)), tiles(2 * std::max<int64_t>(max_tiles, 1));
+  std::vector<int64_t> off2(E + 1);
+  launch(dim3{2, 1, 1}, 64, [&] { moe_sanitize_routing_kernel(TK, Sc, sorted, rank, s2.data(), r2.data()); });
+  launch(dim3{1, 1, 1}, 1, [&] { moe_device_tiles_kernel(E, Sc, offsets, off2.data(), tiles.data(), max_tiles); });
+  DevOut o;
+  const size_t SG = std::max<int64_t>(Sc * G, 1), SD = std::max<int64_t>(Sc * D, 1);
+  o.pre.assign(SG, 0.f), o.hs.assign(SG, 0.f), o.y.assign(T * D, -7.f);
+  std::vector<float> yr(SD, -7.f), dhs(SG, -7.f), dpre(SG, -7.f), dxr(SD, -7.f);
+  const unsigned nt = (unsigned)max_tiles;
+  if (nt > 0) {
+    launch(dim3{nt, (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<true, false, true>(tiles.data(), off2.data(), s2.data(), gates, K, x, D, w1, D, G, b1, act,
+                                                 o.pre.data(), o.hs.data());
+    });
+    launch(dim3{nt, (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<false, false, false>(tiles.data(), off2.data(), s2.data(), gates, K, o.hs.data(), G, w2, G,
+                                                   D, nullptr, act, yr.data(), nullptr);
+    });
+  }
+  launch(dim3{3, 1, 1}, 64, [&] { moe_combine_kernel(T, D, K, r2.data(), yr.data(), b2, o.y.data()); });
+  o.dx.assign(T * D, -7.f), o.dw1.assign(E * D * G, -7.f), o.dw2.assign(E * G * D, -7.f), o.db1.assign(E * G, -7.f);
+  o.db2.assign(D, -7.f), o.dg.assign(std::max<int64_t>(TK, 1), 0.f);
+  if (nt > 0) {
+    launch(dim3{nt, (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<true, true, false>(tiles.data(), off2.data(), s2.data(), gates, K, dy, D, w2, D, G, nullptr,
+                                                 act, dhs.data(), nullptr);
+    });
+    launch(dim3{2, 1, 1}, 64, [&] {
+      moe_gate_grad_kernel(Sc, G, &off2[E], s2.data(), gates, o.pre.data(), dhs.data(), act, dpre.data(), o.dg.data());
+    });
+    launch(dim3{nt, (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+      moe_grouped_gemm_kernel<false, true, false>(tiles.data(), off2.data(), s2.data(), gates, K, dpre.data(), G, w1, G, D,
+                                                  nullptr, act, dxr.data(), nullptr);
+    });
+  }
+  launch(dim3{3, 1, 1}, 64, [&] { moe_combine_kernel(T, D, K, r2.data(), dxr.data(), nullptr, o.dx.data()); });
+  launch(dim3{(unsigned)(E * ((G + MG_BM - 1) / MG_BM)), (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+    moe_wgrad_kernel<false, true>(G, D, off2.data(), s2.data(), K, o.hs.data(), G, dy, D, o.dw2.data());
+  });
+  launch(dim3{(unsigned)(E * ((D + MG_BM - 1) / MG_BM)), (unsigned)((G + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
+    moe_wgrad_kernel<true, false>(D, G, off2.data(), s2.data(), K, x, D, dpre.data(), G, o.dw1.data());
+  });
+  launch(dim3{2, 1, 1}, 64, [&] { moe_bias_grad_kernel(E, G, off2.data(), dpre.data(), o.db1.data()); });
+  launch(dim3{1, 1, 1}, 32, [&] { moe_col_sum_kernel(T, D, dy, o.db2.data()); });
+  return o;
+}
+
+static bool bits_equal(const char* what, const float* a, const float* b, int64_t n) {
+  if (n > 0 && std::memcmp(a, b, (size_t)n * sizeof(float)) != 0) {
+    std::printf("  device routing: %s differs from the host-routing result\n", what);
+    return false;
+  }
+  return true;
+}
+
+// Garbage device routing (slots, ranks and offsets out of range, offsets decreasing): only AddressSanitizer judges.
+static bool garbage() {
+  const int64_t T = 30, D = 9, E = 4, K = 2, G = 11, TK = T * K;
+  std::vector<float> gates(TK, 0.5f), x(T * D, 1.f), w1(E * D * G, 0.1f), w2(E * G * D, 0.1f), dy(T * D, 1.f);
+  std::vector<int32_t> sorted(TK), rank(TK);
+  std::vector<int64_t> offsets(E + 1);
+  for (auto& v : sorted) v = (int32_t)(urand() % (TK + 40)) - 20;
+  for (auto& v : rank) v = (int32_t)(urand() % (TK + 40)) - 20;
+  for (auto& v : offsets) v = (int64_t)(urand() % (TK + 100)) - 30;
+  device_path(T, D, E, K, G, 0, gates.data(), offsets.data(), sorted.data(), rank.data(), TK, x.data(), w1.data(),
+              nullptr, w2.data(), nullptr, dy.data());
+  std::printf("garbage device routing: no out-of-bounds access\n");
+  return g_error.empty();
+}
 
 static bool run(const Case& c) {
   const int64_t T = c.T, D = c.D, E = c.E, K = c.K, G = c.G, TK = T * K;
@@ -183,7 +265,7 @@ static bool run(const Case& c) {
                                                  D, w2.data(), D, G, nullptr, c.act, dhs, nullptr);
     });
     launch(dim3{2, 1, 1}, 64, [&] {  // 4 warps walking S rows
-      moe_gate_grad_kernel(S, G, sorted.data(), gates.data(), pre.data(), dhs, c.act, dpre, dg);
+      moe_gate_grad_kernel(S, G, &offsets[E], sorted.data(), gates.data(), pre.data(), dhs, c.act, dpre, dg);
     });
     launch(dim3{ntiles, (unsigned)((D + MG_BN - 1) / MG_BN), 1}, MG_THREADS, [&] {
       moe_grouped_gemm_kernel<false, true, false>(tiles.data(), offsets.data(), sorted.data(), gates.data(), K, dpre, G,
@@ -203,6 +285,18 @@ static bool run(const Case& c) {
   ok = ok && check("dgates", dg, dg_r, sd * std::sqrt((double)G)) && check("dx", dx.data(), dx_r, sd * sg) &&
        check("dw1", dw1.data(), dw1_r, sr * sd) && check("dw2", dw2.data(), dw2_r, sr * sd) &&
        check("db1", db1.data(), db1_r, sr * sd) && check("db2", db2.data(), db2_r, sr);
+  {
+    // The same routing handed over as a device routing would be: sorted sized T·K with -1 past S.
+    std::vector<int32_t> sorted_c(std::max<int64_t>(TK, 1), -1);
+    std::copy(sorted.begin(), sorted.begin() + S, sorted_c.begin());
+    const DevOut o = device_path(T, D, E, K, G, c.act, gates.data(), offsets.data(), sorted_c.data(), rank.data(), TK,
+                                 x.data(), w1.data(), pb1, w2.data(), pb2, dy.data());
+    ok = ok && bits_equal("pre", o.pre.data(), pre.data(), S * G) && bits_equal("hs", o.hs.data(), hs.data(), S * G) &&
+         bits_equal("y", o.y.data(), y.data(), T * D) && bits_equal("dx", o.dx.data(), dx.data(), T * D) &&
+         bits_equal("dw1", o.dw1.data(), dw1.data(), E * D * G) && bits_equal("dw2", o.dw2.data(), dw2.data(), E * G * D) &&
+         bits_equal("db1", o.db1.data(), db1.data(), E * G) && bits_equal("db2", o.db2.data(), db2.data(), D) &&
+         bits_equal("dgates", o.dg.data(), dg, TK);
+  }
   std::printf("T=%-4lld D=%-3lld E=%-2lld K=%lld G=%-3lld act=%d bias=%d skew=%d drop=%d%% S=%-4lld tiles=%u  %s\n",
               (long long)T, (long long)D, (long long)E, (long long)K, (long long)G, c.act, c.bias, c.skew, c.drop_pct,
               (long long)S, ntiles, ok ? "ok" : "MISMATCH");
@@ -216,6 +310,7 @@ int main() {
   ok &= run({150, 17, 3, 1, 130, 0, true, 1, 0});    // expert 0: 150 rows -> two row tiles; G spans two column tiles
   ok &= run({40, 140, 8, 3, 9, 2, false, 0, 30});    // D spans two column tiles (down), most experts small or empty
   ok &= run({6, 5, 4, 2, 7, 0, true, 0, 100});       // nothing kept: y = b2
+  ok &= garbage();
   std::printf(ok ? "ok\n" : "FAILED\n");
   return ok ? 0 : 1;
 }
