@@ -148,15 +148,19 @@ Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
   out.sorted_slots = sorted.as<int32_t>();
   out.slot_rank = rank.as<int32_t>();
   out.dropped = dropped.as<int32_t>();
+  // Experts kept per token (after capacity): natively rather than in JS, where a cold loop over T·K ids cost
+  // more than the routing itself. The CPU kernel fills it in its sort pass.
+  int32_t* tc = token_counts.as<int32_t>();
   if (a.ref) {
     moe_route_forward_ref(z.as<float>(), p, out);
   } else {
-    std::vector<float> work(moe_route_work_floats(p));
-    moe_route_forward(z.as<float>(), p, out, work.data());
+    out.token_counts = tc;
+    // The workspace is small (per-256-token-block partial sums); the scratch arena avoids a fresh zero-filled
+    // vector per call.
+    float* work = static_cast<float*>(scratch(0, kWorkSlot, moe_route_work_floats(p) * sizeof(float)));
+    moe_route_forward(z.as<float>(), p, out, work);
   }
-  if (int32_t* tc = token_counts.as<int32_t>()) {
-    // Experts kept per token (after capacity): here rather than in JS, where a cold loop over T·K ids cost more
-    // than the routing itself.
+  if (tc && a.ref) {
     for (int64_t t = 0; t < p.T; ++t) {
       int32_t n = 0;
       for (int64_t j = 0; j < p.K; ++j) n += out.ids[t * p.K + j] >= 0;
@@ -210,8 +214,8 @@ Napi::Value JS_moeRouteBackward(const Napi::CallbackInfo& info) {
   if (a.ref) {
     moe_route_backward_ref(z.as<float>(), p, c, id, dgates.as<float>(), we, wb, wz, dz.as<float>());
   } else {
-    std::vector<float> work(moe_route_work_floats(p));
-    moe_route_backward(z.as<float>(), p, c, id, dgates.as<float>(), we, wb, wz, dz.as<float>(), work.data());
+    float* work = static_cast<float*>(scratch(0, kWorkSlot, moe_route_work_floats(p) * sizeof(float)));
+    moe_route_backward(z.as<float>(), p, c, id, dgates.as<float>(), we, wb, wz, dz.as<float>(), work);
   }
   return info.Env().Undefined();
 }

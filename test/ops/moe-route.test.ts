@@ -298,6 +298,136 @@ describe('moeRoute determinism and ISA paths', () => {
   });
 });
 
+describe('moeRoute ISA row kernels (vector softmax, rank-counting selection, block partial sums)', () => {
+  // Every row width the kernels treat differently: one partial chunk, exact chunks of 16, one past them, the
+  // widest vector selection (64) and the softmax-only vector path with scalar selection (100).
+  const WIDTHS = [1, 3, 16, 17, 32, 33, 64, 100];
+  const ks = (E: number) => [...new Set([1, 2, Math.min(4, E), Math.ceil(E / 2), E])].filter((k) => k <= E);
+
+  test('every ISA, every width, k from 1 to E, every gate and selection, dropout and capacity: the model', async () => {
+    for (const isa of await cpuIsas())
+      await withIsa(isa, () => {
+        let variant = 0;
+        for (const E of WIDTHS)
+          for (const k of ks(E))
+            for (const gate of GATES)
+              for (const select of SELECTS) {
+                if (select === 'adaptive' && k !== 2) continue;
+                const T = 29;
+                const v = variant++ % 4;
+                const c: Case = {
+                  T, E, k, gate, select, threshold: select === 'threshold' ? 0.5 : 0.1,
+                  dropout: v & 1 ? 0.3 : undefined, capacity: v & 2 ? Math.max(1, Math.floor((T * k) / E / 2)) : undefined,
+                };
+                checkForward(c, logits(T, E, 100 + E * 7 + k, v === 3 ? 'skewed' : 'random'), 'cpu', 5 + v);
+              }
+      });
+  });
+
+  test('ties (quantised logits, constant rows) on every ISA: the model', async () => {
+    for (const isa of await cpuIsas())
+      await withIsa(isa, () => {
+        for (const E of WIDTHS) {
+          const T = 24;
+          const z = logits(T, E, 300 + E);
+          // Three levels, so most rows tie inside and across the top k; the last rows are constant.
+          for (let i = 0; i < z.length; i++) z[i] = Math.round(z[i] * 1.5) / 2;
+          z.fill(0.25, (T - 2) * E);
+          for (const k of ks(E)) {
+            checkForward({ T, E, k, gate: 'softmax', select: 'topk' }, z, 'cpu');
+            checkForward({ T, E, k, gate: 'sigmoid', select: 'topk', dropout: 0.25 }, z, 'cpu');
+          }
+        }
+      });
+  });
+
+  test('backward on every ISA and width: finite differences of the model', async () => {
+    for (const isa of await cpuIsas())
+      await withIsa(isa, () => {
+        for (const E of [3, 17, 33, 100])
+          for (const gate of GATES) checkBackward({ T: 7, E, k: Math.min(4, E), gate, select: 'topk' }, logits(7, E, 400 + E), 'cpu');
+      });
+  });
+
+  test('all ISAs agree bit for bit in the forward (NaN and infinite rows too); dz within f32 rounding', async () => {
+    const isas = await cpuIsas();
+    for (const E of WIDTHS) {
+      // 600 tokens: three partial-sum blocks of 256 tokens.
+      const T = 600;
+      const z = logits(T, E, 500 + E);
+      z[3 * E] = NaN;
+      z[5 * E + (E >> 1)] = Infinity;
+      z[7 * E] = -Infinity;
+      z.fill(-Infinity, 9 * E, 10 * E);
+      for (let i = 20 * E; i < 40 * E; i++) z[i] = Math.round(z[i]);
+      const zt = Tensor.from(z, { shape: [T, E] });
+      const k = Math.min(4, E);
+      const dg = Tensor.from(randn(T * k, 501), { shape: [T, k] });
+      for (const gate of GATES)
+        for (const [select, dropout, capacityFactor] of [['topk', 0, undefined], ['threshold', 0.2, 1.1]] as const) {
+          const run = () => {
+            const r = moeRoute(zt, { k, gate, select, threshold: 0.5, dropout, seed: 4, capacityFactor });
+            // No regularisers here: a NaN row would make p̄, and so every row's gradient, NaN.
+            const dz = moeRouteBackward(zt, r, dg, { zLoss: 0.1 });
+            const out = {
+              choices: Array.from(r.choices.data() as Int32Array),
+              ids: Array.from(r.ids.data() as Int32Array),
+              sorted: Array.from(r.sortedSlots.data() as Int32Array),
+              tokenCounts: Array.from(r.tokenCounts.data() as Int32Array),
+              gates: (r.gates.data() as Float32Array).slice(),
+              dz: (dz.data() as Float32Array).slice(),
+            };
+            r.dispose();
+            dz.dispose();
+            return out;
+          };
+          const base = await withIsa('scalar', run);
+          for (const isa of isas) {
+            const o = await withIsa(isa, run);
+            const what = `E=${E} ${gate} ${select} ${isa}`;
+            expect(o.choices, `choices ${what}`).toEqual(base.choices);
+            expect(o.ids, `ids ${what}`).toEqual(base.ids);
+            expect(o.sorted, `sortedSlots ${what}`).toEqual(base.sorted);
+            expect(o.tokenCounts, `tokenCounts ${what}`).toEqual(base.tokenCounts);
+            expectBitIdentical(o.gates, base.gates, `gates ${what}`);
+            for (let i = 0; i < o.dz.length; i++) {
+              const a = o.dz[i];
+              const b = base.dz[i];
+              if (Number.isNaN(a) || Number.isNaN(b)) expect(Number.isNaN(a) && Number.isNaN(b), `dz[${i}] ${what}`).toBe(true);
+              else if (Math.abs(a - b) > 1e-6 + 1e-5 * Math.abs(b)) expect.fail(`dz ${what}: differs at [${i}]: ${a} vs ${b}`);
+            }
+          }
+        }
+      zt.dispose();
+      dg.dispose();
+    }
+  });
+
+  test('many blocks: 1 and 2 threads bit-identical, aux included', async () => {
+    const T = 1100;
+    const E = 32;
+    const z = Tensor.from(logits(T, E, 600, 'skewed'), { shape: [T, E] });
+    const dg = Tensor.from(randn(T * 4, 601), { shape: [T, 4] });
+    const run = () => {
+      const r = moeRoute(z, { k: 4, gate: 'sigmoid', dropout: 0.1, seed: 2 });
+      const dz = moeRouteBackward(z, r, dg, { entropy: 0.01, balance: 0.02, zLoss: 0.003 });
+      const out = { aux: r.aux, sorted: Array.from(r.sortedSlots.data() as Int32Array), dz: (dz.data() as Float32Array).slice() };
+      r.dispose();
+      dz.dispose();
+      return out;
+    };
+    for (const isa of await cpuIsas()) {
+      const one = await withIsa(isa, () => withThreads(1, run));
+      const two = await withIsa(isa, () => withThreads(2, run));
+      expect(two.aux, isa).toEqual(one.aux);
+      expect(two.sorted, isa).toEqual(one.sorted);
+      expectBitIdentical(two.dz, one.dz, `dz 1 vs 2 threads ${isa}`);
+    }
+    z.dispose();
+    dg.dispose();
+  });
+});
+
 describe('moeRoute bad input', () => {
   const z = () => Tensor.from(logits(4, 3, 1), { shape: [4, 3] });
   test('k out of range, bad enums and numbers', () => {

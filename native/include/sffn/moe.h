@@ -57,10 +57,11 @@ struct MoeRouteOut {
   int32_t* sorted_slots = nullptr;  // [T·K] first S entries: kept slots sorted stably by expert; rest -1
   int32_t* slot_rank = nullptr;     // [T·K] rank of each slot in sorted_slots, or -1
   int32_t* dropped = nullptr;       // [E] slots dropped by capacity per expert
+  int32_t* token_counts = nullptr;  // [T] kept slots per token (optional; the reference leaves it alone)
   MoeAux aux;
 };
 
-// `work` holds at least moe_route_work_floats(p) floats.
+// `work` holds at least moe_route_work_floats(p) floats (8-byte aligned; O(T/256·E), not O(T·E)).
 size_t moe_route_work_floats(const MoeRouteParams& p);
 void moe_route_forward(const float* z, const MoeRouteParams& p, MoeRouteOut& out, float* work);
 
