@@ -1,7 +1,9 @@
 /**
  * Transformer ops over Tensors (forward and backward): linear, embedding, layerNorm, causal self-attention with
  * rotary positions, crossEntropy, dropout, and the reductions behind clipGradNorm. Kernels: native/kernels/cpu
- * (fast) and native/kernels/ref (the spec, `impl: 'ref'`), declared in native/include/sffn/nn.h.
+ * (fast) and native/kernels/ref (the spec, `impl: 'ref'`), declared in native/include/sffn/nn.h. On CUDA tensors,
+ * embedding, layerNorm, crossEntropy and their backwards run native/kernels/cuda/nn.cu (ids and targets on the
+ * device are not checked by the host: out of range they give NaN rows, and a NaN loss); the rest is CPU-only.
  *
  * Shapes: x [T, K], W [N, K] (y = x·Wᵀ + b); ids [T] i32, table [V, D]; qkv [T = B·S, 3D] with q | k | v and
  * heads contiguous in each (head width dh = D/H, even); logits [T, V], targets [T] i32.
@@ -16,6 +18,7 @@
 import { DeviceError, ShapeError } from '../errors.js';
 import { native } from '../native/loader.js';
 import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
+import type { Device } from '../tensor.js';
 
 export interface ImplOption {
   /** 'cpu' (default) or 'ref' (the scalar float64-accumulating reference, for tests). */
@@ -33,6 +36,18 @@ function cpuOnly(op: string, tensors: Record<string, Tensor | undefined | null>)
   for (const [k, v] of Object.entries(tensors)) if (v) t[k] = v;
   const dev = sameDevice(op, t);
   if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
+}
+
+/**
+ * The device of a call that has a CUDA kernel (embedding, layerNorm, crossEntropy and their backwards): all
+ * tensors on one device; 'ref' only on the cpu.
+ */
+function deviceOf(op: string, tensors: Record<string, Tensor | undefined | null>, opts: ImplOption | undefined): Device {
+  const t: Record<string, Tensor | undefined> = {};
+  for (const [k, v] of Object.entries(tensors)) if (v) t[k] = v;
+  const dev = sameDevice(op, t);
+  if (dev === 'cuda' && opts?.impl === 'ref') throw new DeviceError(`${op}: impl 'ref' runs on the cpu; got cuda tensors`);
+  return dev;
 }
 
 function rank2(t: Tensor, op: string, name: string, what: string): [number, number] {
@@ -103,9 +118,9 @@ export function embedding(table: Tensor, ids: Tensor, opts: ImplOption = {}): Te
   expectTensor(ids, op, 'ids', 'i32');
   const [V, D] = rank2(table, op, 'table', '[V, D]');
   if (ids.rank !== 1) throw new ShapeError(`${op}: ids must be [T], got ${shapeStr(ids.shape)}`);
-  cpuOnly(op, { table, ids });
+  const device = deviceOf(op, { table, ids }, opts);
   const T = ids.shape[0];
-  const y = Tensor.zeros([T, D]);
+  const y = Tensor.zeros([T, D], { device });
   guarded([y], () => native().embedding(ids.nativeArg(op, 'ids'), table.nativeArg(op, 'table'), y.nativeArg(op, 'y'), T, V, D, isRef(opts, op)));
   return y;
 }
@@ -118,8 +133,8 @@ export function embeddingBackward(dy: Tensor, ids: Tensor, V: number, opts: Impl
   expectTensor(dy, op, 'dy', 'f32');
   const [T, D] = rank2(dy, op, 'dy', '[T, D]');
   expectTensor(ids, op, 'ids', 'i32', [T]);
-  cpuOnly(op, { dy, ids });
-  const dw = Tensor.zeros([V, D]);
+  const device = deviceOf(op, { dy, ids }, opts);
+  const dw = Tensor.zeros([V, D], { device });
   guarded([dw], () => native().embeddingBackward(ids.nativeArg(op, 'ids'), dy.nativeArg(op, 'dy'), dw.nativeArg(op, 'dw'), T, V, D, isRef(opts, op)));
   return dw;
 }
@@ -138,10 +153,10 @@ export function layerNorm(x: Tensor, g: Tensor, b: Tensor, eps = 1e-5, opts: Imp
   const [T, D] = rank2(x, op, 'x', '[T, D]');
   expectTensor(g, op, 'g', 'f32', [D]);
   expectTensor(b, op, 'b', 'f32', [D]);
-  cpuOnly(op, { x, g, b });
-  const y = Tensor.zeros([T, D]);
-  const mean = Tensor.zeros([T]);
-  const rstd = Tensor.zeros([T]);
+  const device = deviceOf(op, { x, g, b }, opts);
+  const y = Tensor.zeros([T, D], { device });
+  const mean = Tensor.zeros([T], { device });
+  const rstd = Tensor.zeros([T], { device });
   native().layerNorm(
     x.nativeArg(op, 'x'), g.nativeArg(op, 'g'), b.nativeArg(op, 'b'), y.nativeArg(op, 'y'), mean.nativeArg(op, 'mean'),
     rstd.nativeArg(op, 'rstd'), T, D, eps, isRef(opts, op),
@@ -163,10 +178,10 @@ export function layerNormBackward(
   expectTensor(dy, op, 'dy', 'f32', [T, D]);
   expectTensor(saved?.mean, op, 'saved.mean', 'f32', [T]);
   expectTensor(saved.rstd, op, 'saved.rstd', 'f32', [T]);
-  cpuOnly(op, { x, g, dy });
-  const dx = Tensor.zeros([T, D]);
-  const dg = Tensor.zeros([D]);
-  const db = Tensor.zeros([D]);
+  const device = deviceOf(op, { x, g, dy, mean: saved.mean, rstd: saved.rstd }, opts);
+  const dx = Tensor.zeros([T, D], { device });
+  const dg = Tensor.zeros([D], { device });
+  const db = Tensor.zeros([D], { device });
   native().layerNormBackward(
     x.nativeArg(op, 'x'), g.nativeArg(op, 'g'), saved.mean.nativeArg(op, 'mean'), saved.rstd.nativeArg(op, 'rstd'),
     dy.nativeArg(op, 'dy'), dx.nativeArg(op, 'dx'), dg.nativeArg(op, 'dg'), db.nativeArg(op, 'db'), T, D, isRef(opts, op),
@@ -272,8 +287,8 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: ImplOption =
   expectTensor(logits, op, 'logits', 'f32');
   const [T, V] = rank2(logits, op, 'logits', '[T, V]');
   expectTensor(targets, op, 'targets', 'i32', [T]);
-  cpuOnly(op, { logits, targets });
-  const lse = Tensor.zeros([T]);
+  const device = deviceOf(op, { logits, targets }, opts);
+  const lse = Tensor.zeros([T], { device });
   const loss = guarded([lse], () =>
     native().crossEntropy(logits.nativeArg(op, 'logits'), targets.nativeArg(op, 'targets'), lse.nativeArg(op, 'lse'), T, V, isRef(opts, op)),
   );
@@ -288,8 +303,8 @@ export function crossEntropyBackward(dloss: number, logits: Tensor, targets: Ten
   expectTensor(targets, op, 'targets', 'i32', [T]);
   expectTensor(lse, op, 'lse', 'f32', [T]);
   if (!Number.isFinite(dloss)) throw new RangeError(`${op}: dloss must be finite, got ${dloss}`);
-  cpuOnly(op, { logits, targets, lse });
-  const d = Tensor.zeros([T, V]);
+  const device = deviceOf(op, { logits, targets, lse }, opts);
+  const d = Tensor.zeros([T, V], { device });
   guarded([d], () =>
     native().crossEntropyBackward(
       logits.nativeArg(op, 'logits'), targets.nativeArg(op, 'targets'), lse.nativeArg(op, 'lse'), d.nativeArg(op, 'dlogits'),

@@ -10,7 +10,8 @@
  *   {@link adamwStep} bit for bit on rows touched at every step, and costs time proportional to the rows touched,
  *   not to N.
  *
- * Both run natively, multithreaded, in place. A per-table learning rate is just a different `lr` per call
+ * Both run natively, multithreaded, in place; on CUDA tensors they run the CUDA kernels (sparse: the rows, on the
+ * device, are not checked by the host: rows outside [0, N) are skipped and distinct rows are the caller's promise). A per-table learning rate is just a different `lr` per call
  * (Lample et al. train PKM values with Adam at a constant 1e-3).
  *
  * @example
@@ -48,9 +49,10 @@ function hyper(opts: AdamwOptions, op: string): [number, number, number, number,
   return [opts.lr, opts.beta1 ?? 0.9, opts.beta2 ?? 0.999, opts.eps ?? 1e-8, opts.weightDecay ?? 0.01, impl === 'ref'];
 }
 
-function cpuOnly(op: string, tensors: Record<string, Tensor>): void {
+// All tensors on one device; CUDA tensors run the CUDA kernels (native/kernels/cuda/nn.cu), 'ref' only on the cpu.
+function oneDevice(op: string, tensors: Record<string, Tensor>, ref: boolean): void {
   const dev = sameDevice(op, tensors);
-  if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
+  if (dev === 'cuda' && ref) throw new DeviceError(`${op}: impl 'ref' runs on the cpu; got cuda tensors`);
 }
 
 /**
@@ -68,9 +70,9 @@ export function adamwStep(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: numb
   expectTensor(g, op, 'g', 'f32', p.shape);
   expectTensor(m, op, 'm', 'f32', p.shape);
   expectTensor(v, op, 'v', 'f32', p.shape);
-  cpuOnly(op, { p, g, m, v });
   if (!Number.isInteger(step) || step < 1) throw new RangeError(`${op}: step must be an integer >= 1, got ${String(step)}`);
   const [lr, b1, b2, eps, wd, ref] = hyper(opts, op);
+  oneDevice(op, { p, g, m, v }, ref);
   native().adamwStep(
     p.nativeArg(op, 'p'), g.nativeArg(op, 'g'), m.nativeArg(op, 'm'), v.nativeArg(op, 'v'), lr, b1, b2, eps, wd, step, ref,
   );
@@ -109,8 +111,8 @@ export function sparseAdamwStep(
   expectTensor(grad.values, op, 'grad.values', 'f32', [grad.rows.size, D]);
   if (grad.numRows !== undefined && grad.numRows !== N)
     throw new RangeError(`${op}: grad is for a table of ${grad.numRows} rows, p has N=${N}`);
-  cpuOnly(op, { p, m, v, steps, rows: grad.rows, values: grad.values });
   const [lr, b1, b2, eps, wd, ref] = hyper(opts, op);
+  oneDevice(op, { p, m, v, steps, rows: grad.rows, values: grad.values }, ref);
   native().sparseAdamwStep(
     p.nativeArg(op, 'p'), m.nativeArg(op, 'm'), v.nativeArg(op, 'v'), steps.nativeArg(op, 'steps'),
     grad.rows.nativeArg(op, 'grad.rows'), grad.values.nativeArg(op, 'grad.values'), N, D, lr, b1, b2, eps, wd, ref,

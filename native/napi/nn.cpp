@@ -6,6 +6,10 @@
 
 #include "common.h"
 #include "sffn/nn.h"
+#ifdef SFFN_WITH_CUDA
+#include "cuda_util.h"
+#include "sffn/cuda.h"
+#endif
 
 namespace sffn {
 namespace napi {
@@ -17,6 +21,20 @@ bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op) {
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return false;
   return arg_bool(info, i, op, "ref");
 }
+
+// CUDA flavor: every buffer of the call on the device runs the CUDA kernel (sffn/cuda.h), which cannot check ids
+// or targets that live on the device (out of range: NaN rows, skipped by the backward; see nn_kernels.cuh).
+using Bufs = std::initializer_list<std::pair<const char*, const Buf*>>;
+#ifdef SFFN_WITH_CUDA
+#define SFFN_DEVICE_BRANCH(bufs, call)                                                   \
+  if (same_device(op, bufs)) {                                                           \
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu"); \
+    check_cuda(call, op);                                                                \
+    return info.Env().Undefined();                                                       \
+  }
+#else
+#define SFFN_DEVICE_BRANCH(bufs, call)
+#endif
 
 void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
   for (auto& [name, b] : bufs)
@@ -76,6 +94,8 @@ Napi::Value JS_embedding(const Napi::CallbackInfo& info) {
   Buf ids = arg_buf(info, 0, op, "ids", DType::I32, T);
   Buf w = arg_buf(info, 1, op, "w", DType::F32, prod(op, "V·D", V, D));
   Buf y = arg_buf(info, 2, op, "y", DType::F32, prod(op, "T·D", T, D));
+  SFFN_DEVICE_BRANCH((Bufs{{"ids", &ids}, {"w", &w}, {"y", &y}}),
+                     cuda::embedding_forward(T, V, D, ids.as<int32_t>(), w.as<float>(), y.as<float>()))
   host_only(op, {{"ids", &ids}, {"w", &w}, {"y", &y}});
   check_ids(op, "ids", ids.as<int32_t>(), T, V);
   (ref ? embedding_forward_ref : embedding_forward)(T, V, D, ids.as<int32_t>(), w.as<float>(), y.as<float>());
@@ -91,6 +111,8 @@ Napi::Value JS_embeddingBackward(const Napi::CallbackInfo& info) {
   Buf ids = arg_buf(info, 0, op, "ids", DType::I32, T);
   Buf dy = arg_buf(info, 1, op, "dy", DType::F32, prod(op, "T·D", T, D));
   Buf dw = arg_buf(info, 2, op, "dw", DType::F32, prod(op, "V·D", V, D));
+  SFFN_DEVICE_BRANCH((Bufs{{"ids", &ids}, {"dy", &dy}, {"dw", &dw}}),
+                     cuda::embedding_backward(T, V, D, ids.as<int32_t>(), dy.as<float>(), dw.as<float>()))
   host_only(op, {{"ids", &ids}, {"dy", &dy}, {"dw", &dw}});
   check_ids(op, "ids", ids.as<int32_t>(), T, V);
   (ref ? embedding_backward_ref : embedding_backward)(T, V, D, ids.as<int32_t>(), dy.as<float>(), dw.as<float>());
@@ -110,6 +132,9 @@ Napi::Value JS_layerNorm(const Napi::CallbackInfo& info) {
   Buf y = arg_buf(info, 3, op, "y", DType::F32, T * D);
   Buf mean = arg_buf(info, 4, op, "mean", DType::F32, T);
   Buf rstd = arg_buf(info, 5, op, "rstd", DType::F32, T);
+  SFFN_DEVICE_BRANCH((Bufs{{"x", &x}, {"g", &g}, {"b", &b}, {"y", &y}, {"mean", &mean}, {"rstd", &rstd}}),
+                     cuda::layer_norm_forward(T, D, (float)eps, x.as<float>(), g.as<float>(), b.as<float>(),
+                                              y.as<float>(), mean.as<float>(), rstd.as<float>()))
   host_only(op, {{"x", &x}, {"g", &g}, {"b", &b}, {"y", &y}, {"mean", &mean}, {"rstd", &rstd}});
   (ref ? layer_norm_forward_ref : layer_norm_forward)(T, D, (float)eps, x.as<float>(), g.as<float>(), b.as<float>(),
                                                       y.as<float>(), mean.as<float>(), rstd.as<float>());
@@ -130,6 +155,11 @@ Napi::Value JS_layerNormBackward(const Napi::CallbackInfo& info) {
   Buf dx = arg_buf(info, 5, op, "dx", DType::F32, TD);
   Buf dg = arg_buf(info, 6, op, "dg", DType::F32, D);
   Buf db = arg_buf(info, 7, op, "db", DType::F32, D);
+  SFFN_DEVICE_BRANCH((Bufs{{"x", &x}, {"g", &g}, {"mean", &mean}, {"rstd", &rstd}, {"dy", &dy}, {"dx", &dx},
+                           {"dg", &dg}, {"db", &db}}),
+                     cuda::layer_norm_backward(T, D, x.as<float>(), g.as<float>(), mean.as<float>(),
+                                               rstd.as<float>(), dy.as<float>(), dx.as<float>(), dg.as<float>(),
+                                               db.as<float>()))
   host_only(op, {{"x", &x}, {"g", &g}, {"mean", &mean}, {"rstd", &rstd}, {"dy", &dy}, {"dx", &dx}, {"dg", &dg}, {"db", &db}});
   (ref ? layer_norm_backward_ref : layer_norm_backward)(T, D, x.as<float>(), g.as<float>(), mean.as<float>(),
                                                         rstd.as<float>(), dy.as<float>(), dx.as<float>(), dg.as<float>(),
@@ -198,6 +228,14 @@ Napi::Value JS_crossEntropy(const Napi::CallbackInfo& info) {
   Buf logits = arg_buf(info, 0, op, "logits", DType::F32, prod(op, "T·V", T, V));
   Buf y = arg_buf(info, 1, op, "targets", DType::I32, T);
   Buf lse = arg_buf(info, 2, op, "lse", DType::F32, T);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"logits", &logits}, {"targets", &y}, {"lse", &lse}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    double l = 0;
+    check_cuda(cuda::cross_entropy_forward(T, V, logits.as<float>(), y.as<int32_t>(), lse.as<float>(), &l), op);
+    return Napi::Number::New(info.Env(), l);
+  }
+#endif
   host_only(op, {{"logits", &logits}, {"targets", &y}, {"lse", &lse}});
   check_ids(op, "targets", y.as<int32_t>(), T, V);
   double l = (ref ? cross_entropy_forward_ref : cross_entropy_forward)(T, V, logits.as<float>(), y.as<int32_t>(),
@@ -216,6 +254,9 @@ Napi::Value JS_crossEntropyBackward(const Napi::CallbackInfo& info) {
   Buf y = arg_buf(info, 1, op, "targets", DType::I32, T);
   Buf lse = arg_buf(info, 2, op, "lse", DType::F32, T);
   Buf dl = arg_buf(info, 3, op, "dlogits", DType::F32, TV);
+  SFFN_DEVICE_BRANCH((Bufs{{"logits", &logits}, {"targets", &y}, {"lse", &lse}, {"dlogits", &dl}}),
+                     cuda::cross_entropy_backward(T, V, logits.as<float>(), y.as<int32_t>(), lse.as<float>(),
+                                                  (float)dloss, dl.as<float>()))
   host_only(op, {{"logits", &logits}, {"targets", &y}, {"lse", &lse}, {"dlogits", &dl}});
   check_ids(op, "targets", y.as<int32_t>(), T, V);
   (ref ? cross_entropy_backward_ref : cross_entropy_backward)(T, V, logits.as<float>(), y.as<int32_t>(), lse.as<float>(),

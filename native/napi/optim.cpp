@@ -2,6 +2,10 @@
 // their buffers in place. A trailing `ref` boolean runs the reference (kernels/ref/adamw.cpp) for the tests.
 #include "common.h"
 #include "sffn/optim.h"
+#ifdef SFFN_WITH_CUDA
+#include "cuda_util.h"
+#include "sffn/cuda.h"
+#endif
 
 namespace sffn {
 namespace napi {
@@ -44,6 +48,15 @@ Napi::Value JS_adamwStep(const Napi::CallbackInfo& info) {
   AdamwHyper hp = arg_hyper(info, 4, op);
   const int64_t step = arg_int(info, 9, op, "step", 1, (int64_t)1 << 53);
   const bool ref = arg_ref(info, 10, op);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"p", &p}, {"g", &g}, {"m", &m}, {"v", &v}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    check_cuda(cuda::adamw_step(p.count, p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), hp.lr, hp.beta1,
+                                hp.beta2, hp.eps, hp.weight_decay, step),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"p", &p}, {"g", &g}, {"m", &m}, {"v", &v}});
   (ref ? adamw_step_ref : adamw_step)(p.count, p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), hp, step);
   return info.Env().Undefined();
@@ -63,6 +76,18 @@ Napi::Value JS_sparseAdamwStep(const Napi::CallbackInfo& info) {
   Buf rows = arg_buf(info, 4, op, "rows", DType::I32);
   const int64_t U = rows.count;
   Buf g = arg_buf(info, 5, op, "g", DType::F32, U * D);
+#ifdef SFFN_WITH_CUDA
+  // CUDA: rows live on the device and cannot be checked here; the kernel skips rows outside [0, N), and distinct
+  // rows (what the backward ops return) are the caller's promise.
+  if (same_device(op, {{"p", &p}, {"m", &m}, {"v", &v}, {"steps", &steps}, {"rows", &rows}, {"g", &g}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    check_cuda(cuda::sparse_adamw_step(N, D, p.as<float>(), m.as<float>(), v.as<float>(), steps.as<int32_t>(), U,
+                                       rows.as<int32_t>(), g.as<float>(), hp.lr, hp.beta1, hp.beta2, hp.eps,
+                                       hp.weight_decay),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"p", &p}, {"m", &m}, {"v", &v}, {"steps", &steps}, {"rows", &rows}, {"g", &g}});
   // Distinct rows are what make the row-parallel update race-free; ascending order is what backward ops return.
   const int32_t* r = rows.as<int32_t>();

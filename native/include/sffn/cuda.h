@@ -127,6 +127,29 @@ Status moe_route_backward(int64_t T, int64_t E, int64_t K, int gate, const float
                           const int32_t* ids, const float* dgates, float w_entropy, float w_balance, float w_z,
                           float* dz);
 
+// ---- training row ops (kernels/cuda/nn.cu) ---------------------------------------------------------------------
+// The contracts of sffn/nn.h and sffn/optim.h with DEVICE pointers (except `loss`, a host double). Indices read on
+// the device cannot be validated by the host: an id or target outside [0, V) gives a NaN output row (and NaN
+// loss), is skipped by the backward; a sparse-AdamW row outside [0, N) is skipped, and rows must be distinct.
+// Every reduction has one owner and a fixed order (no float atomics): results are bit-identical run to run.
+Status layer_norm_forward(int64_t T, int64_t D, float eps, const float* x, const float* g, const float* b, float* y,
+                          float* mean, float* rstd);
+Status layer_norm_backward(int64_t T, int64_t D, const float* x, const float* g, const float* mean, const float* rstd,
+                           const float* dy, float* dx, float* dg, float* db);
+Status embedding_forward(int64_t T, int64_t V, int64_t D, const int32_t* ids, const float* w, float* y);
+// dw [V, D] is overwritten (rows without tokens get 0): a counting scan lists each row's tokens in token order.
+Status embedding_backward(int64_t T, int64_t V, int64_t D, const int32_t* ids, const float* dy, float* dw);
+// Synchronises: the mean loss is copied back into *loss.
+Status cross_entropy_forward(int64_t T, int64_t V, const float* logits, const int32_t* targets, float* lse,
+                             double* loss);
+Status cross_entropy_backward(int64_t T, int64_t V, const float* logits, const int32_t* targets, const float* lse,
+                              float dloss, float* dlogits);
+Status adamw_step(int64_t n, float* p, const float* g, float* m, float* v, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step);
+Status sparse_adamw_step(int64_t N, int64_t D, float* p, float* m, float* v, int32_t* steps, int64_t U,
+                         const int32_t* rows, const float* g, float lr, float beta1, float beta2, float eps,
+                         float weight_decay);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -73,6 +73,15 @@ inline V __shfl_xor_sync(unsigned, V v, int mask) {
   return emu_shfl(v, (threadIdx.x % 32) ^ (unsigned)mask, true);
 }
 
+// Integer atomics (the only atomics our kernels use: counts, whose result does not depend on the order).
+inline int atomicAdd(int* p, int v) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  const int old = *p;
+  *p = old + v;
+  return old;
+}
+
 alignas(128) static unsigned char g_dynamic_smem[96 * 1024];
 inline unsigned char* dynamic_smem() { return g_dynamic_smem; }
 

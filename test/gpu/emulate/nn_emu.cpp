@@ -1,0 +1,219 @@
+// Host emulation of the CUDA training row-op kernels (native/kernels/cuda/nn_kernels.cuh) against the reference
+// ops of the CPU (native/kernels/ref/{layer_norm,embedding,cross_entropy,adamw}.cpp, compiled in): layer norm
+// forward/backward (T across the 256-row chunks, D below and above the warp width), embedding forward/backward
+// (repeated ids, a row with no token, an id out of range: NaN row, skipped by the backward), cross-entropy
+// forward/backward (a target out of range: NaN loss and row), dense AdamW over three steps, sparse AdamW on rows
+// with their own step counters (a row out of range skipped). Launched as nn.cu does, with small grids so the
+// loops stride. AddressSanitizer catches out-of-bounds accesses. Run by test/gpu/nn-emulated.test.ts; prints
+// "ok" and exits 0 on success.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "nn_kernels.cuh"
+#include "../../../native/kernels/ref/adamw.cpp"
+#include "../../../native/kernels/ref/cross_entropy.cpp"
+#include "../../../native/kernels/ref/embedding.cpp"
+#include "../../../native/kernels/ref/layer_norm.cpp"
+
+using namespace sffn::cuda;
+
+static uint32_t g_rng = 99;
+static uint32_t urand() { return g_rng = g_rng * 1664525u + 1013904223u; }
+static float frand() { return (float)((urand() >> 8) & 0xffff) / 32768.f - 1.f; }
+static std::vector<float> rnd(int64_t n, float scale = 1.f) {
+  std::vector<float> v(n);
+  for (float& f : v) f = scale * frand();
+  return v;
+}
+
+static bool near(const char* what, const float* a, const float* b, int64_t n, double tol) {
+  for (int64_t i = 0; i < n; ++i) {
+    const bool both_nan = std::isnan(a[i]) && std::isnan(b[i]);
+    if (!both_nan && !(std::fabs((double)a[i] - b[i]) <= tol * (1 + std::fabs((double)b[i])))) {
+      std::printf("  %s[%lld]: emulated %.9g, reference %.9g\n", what, (long long)i, a[i], b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+static bool report(const char* what, bool ok) {
+  std::printf("%-60s %s\n", what, ok ? "ok" : "MISMATCH");
+  if (!g_error.empty()) std::printf("  emulation rule violated: %s\n", g_error.c_str());
+  return ok && g_error.empty();
+}
+
+static bool layer_norm(int64_t T, int64_t D) {
+  const float eps = 1e-5f;
+  auto x = rnd(T * D, 2.f), g = rnd(D), b = rnd(D), dy = rnd(T * D);
+  for (int64_t i = 0; i < T * D; i += 3) x[i] += 1.5f;  // a mean away from zero
+  std::vector<float> y(T * D), mean(T), rstd(T), ry(T * D), rmean(T), rrstd(T);
+  sffn::layer_norm_forward_ref(T, D, eps, x.data(), g.data(), b.data(), ry.data(), rmean.data(), rrstd.data());
+  if (T > 0)
+    launch(dim3{1, 1, 1}, 64, [&] {
+      layer_norm_fwd_kernel(T, D, eps, x.data(), g.data(), b.data(), y.data(), mean.data(), rstd.data());
+    });
+  std::vector<float> dx(T * D), dg(D, -9.f), db(D, -9.f), rdx(T * D), rdg(D), rdb(D);
+  sffn::layer_norm_backward_ref(T, D, x.data(), g.data(), rmean.data(), rrstd.data(), dy.data(), rdx.data(), rdg.data(),
+                                rdb.data());
+  const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
+  std::vector<double> pg(std::max<int64_t>(nc * D, 1)), pb(std::max<int64_t>(nc * D, 1));
+  if (T > 0) {
+    launch(dim3{1, 1, 1}, 96, [&] {
+      layer_norm_bwd_dx_kernel(T, D, x.data(), g.data(), mean.data(), rstd.data(), dy.data(), dx.data());
+    });
+    launch(dim3{(unsigned)((D + NN_CHUNK - 1) / NN_CHUNK), (unsigned)std::min<int64_t>(nc, 2), 1}, NN_CHUNK, [&] {
+      layer_norm_bwd_partial_kernel(T, D, x.data(), mean.data(), rstd.data(), dy.data(), pg.data(), pb.data());
+    });
+  }
+  launch(dim3{1, 1, 1}, 64, [&] { nn_column_final_kernel(nc, D, pg.data(), pb.data(), dg.data(), db.data()); });
+  char what[80];
+  std::snprintf(what, sizeof what, "layerNorm T=%lld D=%lld", (long long)T, (long long)D);
+  return report(what, near("y", y.data(), ry.data(), T * D, 1e-5) && near("mean", mean.data(), rmean.data(), T, 1e-6) &&
+                          near("rstd", rstd.data(), rrstd.data(), T, 1e-6) && near("dx", dx.data(), rdx.data(), T * D, 1e-4) &&
+                          near("dg", dg.data(), rdg.data(), D, 1e-5) && near("db", db.data(), rdb.data(), D, 1e-5));
+}
+
+static bool embedding(int64_t T, int64_t V, int64_t D, bool bad_id) {
+  std::vector<int32_t> ids(T);
+  for (auto& i : ids) i = (int32_t)(urand() % (V > 1 ? V - 1 : 1));  // row V-1 never used (when V > 1)
+  if (bad_id && T > 3) ids[3] = (int32_t)V + 5;
+  auto w = rnd(V * D), dy = rnd(T * D);
+  std::vector<float> y(T * D, -9.f), ry(T * D);
+  std::vector<int32_t> ok_ids(ids);
+  for (auto& i : ok_ids) i = i >= 0 && i < V ? i : 0;
+  sffn::embedding_forward_ref(T, V, D, ok_ids.data(), w.data(), ry.data());
+  for (int64_t t = 0; t < T; ++t)
+    if (ids[t] < 0 || ids[t] >= V)
+      for (int64_t d = 0; d < D; ++d) ry[t * D + d] = NAN;
+  if (T > 0) launch(dim3{2, 1, 1}, 64, [&] { embedding_fwd_kernel(T, V, D, ids.data(), w.data(), y.data()); });
+  // Backward reference: the tokens with a bad id contribute nothing.
+  std::vector<float> dyr(dy);
+  for (int64_t t = 0; t < T; ++t)
+    if (ids[t] < 0 || ids[t] >= V)
+      for (int64_t d = 0; d < D; ++d) dyr[t * D + d] = 0.f;
+  std::vector<float> rdw(V * D), dw(V * D, -9.f);
+  sffn::embedding_backward_ref(T, V, D, ok_ids.data(), dyr.data(), rdw.data());
+  const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
+  std::vector<int32_t> hist(std::max<int64_t>(nc * V, 1), 0), counts(V), list(std::max<int64_t>(T, 1), -1);
+  std::vector<int64_t> offsets(V + 1);
+  if (nc > 0) launch(dim3{(unsigned)nc, 1, 1}, NN_CHUNK, [&] { embedding_hist_kernel(T, V, ids.data(), hist.data()); });
+  launch(dim3{1, 1, 1}, 32, [&] { embedding_scan_kernel(nc, V, hist.data(), counts.data()); });
+  launch(dim3{1, 1, 1}, NN_CHUNK, [&] { nn_offsets_kernel(V, counts.data(), offsets.data()); });
+  if (nc > 0)
+    launch(dim3{(unsigned)nc, 1, 1}, NN_CHUNK, [&] {
+      embedding_place_kernel(T, V, ids.data(), hist.data(), offsets.data(), list.data());
+    });
+  launch(dim3{2, 1, 1}, 64, [&] { embedding_reduce_kernel(V, D, offsets.data(), list.data(), dy.data(), dw.data()); });
+  // The token lists must be in token order (what makes the sum order fixed).
+  bool sorted_ok = true;
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t k = offsets[v]; k + 1 < offsets[v + 1]; ++k) sorted_ok &= list[k] < list[k + 1] && ids[list[k]] == v;
+  char what[80];
+  std::snprintf(what, sizeof what, "embedding T=%lld V=%lld D=%lld bad_id=%d", (long long)T, (long long)V, (long long)D,
+                bad_id);
+  return report(what, near("y", y.data(), ry.data(), T * D, 0) && near("dw", dw.data(), rdw.data(), V * D, 1e-6) && sorted_ok);
+}
+
+static bool cross_entropy(int64_t T, int64_t V, bool bad_target) {
+  auto logits = rnd(T * V, 4.f);
+  std::vector<int32_t> tg(T);
+  for (auto& t : tg) t = (int32_t)(urand() % V);
+  std::vector<float> rlse(T), lse(T), rd(T * V), d(T * V);
+  const double rloss = sffn::cross_entropy_forward_ref(T, V, logits.data(), tg.data(), rlse.data());
+  sffn::cross_entropy_backward_ref(T, V, logits.data(), tg.data(), rlse.data(), 0.7f, rd.data());
+  if (bad_target && T > 1) tg[1] = -1;
+  std::vector<double> term(std::max<int64_t>(T, 1));
+  double loss = -1;
+  if (T > 0)
+    launch(dim3{2, 1, 1}, NN_CHUNK, [&] {
+      cross_entropy_fwd_kernel(T, V, logits.data(), tg.data(), lse.data(), term.data());
+    });
+  launch(dim3{1, 1, 1}, NN_CHUNK, [&] { cross_entropy_loss_kernel(T, term.data(), &loss); });
+  if (T > 0)
+    launch(dim3{2, 1, 1}, 64, [&] {
+      cross_entropy_bwd_kernel(T, V, logits.data(), tg.data(), lse.data(), 0.7 / (double)T, d.data());
+    });
+  bool ok = near("lse", lse.data(), rlse.data(), T, 1e-6);
+  if (bad_target && T > 1) {
+    ok = ok && std::isnan(loss) && std::isnan(d[1 * V]);
+    for (int64_t v = 0; v < V; ++v) d[1 * V + v] = rd[1 * V + v];  // the rest must still match
+  } else {
+    ok = ok && std::fabs(loss - rloss) <= 1e-9 * (1 + std::fabs(rloss));
+  }
+  ok = ok && near("dlogits", d.data(), rd.data(), T * V, 1e-5);
+  char what[80];
+  std::snprintf(what, sizeof what, "crossEntropy T=%lld V=%lld bad_target=%d", (long long)T, (long long)V, bad_target);
+  return report(what, ok);
+}
+
+static bool adamw(int64_t n) {
+  const sffn::AdamwHyper hp{1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f};
+  auto p = rnd(n), m = std::vector<float>(n, 0.f), v = std::vector<float>(n, 0.f);
+  auto rp = p, rm = m, rv = v;
+  bool ok = true;
+  for (int64_t step = 1; step <= 3; ++step) {
+    auto g = rnd(n);
+    sffn::adamw_step_ref(n, rp.data(), g.data(), rm.data(), rv.data(), hp, step);
+    const double bc1 = 1 - std::pow((double)hp.beta1, (double)step), bc2 = 1 - std::pow((double)hp.beta2, (double)step);
+    AdamwCoef c{{(float)(1 - (double)hp.lr * hp.weight_decay), hp.beta1, (float)(1 - (double)hp.beta1), hp.beta2,
+                 (float)(1 - (double)hp.beta2), (float)(hp.lr / bc1), (float)(1 / std::sqrt(bc2)), hp.eps}};
+    launch(dim3{2, 1, 1}, 64, [&] { adamw_kernel(n, p.data(), g.data(), m.data(), v.data(), c); });
+    ok = ok && near("p", p.data(), rp.data(), n, 1e-6) && near("m", m.data(), rm.data(), n, 1e-6) &&
+         near("v", v.data(), rv.data(), n, 1e-6);
+  }
+  char what[80];
+  std::snprintf(what, sizeof what, "adamw n=%lld, 3 steps", (long long)n);
+  return report(what, ok);
+}
+
+static bool sparse_adamw(int64_t N, int64_t D) {
+  const sffn::AdamwHyper hp{1e-2f, 0.9f, 0.99f, 1e-8f, 0.05f};
+  auto p = rnd(N * D), m = rnd(N * D, 0.1f), v = rnd(N * D, 0.1f);
+  for (float& f : v) f = std::fabs(f);
+  std::vector<int32_t> steps(N);
+  for (auto& s : steps) s = (int32_t)(urand() % 5);
+  std::vector<int32_t> rows;
+  for (int64_t r = 0; r < N; ++r)
+    if (urand() % 3 == 0) rows.push_back((int32_t)r);
+  const int64_t U = (int64_t)rows.size();
+  auto g = rnd(U * D);
+  auto rp = p, rm = m, rv = v;
+  auto rsteps = steps;
+  sffn::sparse_adamw_step_ref(N, D, rp.data(), rm.data(), rv.data(), rsteps.data(), U, rows.data(), g.data(), hp);
+  std::vector<int32_t> rows_bad(rows);
+  rows_bad.push_back((int32_t)N + 3);  // out of range: skipped
+  std::vector<float> g_bad(g);
+  g_bad.resize((U + 1) * D, 1.f);
+  launch(dim3{3, 1, 1}, 32, [&] {
+    sparse_adamw_kernel(N, D, p.data(), m.data(), v.data(), steps.data(), U + 1, rows_bad.data(), g_bad.data(), hp.lr,
+                        hp.beta1, hp.beta2, hp.eps, hp.weight_decay);
+  });
+  bool ok = near("p", p.data(), rp.data(), N * D, 1e-6) && near("m", m.data(), rm.data(), N * D, 1e-6) &&
+            near("v", v.data(), rv.data(), N * D, 1e-6) && steps == rsteps;
+  char what[80];
+  std::snprintf(what, sizeof what, "sparseAdamw N=%lld D=%lld U=%lld", (long long)N, (long long)D, (long long)U);
+  return report(what, ok);
+}
+
+int main() {
+  bool ok = true;
+  ok &= layer_norm(37, 50);
+  ok &= layer_norm(300, 33);   // T crosses a 256-row chunk
+  ok &= layer_norm(5, 300);    // D spans two column blocks
+  ok &= layer_norm(0, 8);
+  ok &= embedding(600, 50, 7, false);
+  ok &= embedding(40, 3, 33, true);
+  ok &= embedding(0, 4, 2, false);
+  ok &= cross_entropy(300, 77, false);
+  ok &= cross_entropy(3, 1000, true);
+  ok &= cross_entropy(0, 5, false);
+  ok &= adamw(1000);
+  ok &= sparse_adamw(50, 13);
+  ok &= sparse_adamw(7, 300);
+  std::printf(ok ? "ok\n" : "FAILED\n");
+  return ok ? 0 : 1;
+}
