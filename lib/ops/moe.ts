@@ -172,8 +172,9 @@ export function moeRoute(z: Tensor, opts: MoeRouteOptions): MoeRouting {
   const select = opts.select ?? 'topk';
   if (!GATES.includes(gate)) fail('range', `${op}: gate must be one of ${GATES.join(', ')}, got ${String(gate)}`);
   if (!SELECTS.includes(select)) fail('range', `${op}: select must be one of ${SELECTS.join(', ')}, got ${String(select)}`);
+  if (typeof opts.k === 'number' && Number.isInteger(opts.k) && (opts.k < 1 || opts.k > E))
+    fail('range', `${op}: k must be in [1, E=${E}], got ${opts.k}`);
   const k = checkInt(op, 'k', opts.k, 1, E);
-  if (k > E) fail('range', `${op}: k must be in [1, E=${E}], got ${k}`);
   if (select === 'adaptive' && k !== 2) fail('range', `${op}: adaptive selection uses k = 2 slots, got k = ${k}`);
   const threshold = checkNum(op, 'threshold', opts.threshold ?? (select === 'threshold' ? 0.9 : 0.1), -1, 2);
   const dropout = checkNum(op, 'dropout', opts.dropout ?? 0, 0, 1, true);

@@ -432,7 +432,7 @@ describe('moeRoute bad input', () => {
   const z = () => Tensor.from(logits(4, 3, 1), { shape: [4, 3] });
   test('k out of range, bad enums and numbers', () => {
     const t = z();
-    expect(() => moeRoute(t, { k: 4 })).toThrow(/moeRoute: k must be in \[1, 3\], got 4/);
+    expect(() => moeRoute(t, { k: 4 })).toThrow(/moeRoute: k must be in \[1, E=3\], got 4/);
     expect(() => moeRoute(t, { k: 0 })).toThrow(RangeError);
     expect(() => moeRoute(t, { k: 1.5 })).toThrow(TypeError);
     expect(() => moeRoute(t, { k: 1, gate: 'relu' as never })).toThrow(/gate must be one of/);
