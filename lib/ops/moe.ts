@@ -1,6 +1,6 @@
 /**
  * Mixture-of-Experts ops: routing for every gate kind and the expert block as grouped GEMMs, on the CPU; on CUDA
- * tensors moeRoute/moeRouteBackward (top-k, dropless, no dropout) and moeExperts/moeExpertsBackward run the CUDA
+ * tensors moeRoute/moeRouteBackward and moeExperts/moeExpertsBackward run the CUDA
  * kernels (native/kernels/cuda/moe_*.cu).
  *
  * Shape letters: T tokens, D model width, E experts, k slots per token, G expert width, S kept slots.
@@ -102,7 +102,7 @@ export interface MoeRouting {
   readonly counts: Tensor;
   /** [E + 1] i64: exclusive prefix sum of counts (offsets[E] = S). */
   readonly offsets: Tensor;
-  /** [S] i32: kept slots sorted stably by expert (slot order within an expert). */
+  /** [S] i32: kept slots sorted stably by expert (slot order within an expert); on cuda [T·k], −1 past offsets[E]. */
   readonly sortedSlots: Tensor;
   /** [T, k] i32: position of each slot in sortedSlots (its row in per-slot buffers), or −1. */
   readonly slotRank: Tensor;
@@ -110,7 +110,7 @@ export interface MoeRouting {
   readonly dropped: Tensor;
   /** [T] i32: experts computing each token (kept slots; varies with adaptive/threshold routing, dropout, capacity). */
   readonly tokenCounts: Tensor;
-  /** S, the number of kept slots. */
+  /** S, the number of kept slots (on cuda: T·k, the rows reserved for them; the kept count is offsets[E]). */
   readonly numSlots: number;
   /** Slots dropped by capacity, in total. */
   readonly numDropped: number;
@@ -151,8 +151,9 @@ export function checkAct(op: string, act: unknown): NativeAct {
 /**
  * Routes T tokens to E experts from the logits `z` [T, E] (f32): gates, selection, optional expert dropout and
  * capacity, the stable per-expert sort of the kept slots, and the auxiliary losses. On a CUDA `z` the routing runs on
- * the device (top-k, dropless, no dropout; other options throw a DeviceError naming them): every tensor of the
- * result lives on the device, numSlots = T·k, and `aux` is copied back only when it is read.
+ * the device with every option (impl 'ref' excepted) and the same results: every tensor of the result lives on the
+ * device, sized for the worst case — numSlots = T·k and sortedSlots [T·k] padded with −1 past offsets[E], the kept
+ * count (the device expert ops handle that) — and `aux` / `numDropped` are copied back only when read.
  *
  * @example
  * ```ts
@@ -244,19 +245,15 @@ interface RouteConfig {
   impl: 'cpu' | 'ref';
 }
 
-/** Options the CUDA routing does not cover (each changes the kept-slot count per call): a DeviceError naming it. */
-function checkDeviceRoute(op: string, c: RouteConfig): void {
+/** The CUDA routing covers every option but the scalar reference. */
+function checkDeviceRoute(op: string, c: Pick<RouteConfig, 'impl'>): void {
   if (c.impl === 'ref') throw new DeviceError(`${op}: impl 'ref' runs on the cpu; got cuda tensors`);
-  if (c.select !== 'topk')
-    throw new DeviceError(`${op}: select '${c.select}' is not supported on cuda (only 'topk'); route on the cpu`);
-  if (c.dropout > 0)
-    throw new DeviceError(`${op}: dropout is not supported on cuda (it varies the kept slots per token), got ${c.dropout}`);
-  if (c.capacity >= 0)
-    throw new DeviceError(`${op}: capacity (or capacityFactor) is not supported on cuda (dropless only), got capacity ${c.capacity}`);
 }
 
-// CUDA routing: every tensor on the device, sized for the worst case (dropless top-k keeps S = T·k slots, so the
-// host knows S without reading anything back). The auxiliary losses stay on the device until r.aux is read.
+// CUDA routing: every tensor on the device, sized for the worst case S = T·k so that the host never waits for the
+// counts: numSlots is T·k (the rows of every per-slot buffer), sortedSlots has T·k entries padded with -1 past the
+// kept count offsets[E] (equal to T·k for dropless top-k without dropout). The auxiliary losses and numDropped
+// stay on the device until they are read.
 function routeOnDevice(z: Tensor, c: RouteConfig): MoeRouting {
   const op = 'moeRoute';
   checkDeviceRoute(op, c);
@@ -287,11 +284,15 @@ function routeOnDevice(z: Tensor, c: RouteConfig): MoeRouting {
     throw err;
   }
   let aux: MoeAuxLosses | undefined;
+  let numDropped: number | undefined;
   return {
     T, E, k, gate: c.gate, select: c.select, threshold: c.threshold, dropout: c.dropout, seed: c.seed, capacity: c.capacity,
     ...tensors,
     numSlots: T * k,
-    numDropped: 0,
+    get numDropped(): number {
+      if (numDropped === undefined) numDropped = (tensors.dropped.data() as Int32Array).reduce((a, b) => a + b, 0);
+      return numDropped;
+    },
     get aux(): MoeAuxLosses {
       if (!aux) {
         const b = auxBits.data() as BigInt64Array;

@@ -84,19 +84,8 @@ RouteArgs route_params(const Napi::CallbackInfo& info, const char* op) {
 }
 
 #ifdef SFFN_WITH_CUDA
-// The CUDA routing covers dropless top-K without dropout: every other option changes the number of kept slots
-// per call, which the device path never reads back.
 void device_route_supported(const char* op, const RouteArgs& a) {
   if (a.ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
-  if (a.p.select != MoeSelect::TopK)
-    fail(ErrKind::Device, op, ": select '", a.p.select == MoeSelect::Adaptive ? "adaptive" : "threshold",
-         "' is not supported on cuda (only 'topk'); route on the cpu");
-  if (a.p.dropout > 0)
-    fail(ErrKind::Device, op, ": dropout is not supported on cuda (it varies the kept slots per token), got ",
-         a.p.dropout, "; route on the cpu");
-  if (a.p.capacity >= 0)
-    fail(ErrKind::Device, op, ": capacity is not supported on cuda (dropless only), got ", a.p.capacity,
-         "; route on the cpu");
 }
 #endif
 
@@ -126,7 +115,8 @@ Napi::Value JS_moeRoute(const Napi::CallbackInfo& info) {
     if (!aux.device) fail(ErrKind::Device, op, ": aux must be a cuda buffer like z");
     if (!token_counts.data) fail(ErrKind::Type, op, ": tokenCounts is required on cuda");
     device_route_supported(op, a);
-    check_cuda(cuda::moe_route_forward(p.T, p.E, p.K, (int)p.gate, z.as<float>(), choices.as<int32_t>(),
+    check_cuda(cuda::moe_route_forward(p.T, p.E, p.K, (int)p.gate, (int)p.select, p.threshold, p.dropout, p.seed,
+                                       p.capacity, z.as<float>(), choices.as<int32_t>(),
                                        ids.as<int32_t>(), gates.as<float>(), counts.as<int32_t>(),
                                        offsets.as<int64_t>(), sorted.as<int32_t>(), rank.as<int32_t>(),
                                        dropped.as<int32_t>(), token_counts.as<int32_t>(), aux.as<double>()),

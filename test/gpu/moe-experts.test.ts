@@ -66,8 +66,14 @@ describe.skipIf(!st.gpu)('CUDA moeExperts and moeExpertsBackward', () => {
     }
   }
 
-  for (const gate of ['sigmoid', 'softmax'] as const) {
-    it(`runs the whole layer with the routing on the device (gate=${gate})`, () => {
+  const layerCases = [
+    ['sigmoid', {}],
+    ['softmax', {}],
+    ['sigmoid', { dropout: 0.3, seed: 5 }], // fewer kept slots than the T·k reserved rows
+    ['softmax', { capacityFactor: 0.7 }], // capacity drops
+  ] as const;
+  for (const [gate, extra] of layerCases) {
+    it(`runs the whole layer with the routing on the device (gate=${gate}, ${JSON.stringify(extra)})`, () => {
       const m0 = memory();
       const [T, D, E, k, G] = [300, 24, 8, 3, 40]; // T·k = 900: experts of ~112 rows, some over one 128-row tile
       const z = Tensor.from(randn(T * E, 11), { shape: [T, E] });
@@ -77,14 +83,18 @@ describe.skipIf(!st.gpu)('CUDA moeExperts and moeExpertsBackward', () => {
       const b1 = Tensor.from(randn(E * G, 15), { shape: [E, G] });
       const dy = Tensor.from(randn(T * D, 16), { shape: [T, D] });
       const [zd, xd, w1d, w2d, b1d, dyd] = [z, x, w1, w2, b1, dy].map((t) => t.to('cuda'));
-      const rc = moeRoute(z, { k, gate });
-      const rg = moeRoute(zd!, { k, gate });
+      const rc = moeRoute(z, { k, gate, ...extra });
+      const rg = moeRoute(zd!, { k, gate, ...extra });
       const fc = moeExperts(x, rc, { w1, w2, b1 }, { act: 'gelu' });
       const fg = moeExperts(xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, { act: 'gelu' });
       const tol = { atol: 2e-4, rtol: 2e-4 };
       expect(fg.y.device).toBe('cuda');
       expectClose(fg.y.data() as Float32Array, fc.y.data() as Float32Array, tol, 'y');
-      expectClose(fg.saved.hs.data() as Float32Array, fc.saved.hs.data() as Float32Array, tol, 'hs');
+      // hs rows: the kept ones match the CPU's [S, G]; the reserved rows past S stay zero.
+      const S = rc.numSlots;
+      const hsg = fg.saved.hs.data() as Float32Array;
+      expectClose(hsg.subarray(0, S * G), fc.saved.hs.data() as Float32Array, tol, 'hs');
+      expect(hsg.subarray(S * G).every((v) => v === 0)).toBe(true);
       const gc = moeExpertsBackward(dy, x, rc, { w1, w2, b1 }, fc.saved, { act: 'gelu' });
       const gg = moeExpertsBackward(dyd!, xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, fg.saved, { act: 'gelu' });
       const gg2 = moeExpertsBackward(dyd!, xd!, rg, { w1: w1d!, w2: w2d!, b1: b1d }, fg.saved, { act: 'gelu' });

@@ -112,14 +112,16 @@ Status moe_experts_backward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int6
                                 float* dw2, float* db2, float* dgates);
 
 // ---- MoE routing (kernels/cuda/moe_route.cu) ------------------------------------------------------------------
-// sffn::moe_route_forward (sffn/moe.h) for select = top-K without dropout or capacity (the N-API layer rejects
-// the rest), every array a DEVICE pointer: z [T, E] -> choices, ids, gates [T·K], counts [E], offsets [E+1],
-// sorted_slots, slot_rank [T·K], dropped [E] (zeros), token_counts [T], aux [3] = {entropy, balance, z-loss}
-// (double). gate: 0 sigmoid, 1 softmax, 2 softmax over the chosen (sffn::MoeGate). Everything is sized for the
-// worst case (S = T·K when dropless), so the host never waits: the placement is a deterministic counting scan
-// (per-chunk histograms, ordered scans, no atomics), stable in slot order like the CPU's.
-Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float* z, int32_t* choices, int32_t* ids,
-                         float* gates, int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
+// sffn::moe_route_forward (sffn/moe.h) with every array a DEVICE pointer: z [T, E] -> choices, ids, gates [T·K],
+// counts [E], offsets [E+1], sorted_slots, slot_rank [T·K] (sorted padded with -1 past S = offsets[E]), dropped
+// [E], token_counts [T], aux [3] = {entropy, balance, z-loss} (double). gate: sffn::MoeGate; select: sffn::MoeSelect
+// (0 top-K, 1 adaptive, 2 threshold); dropout and seed as MoeRouteParams (the same mask bit for bit); capacity < 0
+// = dropless. Every buffer is sized for the worst case (S <= T·K), so the host never waits: the placement and the
+// capacity ranks are deterministic counting scans (per-chunk histograms, ordered scans, no atomics), stable in
+// slot order (priority order for capacity) like the CPU's.
+Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, int select, float threshold, float dropout,
+                         uint64_t seed, int64_t capacity, const float* z, int32_t* choices, int32_t* ids, float* gates,
+                         int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
                          int32_t* dropped, int32_t* token_counts, double* aux);
 // sffn::moe_route_backward for the same routings, DEVICE pointers: dz [T, E] from z, choices, ids [T·K] and
 // dgates [T·K] (null = zeros), plus the weighted regularisers. Entries of choices outside [0, E) are unused slots.

@@ -1,8 +1,9 @@
 // CUDA MoE routing, forward and backward (contract in sffn/cuda.h; kernels in moe_route_kernels.cuh). Every array
-// lives on the device and every buffer is sized for the worst case, so no launch waits for the host and the host
-// never waits for counts. Workspaces come from the stream-ordered pool and are freed stream-ordered.
-//   forward:  top-K + gates (warp per token), aux partials per 256 tokens and their ordered final sum, histogram
-//             per 256 slots, per-expert scan over chunks, offsets, stable placement.
+// lives on the device and every buffer is sized for the worst case (T·K slots), so no launch waits for the host and
+// the host never waits for counts. Workspaces come from the stream-ordered pool and are freed stream-ordered.
+//   forward:  selection + gates (warp per token), aux partials per 256 tokens and their ordered final sum; with a
+//             capacity, the counting scan over the choices in priority order and the drop; then histogram per 256
+//             slots, per-expert scan over chunks, offsets (and dropped), stable placement, per-token counts.
 //   backward: lse per token, the same aux sums (p̄, f, log p̄), then dz warp per token.
 // Test: test/gpu/moe-route.test.ts (GPU), test/gpu/moe-emulated.test.ts (route_emu.cpp: host emulation).
 #include <algorithm>
@@ -64,8 +65,9 @@ Status aux_sums(int64_t T, int64_t E, int64_t K, const float* z, const int32_t* 
 }
 }  // namespace
 
-Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float* z, int32_t* choices, int32_t* ids,
-                         float* gates, int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
+Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, int select, float threshold, float dropout,
+                         uint64_t seed, int64_t capacity, const float* z, int32_t* choices, int32_t* ids, float* gates,
+                         int32_t* counts, int64_t* offsets, int32_t* sorted_slots, int32_t* slot_rank,
                          int32_t* dropped, int32_t* token_counts, double* aux) {
   const int64_t TK = T * K;
   const int64_t nc = (T + RT_CHUNK - 1) / RT_CHUNK, ns = (TK + RT_CHUNK - 1) / RT_CHUNK;
@@ -78,14 +80,29 @@ Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float*
   RouteWork w;
   Status s = w.alloc(T, E, nc, ns);
   if (!s.ok()) return s;
+  int32_t* chosen = (int32_t*)w.pbar;  // [E] choices per expert before capacity (the forward has no use for pbar)
+  const RouteSel sel{gate, select, threshold, dropout, seed};
   if (T > 0) {
-    moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, gate, z, w.lse, choices, ids, gates, token_counts);
+    moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, sel, z, w.lse, choices, ids, gates);
     s = launch_status("moe_route_topk_kernel");
   }
   if (s.ok()) s = aux_sums(T, E, K, z, choices, w, nc, false, aux);
+  // Capacity: rank each choice among its expert's choices in priority order; drop those at or past C.
+  if (s.ok() && capacity >= 0 && ns > 0) {
+    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, true, choices, w.hist);
+    s = launch_status("moe_route_hist_kernel (capacity)");
+    if (s.ok()) {
+      moe_route_scan_kernel<<<(unsigned)((E + 255) / 256), 256>>>(ns, E, w.hist, chosen);
+      s = launch_status("moe_route_scan_kernel (capacity)");
+    }
+    if (s.ok()) {
+      moe_route_capacity_kernel<<<(unsigned)ns, RT_CHUNK>>>(T, K, E, capacity, choices, w.hist, ids, gates);
+      s = launch_status("moe_route_capacity_kernel");
+    }
+  }
   if (s.ok() && TK > 0) s = status_of(cudaMemset(sorted_slots, 0xff, (size_t)TK * 4), "cudaMemset (sortedSlots)");
   if (s.ok() && ns > 0) {
-    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, ids, w.hist);
+    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, false, ids, w.hist);
     s = launch_status("moe_route_hist_kernel");
   }
   if (s.ok()) {
@@ -93,12 +110,18 @@ Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, const float*
     s = launch_status("moe_route_scan_kernel");
   }
   if (s.ok()) {
-    moe_route_offsets_kernel<<<1, 1>>>(E, counts, offsets, dropped);
+    moe_route_offsets_kernel<<<1, 1>>>(E, counts, capacity >= 0 && ns > 0 ? chosen : nullptr, capacity, offsets,
+                                       dropped);
     s = launch_status("moe_route_offsets_kernel");
   }
   if (s.ok() && ns > 0) {
     moe_route_place_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, ids, w.hist, offsets, sorted_slots, slot_rank);
     s = launch_status("moe_route_place_kernel");
+  }
+  if (s.ok() && T > 0) {
+    moe_route_token_counts_kernel<<<(unsigned)std::min<int64_t>((T + 255) / 256, 65535 * 8), 256>>>(T, K, ids,
+                                                                                                  token_counts);
+    s = launch_status("moe_route_token_counts_kernel");
   }
   return s;
 }
@@ -111,7 +134,8 @@ Status moe_route_backward(int64_t T, int64_t E, int64_t K, int gate, const float
   RouteWork w;
   Status s = w.alloc(T, E, nc, 0);
   if (!s.ok()) return s;
-  moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, gate, z, w.lse, nullptr, nullptr, nullptr, nullptr);
+  const RouteSel sel{gate, 0, 0.f, 0.f, 0};
+  moe_route_topk_kernel<<<warp_grid(T), 256>>>(T, E, K, sel, z, w.lse, nullptr, nullptr, nullptr);
   s = launch_status("moe_route_topk_kernel (lse)");
   if (s.ok()) s = aux_sums(T, E, K, z, choices, w, nc, true, nullptr);
   if (s.ok()) {

@@ -1,10 +1,14 @@
 // Device code of the CUDA MoE routing, forward and backward (launcher: moe_route.cu; contract: sffn/cuda.h, which
-// follows sffn::moe_route_forward/backward in sffn/moe.h for select = top-K, no dropout, dropless). Kept apart so
+// follows sffn::moe_route_forward/backward in sffn/moe.h: every gate, top-K / adaptive / threshold selection, expert
+// dropout, Switch capacity). Kept apart so
 // test/gpu/emulate/route_emu.cpp runs these exact kernels on the CPU against the reference routing.
 //
-//   topk:      warp per token: lse_t = logsumexp(z_t); the K largest logits in rank order (ties toward the lower
-//              index: round j takes the best entry strictly after round j-1's in the order (z desc, index asc));
-//              gates σ(z), softmax(z)_e, or softmax over the chosen logits.
+//   topk:      warp per token: lse_t = logsumexp(z_t); the K largest surviving logits in rank order (ties toward
+//              the lower index: round j takes the best entry strictly after round j-1's in the order (z desc,
+//              index asc)), cut by the adaptive / threshold rule; gates σ(z), softmax(z)_e, or softmax over the
+//              chosen logits.
+//   capacity:  the same counting scan over the choices in rank-major priority order (every first choice before any
+//              second choice, token order within): a choice keeps its slot while fewer than C came before it.
 //   aux:       per 256-token chunk partial sums (p̄ in double, first-choice counts, Σ lse²), then one block sums
 //              the chunks in order: p̄, f, log p̄ and the losses (entropy Σ p̄ log p̄, balance E·Σ f p̄, z-loss).
 //   placement: a deterministic counting scan, no atomics: per 256-slot chunk expert histograms, a per-expert
@@ -38,37 +42,65 @@ __device__ __forceinline__ void rt_row_stats(const float* zr, int64_t E, int lan
   for (int64_t e = lane; e < E; e += 32) m = fmaxf(m, zr[e]);
   m = rt_warp_max(m);
   double s = 0;
-  for (int64_t e = lane; e < E; e += 32) s += (double)expf(zr[e] - m);
+  for (int64_t e = lane; e < E; e += 32) s += exp((double)zr[e] - (double)m);
   *m_out = m;
   *s_out = rt_warp_sum(s);
 }
 
-// Warp per token t. Writes lse[t]; with choices != null also the top-K choices (ids = choices: dropless), the
-// gates and token_counts[t] (K, fewer only for NaN logits, which are never chosen).
-// gate: 0 sigmoid, 1 softmax, 2 softmax over the chosen (sffn::MoeGate).
-__global__ void moe_route_topk_kernel(int64_t T, int64_t E, int64_t K, int gate, const float* __restrict__ z,
+// Selection parameters (sffn::MoeRouteParams): gate 0 sigmoid, 1 softmax, 2 softmax over the chosen
+// (sffn::MoeGate); select 0 top-K, 1 adaptive top-1/top-2, 2 threshold (sffn::MoeSelect).
+struct RouteSel {
+  int gate;
+  int select;
+  float threshold;
+  float dropout;
+  uint64_t seed;
+};
+
+// Expert dropout mask, bit for bit the CPU's moe_expert_dropped (kernels/cpu/moe_route.cpp): 53 bits of
+// splitmix64(seed ^ splitmix64(t·E + e)) as a double in [0, 1), dropped when below the dropout probability.
+__device__ __forceinline__ uint64_t rt_splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ bool rt_dropped(uint64_t seed, int64_t t, int64_t e, int64_t E, float dropout) {
+  if (!(dropout > 0)) return false;
+  const uint64_t h = rt_splitmix64(seed ^ rt_splitmix64((uint64_t)(t * E + e)));
+  return (double)(h >> 11) * (1.0 / 9007199254740992.0) < (double)dropout;
+}
+
+// Warp per token t. Writes lse[t]; with choices != null also the choices (rank order, -1 padded), ids = choices
+// (capacity comes later) and the gates of the chosen. Candidates are the experts that survive dropout; round j
+// takes the best candidate strictly after round j-1's in the order (z desc, index asc), for up to K rounds (2 for
+// adaptive). Then adaptive keeps the second only when p1 - p2 <= threshold, and threshold keeps the shortest
+// prefix whose mass reaches it (p = softmax(z) in double, as the reference). NaN logits are never chosen.
+__global__ void moe_route_topk_kernel(int64_t T, int64_t E, int64_t K, RouteSel sel, const float* __restrict__ z,
                                       float* __restrict__ lse, int32_t* __restrict__ choices, int32_t* __restrict__ ids,
-                                      float* __restrict__ gates, int32_t* __restrict__ token_counts) {
+                                      float* __restrict__ gates) {
   const int lane = threadIdx.x % 32;
   const int64_t nwarps = (int64_t)gridDim.x * blockDim.x / 32;
+  const int64_t want = sel.select == 1 ? (K < 2 ? K : 2) : K;
   for (int64_t t = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; t < T; t += nwarps) {
     const float* zr = z + t * E;
     float m;
     double s;
     rt_row_stats(zr, E, lane, &m, &s);
-    if (lane == 0) lse[t] = m + (float)log(s);
+    const double lse_d = (double)m + log(s);
+    if (lane == 0) lse[t] = (float)lse_d;
     if (!choices) continue;
     float pz = INFINITY;  // the previous round's choice: everything strictly after (pz, pe) is a candidate
     int64_t pe = -1;
-    int64_t n = 0;
-    for (int64_t j = 0; j < K; ++j) {
+    int64_t found = 0;
+    for (int64_t j = 0; j < want; ++j) {
       float bz = -INFINITY;
       int64_t be = -1;
       for (int64_t e = lane; e < E; e += 32) {
         const float v = zr[e];
         const bool after = v < pz || (v == pz && e > pe);  // NaN is never after anything: never chosen
-        if (after && (be < 0 || v > bz)) {  // ascending e per lane: a tie keeps the lower index
-          bz = v;
+        if (after && (be < 0 || v > bz) && !rt_dropped(sel.seed, t, e, E, sel.dropout)) {
+          bz = v;  // ascending e per lane: a tie keeps the lower index
           be = e;
         }
       }
@@ -80,35 +112,59 @@ __global__ void moe_route_topk_kernel(int64_t T, int64_t E, int64_t K, int gate,
           be = oe;
         }
       }
-      if (lane == 0) {
-        choices[t * K + j] = (int32_t)be;
-        ids[t * K + j] = (int32_t)be;
-      }
       if (be < 0) break;  // uniform across the warp (every lane holds the same result)
+      if (lane == 0) choices[t * K + j] = (int32_t)be;
       pz = bz;
       pe = be;
-      n = j + 1;
+      found = j + 1;
     }
     if (lane == 0) {
-      for (int64_t j = n; j < K; ++j) choices[t * K + j] = ids[t * K + j] = -1;
+      int32_t* c = choices + t * K;
+      auto prob = [&](int64_t j) { return exp((double)zr[c[j]] - lse_d); };
+      int64_t n = found;
+      if (sel.select == 1) {
+        n = found < 1 ? found : 1;
+        if (found >= 2 && prob(0) - prob(1) <= (double)sel.threshold) n = 2;
+      } else if (sel.select == 2) {
+        double cum = 0;
+        n = 0;
+        while (n < found && (n == 0 || cum < (double)sel.threshold)) cum += prob(n++);
+      }
+      for (int64_t j = n; j < K; ++j) c[j] = -1;
+      for (int64_t j = 0; j < K; ++j) ids[t * K + j] = c[j];
       // Softmax over the chosen: the first choice holds the largest chosen logit.
-      const float mc = n > 0 ? zr[choices[t * K]] : 0.f;
+      const float mc = n > 0 ? zr[c[0]] : 0.f;
       double sc = 0;
-      if (gate == 2)
-        for (int64_t j = 0; j < n; ++j) sc += exp((double)(zr[choices[t * K + j]] - mc));
+      if (sel.gate == 2)
+        for (int64_t j = 0; j < n; ++j) sc += exp((double)(zr[c[j]] - mc));
       for (int64_t j = 0; j < K; ++j) {
         float g = 0.f;
         if (j < n) {
-          const float v = zr[choices[t * K + j]];
-          if (gate == 0) g = 1.0f / (1.0f + expf(-v));
-          else if (gate == 1) g = expf(v - m) * (float)(1.0 / s);
+          const float v = zr[c[j]];
+          if (sel.gate == 0) g = 1.0f / (1.0f + expf(-v));
+          else if (sel.gate == 1) g = expf(v - m) * (float)(1.0 / s);
           else g = (float)(exp((double)(v - mc)) / sc);
         }
         gates[t * K + j] = g;
       }
-      token_counts[t] = (int32_t)n;
     }
   }
+}
+
+// Thread per token: token_counts[t] = kept slots (ids >= 0) after capacity.
+__global__ void moe_route_token_counts_kernel(int64_t T, int64_t K, const int32_t* __restrict__ ids,
+                                              int32_t* __restrict__ token_counts) {
+  for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < T; t += (int64_t)gridDim.x * blockDim.x) {
+    int32_t n = 0;
+    for (int64_t j = 0; j < K; ++j) n += ids[t * K + j] >= 0;
+    token_counts[t] = n;
+  }
+}
+
+// Element i of the placement order: slot i (slot order), or for capacity the rank-major priority order
+// (every token's first choice before any second choice, token order within): i = j·T + t -> slot t·K + j.
+__device__ __forceinline__ int64_t rt_slot(int64_t i, int64_t T, int64_t K, bool jmajor) {
+  return jmajor ? (i % T) * K + i / T : i;
 }
 
 // Block c sums tokens [256c, 256c + 256) in order: part_p[c, e] = Σ p[t, e] (double), part_f[c, e] = tokens whose
@@ -181,17 +237,42 @@ __global__ void moe_route_aux_final_kernel(int64_t T, int64_t E, int64_t nchunks
   }
 }
 
-// Block c: hist[c, e] = kept slots of expert e among slots [256c, 256c + 256).
-__global__ void moe_route_hist_kernel(int64_t TK, int64_t E, const int32_t* __restrict__ ids, int32_t* __restrict__ hist) {
+// Block c: hist[c, e] = entries of expert e among elements [256c, 256c + 256) of the placement order (rt_slot).
+__global__ void moe_route_hist_kernel(int64_t TK, int64_t E, int64_t T, int64_t K, bool jmajor,
+                                      const int32_t* __restrict__ ids, int32_t* __restrict__ hist) {
   __shared__ int32_t s_ids[RT_CHUNK];
   const int64_t c = blockIdx.x, s0 = c * RT_CHUNK;
   const int64_t n = TK - s0 < RT_CHUNK ? TK - s0 : RT_CHUNK;
-  s_ids[threadIdx.x] = threadIdx.x < n ? ids[s0 + threadIdx.x] : -1;
+  s_ids[threadIdx.x] = threadIdx.x < n ? ids[rt_slot(s0 + threadIdx.x, T, K, jmajor)] : -1;
   __syncthreads();
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
     int32_t cnt = 0;
     for (int64_t i = 0; i < n; ++i) cnt += s_ids[i] == e;
     hist[c * E + e] = cnt;
+  }
+}
+
+// Capacity C (Switch token dropping): block c walks elements [256c, 256c + 256) of the priority order; a choice of
+// expert e keeps its slot when fewer than C choices of e come before it in that order (hist holds the exclusive
+// per-chunk prefix of the choices). Dropped slots get id -1 and gate 0.
+__global__ void moe_route_capacity_kernel(int64_t T, int64_t K, int64_t E, int64_t C, const int32_t* __restrict__ choices,
+                                          const int32_t* __restrict__ hist, int32_t* __restrict__ ids,
+                                          float* __restrict__ gates) {
+  __shared__ int32_t s_ids[RT_CHUNK];
+  const int64_t TK = T * K, c = blockIdx.x, s0 = c * RT_CHUNK;
+  const int64_t n = TK - s0 < RT_CHUNK ? TK - s0 : RT_CHUNK;
+  const int i = threadIdx.x;
+  s_ids[i] = i < n ? choices[rt_slot(s0 + i, T, K, true)] : -1;
+  __syncthreads();
+  if (i >= n) return;
+  const int32_t e = s_ids[i];
+  if (e < 0) return;
+  int64_t before = hist[c * E + e];
+  for (int q = 0; q < i; ++q) before += s_ids[q] == e;
+  if (before >= C) {
+    const int64_t slot = rt_slot(s0 + i, T, K, true);
+    ids[slot] = -1;
+    gates[slot] = 0.f;
   }
 }
 
@@ -208,16 +289,17 @@ __global__ void moe_route_scan_kernel(int64_t nchunks, int64_t E, int32_t* __res
   }
 }
 
-// One thread: offsets = exclusive scan of counts (offsets[E] = S); dropped = 0 (dropless).
-__global__ void moe_route_offsets_kernel(int64_t E, const int32_t* __restrict__ counts, int64_t* __restrict__ offsets,
-                                         int32_t* __restrict__ dropped) {
+// One thread: offsets = exclusive scan of counts (offsets[E] = S); dropped[e] = choices of e beyond the capacity C
+// (chosen [E] = choices per expert before capacity; null when dropless: zeros).
+__global__ void moe_route_offsets_kernel(int64_t E, const int32_t* __restrict__ counts, const int32_t* __restrict__ chosen,
+                                         int64_t C, int64_t* __restrict__ offsets, int32_t* __restrict__ dropped) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   int64_t run = 0;
   offsets[0] = 0;
   for (int64_t e = 0; e < E; ++e) {
     run += counts[e];
     offsets[e + 1] = run;
-    dropped[e] = 0;
+    dropped[e] = chosen && chosen[e] > C ? (int32_t)(chosen[e] - C) : 0;
   }
 }
 
