@@ -274,7 +274,8 @@ function attnRun(sh: AttnShape, x: { qkv: Tensor; dout: Tensor }, impl: Impl): R
 }
 
 describe('attention: blocked causal kernel (no S×S tensors)', () => {
-  // S around and across the block sizes (96 query rows × 64 keys): 1, 3, 63..65, 70, 96/97, 130, 257; dh 2..64.
+  // S around and across the block sizes (96 query rows × 128 keys): 1, 3, 64, 65, 70, 97, 130, 200, 257, 384 (a
+  // multiple of both); dh 2..64, odd multiples of 2 (6, 10) for the vector tails.
   const shapes: AttnShape[] = [
     { B: 1, S: 1, H: 1, dh: 4 },
     { B: 2, S: 3, H: 2, dh: 8 },
@@ -285,6 +286,7 @@ describe('attention: blocked causal kernel (no S×S tensors)', () => {
     { B: 2, S: 130, H: 2, dh: 32 },
     { B: 1, S: 257, H: 4, dh: 64 },
     { B: 1, S: 200, H: 1, dh: 4, scale: 4 },
+    { B: 1, S: 384, H: 1, dh: 8 },
   ];
 
   test('the float64 ref equals an independent float64 spec (forward: out, lse)', () => {

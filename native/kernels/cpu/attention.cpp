@@ -16,12 +16,15 @@
 // over the query blocks i that can see it; dq (S×dh scratch per item) is accumulated over j in increasing order.
 //
 // One work item per (sequence, head), split over the pool; every product is gemm_f32_rows on the calling thread
-// (row-pointer tables, so q, k, v, out and dout are read in place from their strided buffers). Each item has one
-// owner for all its outputs and a fixed order of every sum: deterministic and independent of the thread count.
+// (row-pointer tables, so q, k, v, out and dout are read in place from their strided buffers). The softmax rows use
+// the helpers of attention_isa.h: a vector e^x on AVX2 / AVX-512 (with libm's expf per score the forward at S = 1024,
+// D = 512, H = 8 took about 2× as long). Each item has one owner for all its outputs and a fixed order of every sum:
+// deterministic and independent of the thread count.
 // Spec: kernels/ref/attention.cpp. Test: test/ops/nn.test.ts. Benchmark: npm run bench -- attention.
 #include <cmath>
 #include <cstddef>
 
+#include "attention_isa.h"
 #include "sffn/core.h"
 #include "sffn/gemm.h"
 #include "sffn/nn.h"
@@ -31,23 +34,32 @@ namespace {
 
 // Block sizes. kBc is a multiple of every GEMM register tile width (NR = 64 / 16 / 8 on AVX-512 / AVX2 / scalar), so
 // the score block QKᵀ has no ragged tile column; kBr is a multiple of MR = 6 so the PV and dS·K products have no
-// ragged tile row. With dh = 64 the working set of one step (q block, k and v blocks, the score block and the
-// output rows, about 4·(kBr + kBc)·dh + kBr·kBc floats ≈ 80 KB) stays in L2. Measured on AVX-512 (bench attention):
-// (96, 64) beat (48, 64), (64, 64) and (96, 128) at S = 128..1024, dh = 64.
+// ragged tile row. With dh = 64 one step's working set (q block, k and v blocks, the score block, the output rows:
+// (2·kBr + 2·kBc)·dh + kBr·kBc floats ≈ 140 KB) stays in L2. Larger blocks repack less per flop but waste more on
+// the diagonal (rows × keys computed above it). Measured (CPU time, 1 thread, AVX-512, D = 512, H = 8, S = 128 ..
+// 1024): every pair in {48, 64, 96, 192} × {64, 96, 128} was within ±4% of the others; 96 × 128 was best at S = 1024.
 constexpr int64_t kBr = 96;
-constexpr int64_t kBc = 64;
+constexpr int64_t kBc = 128;
 
-// cos/sin table [S, dh/2] in scratch slot 7 of the calling thread (filled before the parallel region, whose
-// threads use slots 0..2 only).
+// cos/sin table [S, dh/2] in scratch slot 7 of the calling thread (its θ_m in slot 6), filled before the kernel's
+// parallel region, whose threads use slots 0..1 only. Angles in double as in the ref (i·θ_m with θ_m = 10000^(−2m/dh));
+// the rows are filled in parallel (S·dh/2 sincos calls on one thread were a few % of a whole forward).
 float* rope_table(int64_t S, int64_t dh) {
   const int64_t half = dh / 2;
   float* tab = static_cast<float*>(scratch(0, 7, (size_t)(2 * S * half) * sizeof(float)));
-  for (int64_t i = 0; i < S; i++)
-    for (int64_t m = 0; m < half; m++) {
-      const double a = (double)i * std::pow(10000.0, -2.0 * (double)m / (double)dh);
-      tab[2 * (i * half + m)] = (float)std::cos(a);
-      tab[2 * (i * half + m) + 1] = (float)std::sin(a);
-    }
+  double* theta = static_cast<double*>(scratch(0, 6, (size_t)half * sizeof(double)));
+  for (int64_t m = 0; m < half; m++) theta[m] = std::pow(10000.0, -2.0 * (double)m / (double)dh);
+  parallel_for(
+      S,
+      [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++)
+          for (int64_t m = 0; m < half; m++) {
+            const double a = (double)i * theta[m];
+            tab[2 * (i * half + m)] = (float)std::cos(a);
+            tab[2 * (i * half + m) + 1] = (float)std::sin(a);
+          }
+      },
+      64);
   return tab;
 }
 
@@ -59,6 +71,33 @@ inline void rope_row(int64_t dh, const float* cs, const float* in, float* out, f
     out[2 * m] = u * c - w * s;
     out[2 * m + 1] = u * s + w * c;
   }
+}
+
+// Baseline softmax row helpers (attention_isa.h); the AVX2 / AVX-512 ones replace the libm exp by a vector one.
+float row_max_scalar(const float* x, int64_t n, float init) {
+  for (int64_t c = 0; c < n; c++) init = x[c] > init ? x[c] : init;
+  return init;
+}
+
+float exp_sum_scalar(float* x, int64_t n, float shift) {
+  float sum = 0.0f;
+  for (int64_t c = 0; c < n; c++) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+AttnRowOps row_ops() {
+#if defined(__x86_64__)
+  // The ISA libraries exist only on x64 (binding.gyp); elsewhere active_isa() is always Scalar.
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::attn_row_ops();
+    case Isa::Avx2: return avx2::attn_row_ops();
+    default: break;
+  }
+#endif
+  return AttnRowOps{row_max_scalar, exp_sum_scalar};
 }
 
 // Keys of block [j0, j0 + bj) visible to query q (causal: key ≤ query), clamped to [0, bj].
@@ -75,6 +114,7 @@ void attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const float*
   const int64_t D = H * dh;
   const float scale = (float)(1.0 / std::sqrt((double)dh));
   const float* tab = rope_table(S, dh);
+  const AttnRowOps ops = row_ops();
   parallel_for(B * H, [&](int64_t w0, int64_t w1, int tid) {
     // Row-pointer tables: q, k, v and out rows of the item (S each), the score block's rows (kBr).
     float** ptr = static_cast<float**>(scratch(tid, 0, (size_t)(4 * S + kBr) * sizeof(float*)));
@@ -112,15 +152,10 @@ void attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const float*
           for (int64_t r = 0; r < bi; r++) {
             float* s = sblk + r * kBc;
             const int64_t nv = visible(i0 + r, j0, bj);
-            float mx = mrow[r];
-            for (int64_t c = 0; c < nv; c++) mx = s[c] > mx ? s[c] : mx;
+            const float mx = ops.row_max(s, nv, mrow[r]);
             // e^{m_old − m_new}: 0 on the first block (m_old = −∞), 1 when the max did not grow.
             const float alpha = std::exp(mrow[r] - mx);
-            float sum = 0.0f;
-            for (int64_t c = 0; c < nv; c++) {
-              s[c] = std::exp(s[c] - mx);
-              sum += s[c];
-            }
+            const float sum = ops.exp_sum(s, nv, mx);
             for (int64_t c = nv; c < bj; c++) s[c] = 0.0f;
             lrow[r] = lrow[r] * alpha + sum;
             mrow[r] = mx;
@@ -147,6 +182,7 @@ void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float
   const int64_t D = H * dh;
   const float scale = (float)(1.0 / std::sqrt((double)dh));
   const float* tab = rope_table(S, dh);
+  const AttnRowOps ops = row_ops();
   parallel_for(B * H, [&](int64_t w0, int64_t w1, int tid) {
     // Row-pointer tables: qr, kr, v, dout rows (S each, read), dv rows in dqkv and dq rows in scratch (S each,
     // written), the P and dS block rows (kBr each), the dk block rows (kBc).
@@ -200,7 +236,7 @@ void attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float
             float* p = pblk + r * kBc;
             const int64_t nv = visible(i0 + r, j0, bj);
             const float l = L[i0 + r];
-            for (int64_t c = 0; c < nv; c++) p[c] = std::exp(p[c] - l);
+            ops.exp_sum(p, nv, l);
             for (int64_t c = nv; c < bj; c++) p[c] = 0.0f;
           }
           // dv_j (+)= Pᵀ·dout_i
