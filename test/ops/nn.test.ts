@@ -274,7 +274,7 @@ function attnRun(sh: AttnShape, x: { qkv: Tensor; dout: Tensor }, impl: Impl): R
 }
 
 describe('attention: blocked causal kernel (no S×S tensors)', () => {
-  // S around and across the block sizes (96 query rows × 128 keys): 1, 3, 64, 65, 70, 97, 130, 200, 257, 384 (a
+  // S around and across the block sizes (64 query rows × 128 keys forward, × 64 keys backward): 1, 3, 64, 65, 70, 97, 130, 200, 257, 384 (a
   // multiple of both); dh 2..64, odd multiples of 2 (6, 10) for the vector tails.
   const shapes: AttnShape[] = [
     { B: 1, S: 1, H: 1, dh: 4 },
