@@ -3,7 +3,8 @@
  * rotary positions, crossEntropy, dropout, and the reductions behind clipGradNorm. Kernels: native/kernels/cpu
  * (fast) and native/kernels/ref (the spec, `impl: 'ref'`), declared in native/include/sffn/nn.h. On CUDA tensors,
  * embedding, layerNorm, crossEntropy and their backwards run native/kernels/cuda/nn.cu (ids and targets on the
- * device are not checked by the host: out of range they give NaN rows, and a NaN loss); the rest is CPU-only.
+ * device are not checked by the host: out of range they give NaN rows, and a NaN loss), as do linear, dropout,
+ * sumSquares / scaleInPlace (clipGradNorm); attention is CPU-only.
  *
  * Shapes: x [T, K], W [N, K] (y = x·Wᵀ + b); ids [T] i32, table [V, D]; qkv [T = B·S, 3D] with q | k | v and
  * heads contiguous in each (head width dh = D/H, even); logits [T, V], targets [T] i32.
@@ -38,10 +39,7 @@ function cpuOnly(op: string, tensors: Record<string, Tensor | undefined | null>)
   if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
 }
 
-/**
- * The device of a call that has a CUDA kernel (embedding, layerNorm, crossEntropy and their backwards): all
- * tensors on one device; 'ref' only on the cpu.
- */
+/** The device of a call that has a CUDA kernel: all tensors on one device; 'ref' only on the cpu. */
 function deviceOf(op: string, tensors: Record<string, Tensor | undefined | null>, opts: ImplOption | undefined): Device {
   const t: Record<string, Tensor | undefined> = {};
   for (const [k, v] of Object.entries(tensors)) if (v) t[k] = v;
@@ -78,8 +76,8 @@ export function linear(x: Tensor, w: Tensor, b?: Tensor | null, opts: ImplOption
   const [N] = rank2(w, op, 'w', '[N, K]');
   expectTensor(w, op, 'w', 'f32', [N, K]);
   if (b) expectTensor(b, op, 'b', 'f32', [N]);
-  cpuOnly(op, { x, w, b });
-  const y = Tensor.zeros([T, N]);
+  const device = deviceOf(op, { x, w, b }, opts);
+  const y = Tensor.zeros([T, N], { device });
   native().linear(x.nativeArg(op, 'x'), w.nativeArg(op, 'w'), arg(b, op, 'b'), y.nativeArg(op, 'y'), T, K, N, isRef(opts, op));
   return y;
 }
@@ -98,10 +96,10 @@ export function linearBackward(
   const [N] = rank2(w, op, 'w', '[N, K]');
   expectTensor(w, op, 'w', 'f32', [N, K]);
   expectTensor(dy, op, 'dy', 'f32', [T, N]);
-  cpuOnly(op, { x, w, dy });
-  const dx = opts.needX === false ? null : Tensor.zeros([T, K]);
-  const dw = Tensor.zeros([N, K]);
-  const db = opts.bias ? Tensor.zeros([N]) : null;
+  const device = deviceOf(op, { x, w, dy }, opts);
+  const dx = opts.needX === false ? null : Tensor.zeros([T, K], { device });
+  const dw = Tensor.zeros([N, K], { device });
+  const db = opts.bias ? Tensor.zeros([N], { device }) : null;
   native().linearBackward(
     x.nativeArg(op, 'x'), w.nativeArg(op, 'w'), dy.nativeArg(op, 'dy'), arg(dx, op, 'dx'), dw.nativeArg(op, 'dw'),
     arg(db, op, 'db'), T, K, N, isRef(opts, op),
@@ -323,10 +321,9 @@ export function crossEntropyBackward(dloss: number, logits: Tensor, targets: Ten
 export function dropout(x: Tensor, p: number, seed: number): Tensor {
   const op = 'dropout';
   expectTensor(x, op, 'x', 'f32');
-  cpuOnly(op, { x });
   if (!(p >= 0 && p < 1)) throw new RangeError(`${op}: p must be in [0, 1), got ${p}`);
   if (!Number.isInteger(seed) || seed < 0) throw new RangeError(`${op}: seed must be a non-negative integer, got ${seed}`);
-  const y = Tensor.zeros(x.shape);
+  const y = Tensor.zeros(x.shape, { device: x.device });
   native().dropout(x.nativeArg(op, 'x'), y.nativeArg(op, 'y'), p, seed);
   return y;
 }
@@ -335,7 +332,6 @@ export function dropout(x: Tensor, p: number, seed: number): Tensor {
 export function sumSquares(x: Tensor): number {
   const op = 'sumSquares';
   expectTensor(x, op, 'x', 'f32');
-  cpuOnly(op, { x });
   return native().sumSquares(x.nativeArg(op, 'x'));
 }
 
@@ -343,7 +339,6 @@ export function sumSquares(x: Tensor): number {
 export function scaleInPlace(x: Tensor, s: number): void {
   const op = 'scaleInPlace';
   expectTensor(x, op, 'x', 'f32');
-  cpuOnly(op, { x });
   native().scaleInPlace(x.nativeArg(op, 'x'), s);
 }
 

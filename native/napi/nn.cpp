@@ -62,6 +62,8 @@ Napi::Value JS_linear(const Napi::CallbackInfo& info) {
   Buf w = arg_buf(info, 1, op, "w", DType::F32, prod(op, "N·K", N, K));
   Buf b = arg_buf_opt(info, 2, op, "b", DType::F32, N);
   Buf y = arg_buf(info, 3, op, "y", DType::F32, prod(op, "T·N", T, N));
+  SFFN_DEVICE_BRANCH((Bufs{{"x", &x}, {"w", &w}, {"b", &b}, {"y", &y}}),
+                     cuda::linear_forward(T, K, N, x.as<float>(), w.as<float>(), b.as<float>(), y.as<float>()))
   host_only(op, {{"x", &x}, {"w", &w}, {"b", &b}, {"y", &y}});
   (ref ? linear_forward_ref : linear_forward)(T, K, N, x.as<float>(), w.as<float>(), b.as<float>(), y.as<float>());
   return info.Env().Undefined();
@@ -79,6 +81,9 @@ Napi::Value JS_linearBackward(const Napi::CallbackInfo& info) {
   Buf dx = arg_buf_opt(info, 3, op, "dx", DType::F32, T * K);
   Buf dw = arg_buf_opt(info, 4, op, "dw", DType::F32, N * K);
   Buf db = arg_buf_opt(info, 5, op, "db", DType::F32, N);
+  SFFN_DEVICE_BRANCH((Bufs{{"x", &x}, {"w", &w}, {"dy", &dy}, {"dx", &dx}, {"dw", &dw}, {"db", &db}}),
+                     cuda::linear_backward(T, K, N, x.as<float>(), w.as<float>(), dy.as<float>(), dx.as<float>(),
+                                           dw.as<float>(), db.as<float>()))
   host_only(op, {{"x", &x}, {"w", &w}, {"dy", &dy}, {"dx", &dx}, {"dw", &dw}, {"db", &db}});
   (ref ? linear_backward_ref : linear_backward)(T, K, N, x.as<float>(), w.as<float>(), dy.as<float>(), dx.as<float>(),
                                                 dw.as<float>(), db.as<float>());
@@ -272,6 +277,12 @@ Napi::Value JS_dropout(const Napi::CallbackInfo& info) {
   double p = arg_num(info, 2, op, "p");
   if (!(p >= 0 && p < 1)) fail(ErrKind::Range, op, ": p must be in [0, 1), got ", p);
   int64_t seed = arg_int(info, 3, op, "seed", 0, ((int64_t)1 << 53));
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"x", &x}, {"y", &y}})) {
+    check_cuda(cuda::dropout_apply(x.count, (float)p, (uint64_t)seed, x.as<float>(), y.as<float>()), op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"x", &x}, {"y", &y}});
   dropout_apply(x.count, (float)p, (uint64_t)seed, x.as<float>(), y.as<float>());
   return info.Env().Undefined();
@@ -281,6 +292,13 @@ Napi::Value JS_dropout(const Napi::CallbackInfo& info) {
 Napi::Value JS_sumSquares(const Napi::CallbackInfo& info) {
   const char* op = "sumSquares";
   Buf x = arg_buf(info, 0, op, "x", DType::F32);
+#ifdef SFFN_WITH_CUDA
+  if (x.device) {
+    double r = 0;
+    check_cuda(cuda::sum_squares(x.count, x.as<float>(), &r), op);
+    return Napi::Number::New(info.Env(), r);
+  }
+#endif
   host_only(op, {{"x", &x}});
   return Napi::Number::New(info.Env(), sum_squares(x.count, x.as<float>()));
 }
@@ -291,6 +309,12 @@ Napi::Value JS_scaleInPlace(const Napi::CallbackInfo& info) {
   Buf x = arg_buf(info, 0, op, "x", DType::F32);
   double s = arg_num(info, 1, op, "s");
   if (!std::isfinite(s)) fail(ErrKind::Range, op, ": s must be finite, got ", s);
+#ifdef SFFN_WITH_CUDA
+  if (x.device) {
+    check_cuda(cuda::scale_inplace(x.count, (float)s, x.as<float>()), op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"x", &x}});
   scale_inplace(x.count, (float)s, x.as<float>());
   return info.Env().Undefined();

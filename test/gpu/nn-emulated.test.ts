@@ -1,6 +1,7 @@
 /**
  * The CUDA training row-op kernels (native/kernels/cuda/nn_kernels.cuh: layer norm, embedding with the
- * counting-scan backward, cross-entropy, dense and sparse AdamW) under the host emulator (test/gpu/emulate/nn_emu.cpp,
+ * counting-scan backward, cross-entropy, dense and sparse AdamW, linear through the GEMM kernel, dropout, the
+ * gradient-norm reductions) under the host emulator (test/gpu/emulate/nn_emu.cpp,
  * AddressSanitizer) against the reference ops of the CPU (native/kernels/ref/*.cpp, compiled in): chunk and warp
  * boundaries, repeated and out-of-range ids, out-of-range targets, per-row step counters. Runs without a GPU;
  * test/gpu/nn-ops.test.ts checks the real device.
@@ -12,9 +13,10 @@ import { hasGxx, runEmulator } from './emulate/emu.js';
 if (!hasGxx) console.log('[test/gpu/nn-emulated] skipped: g++ not found');
 
 describe.skipIf(!hasGxx)('CUDA training row-op kernels under host emulation', () => {
-  it('layerNorm, embedding, crossEntropy (forward and backward) and AdamW match the reference ops', () => {
+  it('layerNorm, embedding, crossEntropy, linear (forward and backward), AdamW, dropout, sumSquares and scaleInPlace match the CPU ops', () => {
     const r = runEmulator('nn_emu.cpp', [
-      'nn_kernels.cuh', '../ref/adamw.cpp', '../ref/cross_entropy.cpp', '../ref/embedding.cpp', '../ref/layer_norm.cpp',
+      'nn_kernels.cuh', 'gemm_kernels.cuh', '../ref/adamw.cpp', '../ref/cross_entropy.cpp', '../ref/embedding.cpp',
+      '../ref/layer_norm.cpp', '../ref/linear.cpp',
     ]);
     expect(r.status, `emulated row ops failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout.trim().split('\n').pop()).toBe('ok');

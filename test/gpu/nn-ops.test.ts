@@ -1,6 +1,6 @@
 /**
- * The training row ops on the GPU (native/kernels/cuda/nn.cu) against the CPU ops: layerNorm, embedding and
- * crossEntropy forward and backward, dense AdamW over several steps, sparse AdamW on rows with per-row step
+ * The training row ops on the GPU (native/kernels/cuda/nn.cu) against the CPU ops: layerNorm, embedding,
+ * crossEntropy and linear forward and backward, dropout (the CPU's mask bit for bit), sumSquares / clipGradNorm, dense AdamW over several steps, sparse AdamW on rows with per-row step
  * counters; determinism (two runs bit-identical, including the embedding backward with many repeated ids); NaN
  * rows for out-of-range ids and targets (the host cannot check device indices); bad input with typed errors.
  * Skipped with the probe's reason where no GPU is present (test/gpu/nn-emulated.test.ts checks the same kernels
@@ -9,8 +9,8 @@
 import { describe, expect, it } from 'vitest';
 
 import {
-  DeviceError, Tensor, adamwStep, crossEntropy, crossEntropyBackward, embedding, embeddingBackward, layerNorm,
-  layerNormBackward, memory, sparseAdamwStep,
+  DeviceError, Tensor, adamwStep, clipGradNormTensors, crossEntropy, crossEntropyBackward, dropout, embedding, embeddingBackward,
+  layerNorm, layerNormBackward, linear, linearBackward, memory, sparseAdamwStep, sumSquares,
 } from '../../lib/index.js';
 import { expectBitIdentical, expectClose, randn } from '../helpers.js';
 import { announce, gpuStatus } from './cuda-env.js';
@@ -145,6 +145,48 @@ describe.skipIf(!st.gpu)('CUDA row ops', () => {
     expect(Array.from(stepsd!.data() as Int32Array)).toEqual(Array.from(steps.data() as Int32Array));
     for (const t of [p, m, v, pd, md, vd, tab, mt, vt, steps, tabd, mtd, vtd, stepsd, rows, values, gradd.rows, gradd.values])
       t?.dispose();
+    expect(memory()).toEqual(m0);
+  });
+
+  it('linear forward and backward match the CPU', () => {
+    const m0 = memory();
+    for (const [T, K, N] of [[37, 20, 9], [300, 130, 260]] as const) {
+      const x = Tensor.from(randn(T * K, 1), { shape: [T, K] });
+      const w = Tensor.from(randn(N * K, 2), { shape: [N, K] });
+      const b = Tensor.from(randn(N, 3), { shape: [N] });
+      const dy = Tensor.from(randn(T * N, 4), { shape: [T, N] });
+      const [xd, wd, bd, dyd] = [x, w, b, dy].map((t) => t.to('cuda'));
+      const yc = linear(x, w, b);
+      const yg = linear(xd!, wd!, bd);
+      expectClose(f32(yg), f32(yc), { atol: 1e-4, rtol: 1e-4 }, 'y');
+      const gc = linearBackward(dy, x, w, { bias: true });
+      const gg = linearBackward(dyd!, xd!, wd!, { bias: true });
+      const gg2 = linearBackward(dyd!, xd!, wd!, { bias: true });
+      for (const k of ['dx', 'dw', 'db'] as const) {
+        expectClose(f32(gg[k]!), f32(gc[k]!), { atol: 1e-3, rtol: 1e-4 }, k);
+        expectBitIdentical(f32(gg[k]!), f32(gg2[k]!), `${k} (determinism)`);
+      }
+      for (const t of [x, w, b, dy, xd, wd, bd, dyd, yc, yg, ...Object.values(gc), ...Object.values(gg), ...Object.values(gg2)])
+        t?.dispose();
+    }
+    expect(memory()).toEqual(m0);
+  });
+
+  it('dropout has the CPU mask bit for bit; sumSquares, clipGradNormTensors (scaleInPlace) match the CPU', () => {
+    const m0 = memory();
+    const n = 50000;
+    const x = Tensor.from(randn(n, 5), { shape: [n] });
+    const xd = x.to('cuda');
+    const yc = dropout(x, 0.3, 42);
+    const yg = dropout(xd, 0.3, 42);
+    expectBitIdentical(f32(yg), f32(yc), 'dropout');
+    expect(Math.abs(sumSquares(xd) - sumSquares(x))).toBeLessThanOrEqual(1e-9 * sumSquares(x));
+    expect(sumSquares(xd)).toBe(sumSquares(xd));
+    const nc = clipGradNormTensors([x], 1);
+    const ng = clipGradNormTensors([xd], 1);
+    expect(Math.abs(ng - nc)).toBeLessThanOrEqual(1e-9 * nc);
+    expectClose(f32(xd), f32(x), { atol: 1e-9, rtol: 1e-6 }, 'clipped');
+    for (const t of [x, xd, yc, yg]) t.dispose();
     expect(memory()).toEqual(m0);
   });
 

@@ -152,6 +152,17 @@ Status sparse_adamw_step(int64_t N, int64_t D, float* p, float* m, float* v, int
                          const int32_t* rows, const float* g, float lr, float beta1, float beta2, float eps,
                          float weight_decay);
 
+// linear: y [T, N] = x [T, K]·(w [N, K])ᵀ + b (b may be null); backward dx [T, K], dw [N, K], db [N], each may be
+// null (not computed). The products run gemm_f32; db is an ordered column sum.
+Status linear_forward(int64_t T, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
+Status linear_backward(int64_t T, int64_t K, int64_t N, const float* x, const float* w, const float* dy, float* dx,
+                       float* dw, float* db);
+// The CPU's stateless dropout mask (sffn::dropout_apply) bit for bit; y = x·mask/(1 − p).
+Status dropout_apply(int64_t n, float p, uint64_t seed, const float* x, float* y);
+// Σ x² in double, in a fixed order; synchronises (the sum is copied back into *out).
+Status sum_squares(int64_t n, const float* x, double* out);
+Status scale_inplace(int64_t n, float s, float* x);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -1,6 +1,7 @@
-// CUDA training row ops: layer norm, embedding, cross-entropy (forward and backward) and AdamW (dense, sparse
-// rows). Contract in sffn/cuda.h; kernels and their reduction orders in nn_kernels.cuh. Workspaces come from the
-// stream-ordered pool and are freed stream-ordered. Only crossEntropy's scalar loss is copied back to the host.
+// CUDA training row ops: layer norm, embedding, cross-entropy, linear (forward and backward), AdamW (dense,
+// sparse rows), dropout, and the gradient-norm reductions (sum of squares, scale). Contract in sffn/cuda.h; kernels and their reduction orders in nn_kernels.cuh. Workspaces come from the
+// stream-ordered pool and are freed stream-ordered. Only the scalars (crossEntropy's loss, sumSquares) are copied back
+// to the host.
 // Test: test/gpu/nn.test.ts (GPU), test/gpu/nn-emulated.test.ts (nn_emu.cpp: host emulation).
 #include <algorithm>
 #include <cmath>
@@ -150,6 +151,78 @@ Status sparse_adamw_step(int64_t N, int64_t D, float* p, float* m, float* v, int
   sparse_adamw_kernel<<<(unsigned)std::min<int64_t>(U, 65535 * 8), threads>>>(N, D, p, m, v, steps, U, rows, g, lr,
                                                                              beta1, beta2, eps, weight_decay);
   return launch_status("sparse_adamw_kernel");
+}
+
+Status linear_forward(int64_t T, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
+  if (T == 0) return Status{};
+  if (b) {
+    bias_rows_kernel<<<grid_n(T * N, 256), 256>>>(T, N, b, y);
+    Status s = launch_status("bias_rows_kernel");
+    if (!s.ok()) return s;
+  }
+  // y [T, N] = x [T, K] · (w [N, K])ᵀ (+ y holding the bias rows).
+  return gemm_f32(false, true, T, N, K, 1.f, x, K, w, K, b ? 1.f : 0.f, y, N);
+}
+
+Status linear_backward(int64_t T, int64_t K, int64_t N, const float* x, const float* w, const float* dy, float* dx,
+                       float* dw, float* db) {
+  Status s;
+  if (T == 0) {  // nothing flows back: zero weight gradients (dx is empty)
+    if (dw) s = status_of(cudaMemset(dw, 0, (size_t)(N * K) * 4), "cudaMemset (dw)");
+    if (s.ok() && db) s = status_of(cudaMemset(db, 0, (size_t)N * 4), "cudaMemset (db)");
+    return s;
+  }
+  // dx [T, K] = dy [T, N] · w [N, K];  dw [N, K] = (dy [T, N])ᵀ · x [T, K].
+  if (dx) s = gemm_f32(false, false, T, K, N, 1.f, dy, N, w, K, 0.f, dx, K);
+  if (s.ok() && dw) s = gemm_f32(true, false, N, K, T, 1.f, dy, N, x, K, 0.f, dw, K);
+  if (s.ok() && db) {
+    const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
+    Scratch w2;
+    s = device_malloc((void**)&w2.p, (size_t)(nc * N) * 8);
+    if (!s.ok()) return s;
+    double* part = (double*)w2.p;
+    dim3 grid((unsigned)((N + NN_CHUNK - 1) / NN_CHUNK), (unsigned)std::min<int64_t>(nc, 65535));
+    column_sum_partial_kernel<<<grid, NN_CHUNK>>>(T, N, dy, part);
+    s = launch_status("column_sum_partial_kernel");
+    if (s.ok()) {
+      column_sum_final_kernel<<<grid_n(N, 256), 256>>>(nc, N, part, db);
+      s = launch_status("column_sum_final_kernel");
+    }
+  }
+  return s;
+}
+
+Status dropout_apply(int64_t n, float p, uint64_t seed, const float* x, float* y) {
+  if (n == 0) return Status{};
+  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+  dropout_kernel<<<grid_n(n, 256), 256>>>(n, p, seed, scale, x, y);
+  return launch_status("dropout_kernel");
+}
+
+Status sum_squares(int64_t n, const float* x, double* out) {
+  *out = 0;
+  const int64_t nb = (n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK;
+  Scratch w;
+  Status s = device_malloc((void**)&w.p, pad((size_t)nb * 8) + 8);
+  if (!s.ok()) return s;
+  double* part = (double*)w.p;
+  double* dsum = (double*)(w.p + pad((size_t)nb * 8));
+  if (nb > 0) {
+    sum_squares_partial_kernel<<<(unsigned)std::min<int64_t>(nb, 65535 * 8), NN_CHUNK>>>(n, x, part);
+    s = launch_status("sum_squares_partial_kernel");
+  }
+  if (s.ok()) {
+    sum_final_kernel<<<1, NN_CHUNK>>>(nb, part, dsum);
+    s = launch_status("sum_final_kernel");
+  }
+  if (s.ok()) s = copy_to_host(out, dsum, 8);
+  return s;
+}
+
+Status scale_inplace(int64_t n, float sc, float* x) {
+  if (n == 0) return Status{};
+  scale_kernel<<<grid_n(n, 256), 256>>>(n, sc, x);
+  return launch_status("scale_kernel");
 }
 
 }  // namespace cuda

@@ -12,6 +12,9 @@
 //                per-row terms summed in token order by one block. Backward dlogits = dloss/T·(exp(l − lse) − 1[v=y]).
 //   AdamW        dense: elementwise with the host's coefficients (as cpu/adamw.cpp). Sparse rows: block per listed
 //                row, its own step counter and bias corrections.
+//   linear       y = x·Wᵀ + b and its backward through gemm_f32 (bias rows first, then a beta = 1 GEMM); db as
+//                ordered column sums. dropout: the CPU's stateless mask bit for bit. sumSquares: per-8192 partials
+//                summed in order by one block; scaleInPlace elementwise.
 // Indices that come from the device (ids, targets, rows) cannot be checked by the host without a copy: an id or
 // target outside [0, V) gives a NaN row (forward) or is skipped (backward); a row outside [0, N) is skipped.
 // All index math is 64-bit; every reduction has one owner and a fixed order (deterministic).
@@ -308,6 +311,94 @@ __global__ void sparse_adamw_kernel(int64_t N, int64_t D, float* __restrict__ p,
     __syncthreads();  // every thread has read steps[r]
     if (threadIdx.x == 0) steps[r] = (int32_t)t;
   }
+}
+
+// ---- linear (the GEMMs are gemm_f32), dropout, gradient norm ----------------------------------------------------
+
+// y[t, n] = b[n]: the bias rows a beta = 1 GEMM then accumulates into (y = x·Wᵀ + b in one rounding).
+__global__ void bias_rows_kernel(int64_t T, int64_t N, const float* __restrict__ b, float* __restrict__ y) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * N; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = b[i % N];
+}
+
+// Grid (ceil(N/256), up to 65535 striding over the chunks): part[c, n] = Σ_{t in chunk c} dy[t, n] in row order.
+__global__ void column_sum_partial_kernel(int64_t T, int64_t N, const float* __restrict__ dy, double* __restrict__ part) {
+  const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t nchunks = (T + NN_CHUNK - 1) / NN_CHUNK;
+  for (int64_t c = blockIdx.y; c < nchunks; c += gridDim.y) {
+    const int64_t t0 = c * NN_CHUNK, t1 = t0 + NN_CHUNK < T ? t0 + NN_CHUNK : T;
+    double a = 0;
+    for (int64_t t = t0; t < t1; ++t) a += dy[t * N + n];
+    part[c * N + n] = a;
+  }
+}
+
+// Thread per column: out[n] = Σ_c part[c, n] in chunk order.
+__global__ void column_sum_final_kernel(int64_t nchunks, int64_t N, const double* __restrict__ part, float* __restrict__ out) {
+  for (int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; n < N; n += (int64_t)gridDim.x * blockDim.x) {
+    double a = 0;
+    for (int64_t c = 0; c < nchunks; ++c) a += part[c * N + n];
+    out[n] = (float)a;
+  }
+}
+
+// The CPU's dropout mask (kernels/cpu/dropout.cpp dropout_keep), bit for bit: kept when the top 32 bits of a
+// splitmix64 of (seed, i), as a fraction of 2^32, are >= p.
+__device__ __forceinline__ bool nn_dropout_keep(uint64_t seed, int64_t i, float p) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 32) / 4294967296.0 >= (double)p;
+}
+
+__global__ void dropout_kernel(int64_t n, float p, uint64_t seed, float scale, const float* __restrict__ x,
+                               float* __restrict__ y) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = nn_dropout_keep(seed, i, p) ? x[i] * scale : 0.0f;
+}
+
+constexpr int64_t NN_SQ_BLOCK = 8192;  // elements per sum-of-squares partial
+
+// Block b (NN_CHUNK threads, grid-stride over blocks): part[b] = Σ x² over [8192b, 8192b + 8192), lane-strided
+// double partials then a fixed tree.
+__global__ void sum_squares_partial_kernel(int64_t n, const float* __restrict__ x, double* __restrict__ part) {
+  __shared__ double s[NN_CHUNK];
+  const int64_t nb = (n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK;
+  for (int64_t b = blockIdx.x; b < nb; b += gridDim.x) {
+    const int64_t e = (b + 1) * NN_SQ_BLOCK < n ? (b + 1) * NN_SQ_BLOCK : n;
+    double a = 0;
+    for (int64_t i = b * NN_SQ_BLOCK + threadIdx.x; i < e; i += NN_CHUNK) a += (double)x[i] * x[i];
+    s[threadIdx.x] = a;
+    __syncthreads();
+    for (int w = NN_CHUNK / 2; w > 0; w /= 2) {
+      if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) part[b] = s[0];
+    __syncthreads();
+  }
+}
+
+// One block: *out = Σ_b part[b], contiguous per-thread segments in order, then a fixed tree.
+__global__ void sum_final_kernel(int64_t nb, const double* __restrict__ part, double* __restrict__ out) {
+  __shared__ double s[NN_CHUNK];
+  const int64_t per = (nb + NN_CHUNK - 1) / NN_CHUNK;
+  const int64_t b = threadIdx.x * per, e = b + per < nb ? b + per : nb;
+  double a = 0;
+  for (int64_t i = b; i < e; ++i) a += part[i];
+  s[threadIdx.x] = a;
+  __syncthreads();
+  for (int w = NN_CHUNK / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = s[0];
+}
+
+__global__ void scale_kernel(int64_t n, float sc, float* __restrict__ x) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) x[i] *= sc;
 }
 
 }  // namespace

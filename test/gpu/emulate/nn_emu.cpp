@@ -3,7 +3,8 @@
 // forward/backward (T across the 256-row chunks, D below and above the warp width), embedding forward/backward
 // (repeated ids, a row with no token, an id out of range: NaN row, skipped by the backward), cross-entropy
 // forward/backward (a target out of range: NaN loss and row), dense AdamW over three steps, sparse AdamW on rows
-// with their own step counters (a row out of range skipped). Launched as nn.cu does, with small grids so the
+// with their own step counters (a row out of range skipped), linear forward/backward (with the GEMM kernel, composed
+// as nn.cu does), dropout (the CPU's mask), sum of squares, scale. Launched as nn.cu does, with small grids so the
 // loops stride. AddressSanitizer catches out-of-bounds accesses. Run by test/gpu/nn-emulated.test.ts; prints
 // "ok" and exits 0 on success.
 #include <algorithm>
@@ -12,11 +13,13 @@
 #include <vector>
 
 #include "cuda_emu.h"
+#include "gemm_kernels.cuh"
 #include "nn_kernels.cuh"
 #include "../../../native/kernels/ref/adamw.cpp"
 #include "../../../native/kernels/ref/cross_entropy.cpp"
 #include "../../../native/kernels/ref/embedding.cpp"
 #include "../../../native/kernels/ref/layer_norm.cpp"
+#include "../../../native/kernels/ref/linear.cpp"
 
 using namespace sffn::cuda;
 
@@ -199,6 +202,71 @@ static bool sparse_adamw(int64_t N, int64_t D) {
   return report(what, ok);
 }
 
+// gemm_f32 as kernels/cuda/gemm.cu launches it (grid over 128×128 tiles), for the linear compositions of nn.cu.
+static void emu_gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const dim3 grid{(unsigned)((M + F_BM - 1) / F_BM), (unsigned)((N + F_BN - 1) / F_BN), 1};
+  if (!ta && !tb) launch(grid, F_THREADS, [&] { gemm_f32_kernel<false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, 0, 0, 0); });
+  if (!ta && tb) launch(grid, F_THREADS, [&] { gemm_f32_kernel<false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, 0, 0, 0); });
+  if (ta && !tb) launch(grid, F_THREADS, [&] { gemm_f32_kernel<true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, 0, 0, 0); });
+  if (ta && tb) launch(grid, F_THREADS, [&] { gemm_f32_kernel<true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, 0, 0, 0); });
+}
+
+// linear forward and backward composed exactly as nn.cu's linear_forward / linear_backward.
+static bool linear(int64_t T, int64_t K, int64_t N, bool bias) {
+  auto x = rnd(T * K), w = rnd(N * K), b = rnd(N), dy = rnd(T * N);
+  std::vector<float> y(T * N, -9.f), ry(T * N), dx(T * K, -9.f), dw(N * K, -9.f), db(N, -9.f), rdx(T * K), rdw(N * K),
+      rdb(N);
+  sffn::linear_forward_ref(T, K, N, x.data(), w.data(), bias ? b.data() : nullptr, ry.data());
+  sffn::linear_backward_ref(T, K, N, x.data(), w.data(), dy.data(), rdx.data(), rdw.data(), rdb.data());
+  if (bias) launch(dim3{2, 1, 1}, 64, [&] { bias_rows_kernel(T, N, b.data(), y.data()); });
+  emu_gemm_f32(false, true, T, N, K, 1.f, x.data(), K, w.data(), K, bias ? 1.f : 0.f, y.data(), N);
+  emu_gemm_f32(false, false, T, K, N, 1.f, dy.data(), N, w.data(), K, 0.f, dx.data(), K);
+  emu_gemm_f32(true, false, N, K, T, 1.f, dy.data(), N, x.data(), K, 0.f, dw.data(), K);
+  const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
+  std::vector<double> part(nc * N);
+  launch(dim3{(unsigned)((N + NN_CHUNK - 1) / NN_CHUNK), (unsigned)std::min<int64_t>(nc, 2), 1}, NN_CHUNK,
+         [&] { column_sum_partial_kernel(T, N, dy.data(), part.data()); });
+  launch(dim3{1, 1, 1}, 64, [&] { column_sum_final_kernel(nc, N, part.data(), db.data()); });
+  char what[80];
+  std::snprintf(what, sizeof what, "linear T=%lld K=%lld N=%lld bias=%d", (long long)T, (long long)K, (long long)N, bias);
+  return report(what, near("y", y.data(), ry.data(), T * N, 1e-5) && near("dx", dx.data(), rdx.data(), T * K, 1e-5) &&
+                          near("dw", dw.data(), rdw.data(), N * K, 1e-4) && near("db", db.data(), rdb.data(), N, 1e-5));
+}
+
+// An independent copy of the CPU's dropout_keep (kernels/cpu/dropout.cpp), so the kernel's mask is checked against it.
+static bool cpu_keep(uint64_t seed, int64_t i, float p) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + (uint64_t)i + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 32) / 4294967296.0 >= (double)p;
+}
+
+static bool dropout_norm(int64_t n) {
+  auto x = rnd(n);
+  std::vector<float> y(n, -9.f), ry(n);
+  const float p = 0.3f;
+  const uint64_t seed = 77;
+  const float scale = 1.0f / (1.0f - p);
+  for (int64_t i = 0; i < n; ++i) ry[i] = cpu_keep(seed, i, p) ? x[i] * scale : 0.0f;
+  launch(dim3{3, 1, 1}, 64, [&] { dropout_kernel(n, p, seed, scale, x.data(), y.data()); });
+  const int64_t nb = (n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK;
+  std::vector<double> part(std::max<int64_t>(nb, 1));
+  double sq = -1, rsq = 0;
+  for (float v : x) rsq += (double)v * v;
+  if (nb > 0) launch(dim3{2, 1, 1}, NN_CHUNK, [&] { sum_squares_partial_kernel(n, x.data(), part.data()); });
+  launch(dim3{1, 1, 1}, NN_CHUNK, [&] { sum_final_kernel(nb, part.data(), &sq); });
+  std::vector<float> xs(x), rxs(x);
+  for (float& v : rxs) v *= 0.25f;
+  launch(dim3{2, 1, 1}, 64, [&] { scale_kernel(n, 0.25f, xs.data()); });
+  char what[80];
+  std::snprintf(what, sizeof what, "dropout, sumSquares, scaleInPlace n=%lld", (long long)n);
+  return report(what, near("dropout", y.data(), ry.data(), n, 0) && std::fabs(sq - rsq) <= 1e-12 * (1 + rsq) &&
+                          near("scale", xs.data(), rxs.data(), n, 0));
+}
+
 int main() {
   bool ok = true;
   ok &= layer_norm(37, 50);
@@ -214,6 +282,11 @@ int main() {
   ok &= adamw(1000);
   ok &= sparse_adamw(50, 13);
   ok &= sparse_adamw(7, 300);
+  ok &= linear(37, 20, 9, true);
+  ok &= linear(140, 130, 33, false);  // K and N across 128-wide tiles
+  ok &= linear(300, 8, 5, true);      // T across the 256-row chunks of the bias gradient
+  ok &= dropout_norm(20000);          // three 8192-element partials
+  ok &= dropout_norm(0);
   std::printf(ok ? "ok\n" : "FAILED\n");
   return ok ? 0 : 1;
 }
