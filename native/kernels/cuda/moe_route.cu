@@ -88,9 +88,11 @@ Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, int select, 
   }
   if (s.ok()) s = aux_sums(T, E, K, z, choices, w, nc, false, aux);
   // Capacity: rank each choice among its expert's choices in priority order; drop those at or past C.
+  const size_t hist_bytes = (size_t)(ns * E) * 4;
   if (s.ok() && capacity >= 0 && ns > 0) {
-    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, true, choices, w.hist);
-    s = launch_status("moe_route_hist_kernel (capacity)");
+    s = status_of(cudaMemset(w.hist, 0, hist_bytes), "cudaMemset (capacity histogram)");
+    if (s.ok()) moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, true, choices, w.hist);
+    if (s.ok()) s = launch_status("moe_route_hist_kernel (capacity)");
     if (s.ok()) {
       moe_route_scan_kernel<<<(unsigned)((E + 255) / 256), 256>>>(ns, E, w.hist, chosen);
       s = launch_status("moe_route_scan_kernel (capacity)");
@@ -102,8 +104,11 @@ Status moe_route_forward(int64_t T, int64_t E, int64_t K, int gate, int select, 
   }
   if (s.ok() && TK > 0) s = status_of(cudaMemset(sorted_slots, 0xff, (size_t)TK * 4), "cudaMemset (sortedSlots)");
   if (s.ok() && ns > 0) {
-    moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, false, ids, w.hist);
-    s = launch_status("moe_route_hist_kernel");
+    s = status_of(cudaMemset(w.hist, 0, hist_bytes), "cudaMemset (histogram)");
+    if (s.ok()) {
+      moe_route_hist_kernel<<<(unsigned)ns, RT_CHUNK>>>(TK, E, T, K, false, ids, w.hist);
+      s = launch_status("moe_route_hist_kernel");
+    }
   }
   if (s.ok()) {
     moe_route_scan_kernel<<<(unsigned)((E + 255) / 256), 256>>>(ns, E, w.hist, counts);

@@ -11,7 +11,8 @@
 //              second choice, token order within): a choice keeps its slot while fewer than C came before it.
 //   aux:       per 256-token chunk partial sums (p̄ in double, first-choice counts, Σ lse²), then one block sums
 //              the chunks in order: p̄, f, log p̄ and the losses (entropy Σ p̄ log p̄, balance E·Σ f p̄, z-loss).
-//   placement: a deterministic counting scan, no atomics: per 256-slot chunk expert histograms, a per-expert
+//   placement: a deterministic counting scan (integer atomics for the histogram counts only, whose values do not
+//              depend on the order): per 256-slot chunk expert histograms, a per-expert
 //              exclusive scan over the chunks (column order), offsets as the scan over experts, and each slot's
 //              rank = offsets[e] + chunk base + earlier same-expert slots in its chunk. Stable: slot order within
 //              an expert, as the CPU's counting sort.
@@ -237,19 +238,15 @@ __global__ void moe_route_aux_final_kernel(int64_t T, int64_t E, int64_t nchunks
   }
 }
 
-// Block c: hist[c, e] = entries of expert e among elements [256c, 256c + 256) of the placement order (rt_slot).
+// Block c: hist[c, e] += entries of expert e among elements [256c, 256c + 256) of the placement order (rt_slot).
+// Integer atomics: the counts do not depend on the order (O(T·K) work, where a scan per expert would be O(T·K·E)).
+// hist is zeroed by the caller; entries outside [0, E) are not counted.
 __global__ void moe_route_hist_kernel(int64_t TK, int64_t E, int64_t T, int64_t K, bool jmajor,
                                       const int32_t* __restrict__ ids, int32_t* __restrict__ hist) {
-  __shared__ int32_t s_ids[RT_CHUNK];
-  const int64_t c = blockIdx.x, s0 = c * RT_CHUNK;
-  const int64_t n = TK - s0 < RT_CHUNK ? TK - s0 : RT_CHUNK;
-  s_ids[threadIdx.x] = threadIdx.x < n ? ids[rt_slot(s0 + threadIdx.x, T, K, jmajor)] : -1;
-  __syncthreads();
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
-    int32_t cnt = 0;
-    for (int64_t i = 0; i < n; ++i) cnt += s_ids[i] == e;
-    hist[c * E + e] = cnt;
-  }
+  const int64_t c = blockIdx.x, i = c * RT_CHUNK + threadIdx.x;
+  if (i >= TK) return;
+  const int64_t e = ids[rt_slot(i, T, K, jmajor)];
+  if (e >= 0 && e < E) atomicAdd(&hist[c * E + e], 1);
 }
 
 // Capacity C (Switch token dropping): block c walks elements [256c, 256c + 256) of the priority order; a choice of

@@ -103,12 +103,14 @@ static bool run(const Case& c) {
   });
   const bool cap = c.capacity >= 0 && ns > 0;
   if (cap) {
+    std::fill(hist.begin(), hist.end(), 0);
     launch(dim3{(unsigned)ns, 1, 1}, RT_CHUNK, [&] { moe_route_hist_kernel(TK, E, T, K, true, ch.data(), hist.data()); });
     launch(dim3{1, 1, 1}, 32, [&] { moe_route_scan_kernel(ns, E, hist.data(), chosen.data()); });
     launch(dim3{(unsigned)ns, 1, 1}, RT_CHUNK, [&] {
       moe_route_capacity_kernel(T, K, E, c.capacity, ch.data(), hist.data(), ids.data(), gates.data());
     });
   }
+  std::fill(hist.begin(), hist.end(), 0);
   if (ns > 0)
     launch(dim3{(unsigned)ns, 1, 1}, RT_CHUNK, [&] { moe_route_hist_kernel(TK, E, T, K, false, ids.data(), hist.data()); });
   launch(dim3{1, 1, 1}, 32, [&] { moe_route_scan_kernel(ns, E, hist.data(), cnt.data()); });  // threads stride over E
