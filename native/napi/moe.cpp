@@ -477,6 +477,17 @@ Napi::Value JS_ffnDense(const Napi::CallbackInfo& info) {
   Buf pre = arg_buf(info, 11, op, "pre", DType::F32, s.T * s.F);
   Buf h = arg_buf(info, 12, op, "h", DType::F32, s.T * s.F);
   Buf y = arg_buf(info, 13, op, "y", DType::F32, s.T * s.D);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"h", &h},
+                       {"y", &y}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    check_cuda(cuda::ffn_dense_forward(s.T, s.D, s.F, (int)s.act, s.topk, x.as<float>(), w1.as<float>(),
+                                       b1.as<float>(), w2.as<float>(), b2.as<float>(), pre.as<float>(), h.as<float>(),
+                                       y.as<float>()),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"w2", &w2}, {"b2", &b2}, {"pre", &pre}, {"h", &h}, {"y", &y}});
   (ref ? ffn_dense_forward_ref : ffn_dense_forward)(s, x.as<float>(), w1.as<float>(), b1.as<float>(), w2.as<float>(),
                                                     b2.as<float>(), pre.as<float>(), h.as<float>(), y.as<float>());
@@ -499,6 +510,17 @@ Napi::Value JS_ffnDenseBackward(const Napi::CallbackInfo& info) {
   Buf db1 = arg_buf_opt(info, 14, op, "db1", DType::F32, s.F);
   Buf dw2 = arg_buf(info, 15, op, "dw2", DType::F32, s.F * s.D);
   Buf db2 = arg_buf_opt(info, 16, op, "db2", DType::F32, s.D);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"h", &h}, {"dy", &dy}, {"dx", &dx},
+                       {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    check_cuda(cuda::ffn_dense_backward(s.T, s.D, s.F, (int)s.act, s.topk, x.as<float>(), w1.as<float>(),
+                                        w2.as<float>(), pre.as<float>(), h.as<float>(), dy.as<float>(), dx.as<float>(),
+                                        dw1.as<float>(), db1.as<float>(), dw2.as<float>(), db2.as<float>()),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"x", &x}, {"w1", &w1}, {"w2", &w2}, {"pre", &pre}, {"h", &h}, {"dy", &dy}, {"dx", &dx},
                  {"dw1", &dw1}, {"db1", &db1}, {"dw2", &dw2}, {"db2", &db2}});
   if (ref) {

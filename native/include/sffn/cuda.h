@@ -163,6 +163,16 @@ Status dropout_apply(int64_t n, float p, uint64_t seed, const float* x, float* y
 Status sum_squares(int64_t n, const float* x, double* out);
 Status scale_inplace(int64_t n, float s, float* x);
 
+// ---- dense FFN (kernels/cuda/ffn.cu) --------------------------------------------------------------------------
+// sffn::ffn_dense_forward / _backward (sffn/moe.h) with DEVICE pointers: x [T, D], w1 [D, F], b1 [F] or null,
+// w2 [F, D], b2 [D] or null, pre and h [T, F], y [T, D]; act as sffn::Act; topk > 0 keeps the entries of each row
+// of h >= its topk-th largest (the backward recomputes that mask from pre). Every gradient is overwritten.
+Status ffn_dense_forward(int64_t T, int64_t D, int64_t F, int act, int64_t topk, const float* x, const float* w1,
+                         const float* b1, const float* w2, const float* b2, float* pre, float* h, float* y);
+Status ffn_dense_backward(int64_t T, int64_t D, int64_t F, int act, int64_t topk, const float* x, const float* w1,
+                          const float* w2, const float* pre, const float* h, const float* dy, float* dx, float* dw1,
+                          float* db1, float* dw2, float* db2);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the
