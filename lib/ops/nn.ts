@@ -4,7 +4,7 @@
  * (fast) and native/kernels/ref (the spec, `impl: 'ref'`), declared in native/include/sffn/nn.h. On CUDA tensors,
  * embedding, layerNorm, crossEntropy and their backwards run native/kernels/cuda/nn.cu (ids and targets on the
  * device are not checked by the host: out of range they give NaN rows, and a NaN loss), as do linear, dropout,
- * sumSquares / scaleInPlace (clipGradNorm); attention is CPU-only.
+ * sumSquares / scaleInPlace (clipGradNorm) and attention (head width <= 256 on cuda).
  *
  * Shapes: x [T, K], W [N, K] (y = x·Wᵀ + b); ids [T] i32, table [V, D]; qkv [T = B·S, 3D] with q | k | v and
  * heads contiguous in each (head width dh = D/H, even); logits [T, V], targets [T] i32.
@@ -32,12 +32,6 @@ function isRef(opts: ImplOption | undefined, op: string): boolean {
   return impl === 'ref';
 }
 
-function cpuOnly(op: string, tensors: Record<string, Tensor | undefined | null>): void {
-  const t: Record<string, Tensor | undefined> = {};
-  for (const [k, v] of Object.entries(tensors)) if (v) t[k] = v;
-  const dev = sameDevice(op, t);
-  if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
-}
 
 /** The device of a call that has a CUDA kernel: all tensors on one device; 'ref' only on the cpu. */
 function deviceOf(op: string, tensors: Record<string, Tensor | undefined | null>, opts: ImplOption | undefined): Device {
@@ -244,15 +238,18 @@ function attnDims(qkv: Tensor, d: AttentionDims, op: string): { T: number; D: nu
 export function attention(qkv: Tensor, dims: AttentionDims, opts: ImplOption = {}): { out: Tensor; saved: AttentionSaved } {
   const op = 'attention';
   const { T, D, dh } = attnDims(qkv, dims, op);
-  cpuOnly(op, { qkv });
+  const device = deviceOf(op, { qkv }, opts);
+  if (device === 'cuda' && dh > 256) throw new DeviceError(`${op}: the head width D/H must be at most 256 on cuda, got ${dh}`);
   const { B, S, H } = dims;
-  const out = Tensor.zeros([T, D]);
-  const qr = Tensor.zeros([B, H, S, dh]);
-  const kr = Tensor.zeros([B, H, S, dh]);
-  const lse = Tensor.zeros([B, H, S]);
-  native().attention(
-    qkv.nativeArg(op, 'qkv'), out.nativeArg(op, 'out'), qr.nativeArg(op, 'qr'), kr.nativeArg(op, 'kr'), lse.nativeArg(op, 'lse'),
-    B, S, H, dh, isRef(opts, op),
+  const out = Tensor.zeros([T, D], { device });
+  const qr = Tensor.zeros([B, H, S, dh], { device });
+  const kr = Tensor.zeros([B, H, S, dh], { device });
+  const lse = Tensor.zeros([B, H, S], { device });
+  guarded([out, qr, kr, lse], () =>
+    native().attention(
+      qkv.nativeArg(op, 'qkv'), out.nativeArg(op, 'out'), qr.nativeArg(op, 'qr'), kr.nativeArg(op, 'kr'),
+      lse.nativeArg(op, 'lse'), B, S, H, dh, isRef(opts, op),
+    ),
   );
   return { out, saved: { qr, kr, lse, out } };
 }
@@ -268,8 +265,8 @@ export function attentionBackward(dout: Tensor, qkv: Tensor, dims: AttentionDims
   expectTensor(saved.kr, op, 'saved.kr', 'f32', [B, H, S, dh]);
   expectTensor(saved.lse, op, 'saved.lse', 'f32', [B, H, S]);
   expectTensor(saved.out, op, 'saved.out', 'f32', [T, D]);
-  cpuOnly(op, { qkv, dout, out: saved.out });
-  const dqkv = Tensor.zeros([T, 3 * D]);
+  const device = deviceOf(op, { qkv, dout, out: saved.out, qr: saved.qr, kr: saved.kr, lse: saved.lse }, opts);
+  const dqkv = Tensor.zeros([T, 3 * D], { device });
   native().attentionBackward(
     qkv.nativeArg(op, 'qkv'), saved.out.nativeArg(op, 'out'), saved.qr.nativeArg(op, 'qr'), saved.kr.nativeArg(op, 'kr'),
     saved.lse.nativeArg(op, 'lse'), dout.nativeArg(op, 'dout'), dqkv.nativeArg(op, 'dqkv'), B, S, H, dh, isRef(opts, op),

@@ -200,6 +200,9 @@ Napi::Value JS_attention(const Napi::CallbackInfo& info) {
   Buf qr = arg_buf(info, 2, op, "qr", DType::F32, a.T * a.D);
   Buf kr = arg_buf(info, 3, op, "kr", DType::F32, a.T * a.D);
   Buf lse = arg_buf(info, 4, op, "lse", DType::F32, a.L);
+  SFFN_DEVICE_BRANCH((Bufs{{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}}),
+                     cuda::attention_forward(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(), qr.as<float>(),
+                                             kr.as<float>(), lse.as<float>()))
   host_only(op, {{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}});
   (ref ? attention_forward_ref : attention_forward)(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(), qr.as<float>(),
                                                     kr.as<float>(), lse.as<float>());
@@ -218,6 +221,10 @@ Napi::Value JS_attentionBackward(const Napi::CallbackInfo& info) {
   Buf lse = arg_buf(info, 4, op, "lse", DType::F32, a.L);
   Buf dout = arg_buf(info, 5, op, "dout", DType::F32, a.T * a.D);
   Buf dqkv = arg_buf(info, 6, op, "dqkv", DType::F32, a.T * 3 * a.D);
+  SFFN_DEVICE_BRANCH((Bufs{{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}, {"dout", &dout},
+                           {"dqkv", &dqkv}}),
+                     cuda::attention_backward(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(), qr.as<float>(),
+                                              kr.as<float>(), lse.as<float>(), dout.as<float>(), dqkv.as<float>()))
   host_only(op, {{"qkv", &qkv}, {"out", &out}, {"qr", &qr}, {"kr", &kr}, {"lse", &lse}, {"dout", &dout}, {"dqkv", &dqkv}});
   (ref ? attention_backward_ref : attention_backward)(a.B, a.S, a.H, a.dh, qkv.as<float>(), out.as<float>(),
                                                       qr.as<float>(), kr.as<float>(), lse.as<float>(), dout.as<float>(),

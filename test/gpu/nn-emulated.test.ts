@@ -1,7 +1,8 @@
 /**
  * The CUDA training row-op kernels (native/kernels/cuda/nn_kernels.cuh: layer norm, embedding with the
  * counting-scan backward, cross-entropy, dense and sparse AdamW, linear through the GEMM kernel, dropout, the
- * gradient-norm reductions; the dense / Top-K FFN of ffn_kernels.cuh in ffn_emu.cpp) under the host emulator (test/gpu/emulate/nn_emu.cpp,
+ * gradient-norm reductions; the dense / Top-K FFN of ffn_kernels.cuh in ffn_emu.cpp; attention of attn_kernels.cuh
+ * in attn_emu.cpp) under the host emulator (test/gpu/emulate/nn_emu.cpp,
  * AddressSanitizer) against the reference ops of the CPU (native/kernels/ref/*.cpp, compiled in): chunk and warp
  * boundaries, repeated and out-of-range ids, out-of-range targets, per-row step counters. Runs without a GPU;
  * test/gpu/nn-ops.test.ts checks the real device.
@@ -19,6 +20,12 @@ describe.skipIf(!hasGxx)('CUDA training row-op kernels under host emulation', ()
       '../ref/layer_norm.cpp', '../ref/linear.cpp',
     ]);
     expect(r.status, `emulated row ops failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout.trim().split('\n').pop()).toBe('ok');
+  });
+
+  it('attention forward and backward (rotary positions, causal) match the reference', () => {
+    const r = runEmulator('attn_emu.cpp', ['attn_kernels.cuh', '../ref/attention.cpp']);
+    expect(r.status, `emulated attention failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout.trim().split('\n').pop()).toBe('ok');
   });
 

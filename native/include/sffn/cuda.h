@@ -173,6 +173,16 @@ Status ffn_dense_backward(int64_t T, int64_t D, int64_t F, int act, int64_t topk
                           const float* w2, const float* pre, const float* h, const float* dy, float* dx, float* dw1,
                           float* db1, float* dw2, float* db2);
 
+// ---- attention (kernels/cuda/attn.cu) -------------------------------------------------------------------------
+// sffn::attention_forward / _backward (sffn/nn.h) with DEVICE pointers: qkv [B·S, 3D] -> out [B·S, D], qr, kr
+// [B, H, S, dh], lse [B, H, S]; backward dqkv [B·S, 3D] (overwritten) from dout and the saved tensors (out for the
+// row term dout_i·out_i). Causal, rotary positions. The head width dh must be even and at most 256. Warp per row,
+// O(S²·dh) per head without an S×S matrix; deterministic.
+Status attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, float* out, float* qr, float* kr,
+                         float* lse);
+Status attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* out,
+                          const float* qr, const float* kr, const float* lse, const float* dout, float* dqkv);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -69,6 +69,10 @@ inline V __shfl_down_sync(unsigned, V v, int delta) {
   return emu_shfl(v, l + delta, l + delta < 32);
 }
 template <class V>
+inline V __shfl_sync(unsigned, V v, int src) {
+  return emu_shfl(v, (unsigned)src % 32, true);
+}
+template <class V>
 inline V __shfl_xor_sync(unsigned, V v, int mask) {
   return emu_shfl(v, (threadIdx.x % 32) ^ (unsigned)mask, true);
 }
