@@ -1,6 +1,6 @@
 /**
  * Mixture-of-Experts ops: routing for every gate kind and the expert block as grouped GEMMs, on the CPU; on CUDA
- * tensors moeRoute/moeRouteBackward and moeExperts/moeExpertsBackward run the CUDA
+ * tensors moeRoute/moeRouteBackward, moeExperts/moeExpertsBackward and the primitives run the CUDA
  * kernels (native/kernels/cuda/moe_*.cu).
  *
  * Shape letters: T tokens, D model width, E experts, k slots per token, G expert width, S kept slots.
@@ -443,6 +443,16 @@ function routeArgs(op: string, r: MoeRouting) {
 
 const f32 = (t: Tensor | undefined, op: string, name: string) => (t ? (t.nativeArg(op, name) as Float32Array) : null);
 
+// The MoE primitives: tensors on one device; a cuda routing needs cuda tensors (a host routing goes with either).
+function primitiveDevice(op: string, tensors: Record<string, Tensor | undefined>, r: MoeRouting): 'cpu' | 'cuda' {
+  const dev = sameDevice(op, tensors);
+  const rdev = sameDevice(op, { 'routing.gates': r.gates, 'routing.offsets': r.offsets,
+    'routing.sortedSlots': r.sortedSlots, 'routing.slotRank': r.slotRank });
+  if (rdev === 'cuda' && dev !== 'cuda') throw new DeviceError(`${op}: the routing is on cuda but the tensors are on ${dev}`);
+  return dev;
+}
+const dev = (t: Tensor | undefined, op: string, name: string) => (t ? t.nativeArg(op, name) : null) as never;
+
 /**
  * The expert block of an MoE layer: y[t] = Σ_j gate[t,j] · act(x[t]·W1[e] + b1[e])·W2[e] (+ b2) over token t's
  * kept slots, computed as grouped GEMMs over the sorted slot list (token rows gathered inside the GEMM), with a
@@ -579,9 +589,17 @@ export function moeExpertUp(
   const D = x.shape[1];
   expectTensor(w1, op, 'w1', 'f32', [r.E, D, G]);
   if (opts.b1 !== undefined) expectTensor(opts.b1, op, 'b1', 'f32', [r.E, G]);
-  checkCpu(op, { x, w1, b1: opts.b1, gates: r.gates });
+  const device = primitiveDevice(op, { x, w1, b1: opts.b1 }, r);
   const act = checkAct(op, opts.act ?? 'relu');
   const S = r.numSlots;
+  if (device === 'cuda') {
+    const [pred, hsd] = [Tensor.zeros([S, G], { device }), Tensor.zeros([S, G], { device })];
+    native().moeExpertUp(
+      r.T, D, r.E, r.k, G, act, ...routeArgs(op, r), dev(x, op, 'x'), dev(w1, op, 'w1'), dev(opts.b1, op, 'b1'),
+      dev(pred, op, 'pre'), dev(hsd, op, 'hs'),
+    );
+    return { pre: pred, hs: hsd };
+  }
   const pre = new Float32Array(S * G);
   const hs = new Float32Array(S * G);
   native().moeExpertUp(
@@ -600,7 +618,11 @@ export function moeExpertDown(hs: Tensor, w2: Tensor, r: MoeRouting): Tensor {
   const [, G, D] = w2.shape;
   expectTensor(w2, op, 'w2', 'f32', [r.E, G, D]);
   expectTensor(hs, op, 'hs', 'f32', [r.numSlots, G]);
-  checkCpu(op, { hs, w2, gates: r.gates });
+  if (primitiveDevice(op, { hs, w2 }, r) === 'cuda') {
+    const yrd = Tensor.zeros([r.numSlots, D], { device: 'cuda' });
+    native().moeExpertDown(r.T, D, r.E, r.k, G, 'relu', ...routeArgs(op, r), dev(hs, op, 'hs'), dev(w2, op, 'w2'), dev(yrd, op, 'yr'));
+    return yrd;
+  }
   const yr = new Float32Array(r.numSlots * D);
   native().moeExpertDown(r.T, D, r.E, r.k, G, 'relu', ...routeArgs(op, r), f32(hs, op, 'hs')!, f32(w2, op, 'w2')!, yr);
   return Tensor.fromHost(yr, [r.numSlots, D]);
@@ -615,7 +637,11 @@ export function moeCombine(yr: Tensor, r: MoeRouting, opts: { b2?: Tensor } = {}
   const D = yr.shape[1];
   expectTensor(yr, op, 'yr', 'f32', [r.numSlots, D]);
   if (opts.b2 !== undefined) expectTensor(opts.b2, op, 'b2', 'f32', [D]);
-  checkCpu(op, { yr, b2: opts.b2, gates: r.gates });
+  if (primitiveDevice(op, { yr, b2: opts.b2 }, r) === 'cuda') {
+    const yd = Tensor.zeros([r.T, D], { device: 'cuda' });
+    native().moeCombine(r.T, D, r.E, r.k, 1, 'relu', ...routeArgs(op, r), dev(yr, op, 'yr'), dev(opts.b2, op, 'b2'), dev(yd, op, 'y'));
+    return yd;
+  }
   const y = new Float32Array(r.T * D);
   native().moeCombine(r.T, D, r.E, r.k, 1, 'relu', ...routeArgs(op, r), f32(yr, op, 'yr')!, f32(opts.b2, op, 'b2'), y);
   return Tensor.fromHost(y, [r.T, D]);

@@ -412,12 +412,22 @@ Napi::Value JS_moeExpertUp(const Napi::CallbackInfo& info) {
   MoeExpertsShape s = experts_shape(info, 0, op);
   int64_t S = 0;
   std::vector<Buf> keep;
-  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  bool routing_on_device = false;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep, &routing_on_device);
   Buf x = arg_buf(info, 10, op, "x", DType::F32, s.T * s.D);
   Buf w1 = arg_buf(info, 11, op, "w1", DType::F32, s.E * s.D * s.G);
   Buf b1 = arg_buf_opt(info, 12, op, "b1", DType::F32, s.E * s.G);
   Buf pre = arg_buf(info, 13, op, "pre", DType::F32, S * s.G);
   Buf hs = arg_buf_opt(info, 14, op, "hs", DType::F32, S * s.G);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"pre", &pre}, {"hs", &hs}})) {
+    check_cuda(cuda::moe_expert_up(routing_on_device, s.T, s.D, s.E, s.K, s.G, S, (int)s.act, r.gates, r.offsets,
+                                   r.sorted_slots, r.slot_rank, x.as<float>(), w1.as<float>(), b1.as<float>(),
+                                   pre.as<float>(), hs.as<float>()), op);
+    return info.Env().Undefined();
+  }
+#endif
+  if (routing_on_device) fail(ErrKind::Device, op, ": the routing is on cuda but x and w1 are on the cpu");
   host_only(op, {{"x", &x}, {"w1", &w1}, {"b1", &b1}, {"pre", &pre}, {"hs", &hs}});
   moe_expert_up_forward(s, r, x.as<float>(), w1.as<float>(), b1.as<float>(), pre.as<float>(), hs.as<float>());
   return info.Env().Undefined();
@@ -429,10 +439,19 @@ Napi::Value JS_moeExpertDown(const Napi::CallbackInfo& info) {
   MoeExpertsShape s = experts_shape(info, 0, op);
   int64_t S = 0;
   std::vector<Buf> keep;
-  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  bool routing_on_device = false;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep, &routing_on_device);
   Buf hs = arg_buf(info, 10, op, "hs", DType::F32, S * s.G);
   Buf w2 = arg_buf(info, 11, op, "w2", DType::F32, s.E * s.G * s.D);
   Buf yr = arg_buf(info, 12, op, "yr", DType::F32, S * s.D);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"hs", &hs}, {"w2", &w2}, {"yr", &yr}})) {
+    check_cuda(cuda::moe_expert_down(routing_on_device, s.T, s.D, s.E, s.K, s.G, S, r.gates, r.offsets, r.sorted_slots,
+                                     r.slot_rank, hs.as<float>(), w2.as<float>(), yr.as<float>()), op);
+    return info.Env().Undefined();
+  }
+#endif
+  if (routing_on_device) fail(ErrKind::Device, op, ": the routing is on cuda but hs and w2 are on the cpu");
   host_only(op, {{"hs", &hs}, {"w2", &w2}, {"yr", &yr}});
   moe_expert_down_forward(s, r, hs.as<float>(), w2.as<float>(), yr.as<float>());
   return info.Env().Undefined();
@@ -444,10 +463,19 @@ Napi::Value JS_moeCombine(const Napi::CallbackInfo& info) {
   MoeExpertsShape s = experts_shape(info, 0, op);
   int64_t S = 0;
   std::vector<Buf> keep;
-  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep);
+  bool routing_on_device = false;
+  MoeRoutingView r = routing_arg(info, 6, op, s, &S, keep, &routing_on_device);
   Buf yr = arg_buf(info, 10, op, "yr", DType::F32, S * s.D);
   Buf b2 = arg_buf_opt(info, 11, op, "b2", DType::F32, s.D);
   Buf y = arg_buf(info, 12, op, "y", DType::F32, s.T * s.D);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"yr", &yr}, {"b2", &b2}, {"y", &y}})) {
+    check_cuda(cuda::moe_combine(routing_on_device, s.T, s.D, s.E, s.K, S, r.gates, r.offsets, r.sorted_slots, r.slot_rank,
+                                 yr.as<float>(), b2.as<float>(), y.as<float>()), op);
+    return info.Env().Undefined();
+  }
+#endif
+  if (routing_on_device) fail(ErrKind::Device, op, ": the routing is on cuda but yr is on the cpu");
   host_only(op, {{"yr", &yr}, {"b2", &b2}, {"y", &y}});
   moe_combine_forward(s, r, yr.as<float>(), b2.as<float>(), y.as<float>());
   return info.Env().Undefined();

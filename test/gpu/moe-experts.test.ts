@@ -8,7 +8,9 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { DeviceError, Tensor, memory, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward } from '../../lib/index.js';
+import {
+  DeviceError, Tensor, memory, moeCombine, moeExpertDown, moeExpertUp, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward,
+} from '../../lib/index.js';
 import { expectBitIdentical, expectClose, randn } from '../helpers.js';
 import { announce, gpuStatus } from './cuda-env.js';
 
@@ -113,6 +115,32 @@ describe.skipIf(!st.gpu)('CUDA moeExperts and moeExpertsBackward', () => {
         t?.dispose();
       rc.dispose();
       rg.dispose();
+      expect(memory()).toEqual(m0);
+    });
+  }
+
+  for (const routingOn of ['cpu', 'cuda'] as const) {
+    it(`the primitives (up, down, combine) compose to moeExperts on the device (routing on ${routingOn})`, () => {
+      const m0 = memory();
+      const [T, D, E, k, G] = [200, 24, 6, 2, 40];
+      const z = Tensor.from(randn(T * E, 31), { shape: [T, E] });
+      const zr = routingOn === 'cuda' ? z.to('cuda') : z;
+      const r = moeRoute(zr, { k, gate: 'softmax', capacityFactor: 0.8 });
+      const x = Tensor.from(randn(T * D, 32), { shape: [T, D] }).to('cuda');
+      const w1 = Tensor.from(randn(E * D * G, 33, 0.3), { shape: [E, D, G] }).to('cuda');
+      const w2 = Tensor.from(randn(E * G * D, 34, 0.3), { shape: [E, G, D] }).to('cuda');
+      const b2 = Tensor.from(randn(D, 35), { shape: [D] }).to('cuda');
+      const full = moeExperts(x, r, { w1, w2, b2 }, { act: 'silu' });
+      const up = moeExpertUp(x, w1, r, { act: 'silu' });
+      const yr = moeExpertDown(up.hs, w2, r);
+      const y = moeCombine(yr, r, { b2 });
+      expect(y.device).toBe('cuda');
+      expectBitIdentical(y.data() as Float32Array, full.y.data() as Float32Array, 'y');
+      expectBitIdentical(up.hs.data() as Float32Array, full.saved.hs.data() as Float32Array, 'hs');
+      for (const t of [x, w1, w2, b2, full.y, full.saved.pre, full.saved.hs, up.pre, up.hs, yr, y]) t.dispose();
+      if (zr !== z) zr.dispose();
+      z.dispose();
+      r.dispose();
       expect(memory()).toEqual(m0);
     });
   }

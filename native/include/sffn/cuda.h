@@ -111,6 +111,19 @@ Status moe_experts_backward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int6
                                 const float* pre, const float* hs, const float* dy, float* dx, float* dw1, float* db1,
                                 float* dw2, float* db2, float* dgates);
 
+// The pieces of the forward as separate calls (moeExpertUp, moeExpertDown, moeCombine), DEVICE tensors; the
+// routing on the host (validated, uploaded; S = offsets[E]) or, with routing_on_device, on the device (sanitised
+// as above; S = sorted_slots' length).
+Status moe_expert_up(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                     const float* gates, const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                     const float* x, const float* w1, const float* b1, float* pre, float* hs);
+Status moe_expert_down(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S,
+                       const float* gates, const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                       const float* hs, const float* w2, float* yr);
+Status moe_combine(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t S, const float* gates,
+                   const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank, const float* yr,
+                   const float* b2, float* y);
+
 // ---- MoE routing (kernels/cuda/moe_route.cu) ------------------------------------------------------------------
 // sffn::moe_route_forward (sffn/moe.h) with every array a DEVICE pointer: z [T, E] -> choices, ids, gates [T·K],
 // counts [E], offsets [E+1], sorted_slots, slot_rank [T·K] (sorted padded with -1 past S = offsets[E]), dropped

@@ -252,5 +252,54 @@ Status moe_experts_backward_dev(int64_t T, int64_t D, int64_t E, int64_t K, int6
   return backward_core(T, D, E, K, G, act, w.r, x, w1, w2, pre, hs, dy, dx, dw1, db1, dw2, db2, dgates, dhs, dpre, dxr);
 }
 
+// ---- the pieces of the forward (moeExpertUp / moeExpertDown / moeCombine) -------------------------------------
+namespace {
+// The routing of a primitive call on the device: uploaded (host routing, S = offsets[E]) or derived (device).
+Status routing_for(Workspace& w, bool on_device, int64_t T, int64_t E, int64_t K, int64_t S, const float* gates,
+                   const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank) {
+  return on_device ? w.derive(T, E, K, S, gates, offsets, sorted_slots, slot_rank, 0)
+                   : w.upload(T, E, K, gates, offsets, sorted_slots, slot_rank, 0);
+}
+}  // namespace
+
+Status moe_expert_up(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S, int act,
+                     const float* gates, const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                     const float* x, const float* w1, const float* b1, float* pre, float* hs) {
+  if (T == 0) return Status{};
+  if ((G + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_expert_up");
+  Workspace w;
+  Status s = routing_for(w, routing_on_device, T, E, K, S, gates, offsets, sorted_slots, slot_rank);
+  if (!s.ok() || w.r.ntiles == 0) return s;
+  dim3 up((unsigned)w.r.ntiles, (unsigned)((G + MG_BN - 1) / MG_BN));
+  moe_grouped_gemm_kernel<true, false, true><<<up, MG_THREADS>>>(w.r.tiles, w.r.off, w.r.sorted, w.r.gates, K, x, D, w1,
+                                                                 D, G, b1, act, pre, hs);
+  return launch_status("moe_grouped_gemm_kernel<up>");
+}
+
+Status moe_expert_down(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int64_t S,
+                       const float* gates, const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank,
+                       const float* hs, const float* w2, float* yr) {
+  if (T == 0) return Status{};
+  if ((D + MG_BN - 1) / MG_BN > 65535) return too_wide("moe_expert_down");
+  Workspace w;
+  Status s = routing_for(w, routing_on_device, T, E, K, S, gates, offsets, sorted_slots, slot_rank);
+  if (!s.ok() || w.r.ntiles == 0) return s;
+  dim3 down((unsigned)w.r.ntiles, (unsigned)((D + MG_BN - 1) / MG_BN));
+  moe_grouped_gemm_kernel<false, false, false><<<down, MG_THREADS>>>(w.r.tiles, w.r.off, w.r.sorted, w.r.gates, K, hs,
+                                                                     G, w2, G, D, nullptr, 0, yr, nullptr);
+  return launch_status("moe_grouped_gemm_kernel<down>");
+}
+
+Status moe_combine(bool routing_on_device, int64_t T, int64_t D, int64_t E, int64_t K, int64_t S, const float* gates,
+                   const int64_t* offsets, const int32_t* sorted_slots, const int32_t* slot_rank, const float* yr,
+                   const float* b2, float* y) {
+  if (T == 0) return Status{};
+  Workspace w;
+  Status s = routing_for(w, routing_on_device, T, E, K, S, gates, offsets, sorted_slots, slot_rank);
+  if (!s.ok()) return s;
+  moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, w.r.rank, yr, b2, y);
+  return launch_status("moe_combine_kernel");
+}
+
 }  // namespace cuda
 }  // namespace sffn
