@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "sffn/core.h"
+
 namespace sffn {
 namespace napi {
 
@@ -62,6 +64,23 @@ int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* op, const 
 double arg_num(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name);
 bool arg_bool(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name);
 std::string arg_str(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name);
+// A string naming one of `choices`; anything else is a RangeError listing them:
+//   "<op>: <name> must be one of a, b, c, got 'x'".
+template <class E>
+E arg_enum(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name,
+           std::initializer_list<std::pair<const char*, E>> choices) {
+  const std::string s = arg_str(info, i, op, name);
+  std::string names;
+  for (const auto& [key, value] : choices) {
+    if (s == key) return value;
+    names += names.empty() ? key : std::string(", ") + key;
+  }
+  fail(ErrKind::Range, op, ": ", name, " must be one of ", names, ", got '", s, "'");
+}
+// An ISA name (argument "isa"): scalar, avx2 or avx512.
+inline Isa arg_isa(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  return arg_enum<Isa>(info, i, op, "isa", {{"scalar", Isa::Scalar}, {"avx2", Isa::Avx2}, {"avx512", Isa::Avx512}});
+}
 // An Int32Array / number[] of dims, each >= 0.
 std::vector<int64_t> arg_dims(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name);
 

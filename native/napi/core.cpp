@@ -48,14 +48,9 @@ Napi::Value JS_setNumThreads(const Napi::CallbackInfo& info) {
 Napi::Value JS_getNumThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), num_threads()); }
 
 Napi::Value JS_setIsa(const Napi::CallbackInfo& info) {
-  std::string s = arg_str(info, 0, "setIsa", "isa");
-  Isa isa;
-  if (s == "scalar") isa = Isa::Scalar;
-  else if (s == "avx2") isa = Isa::Avx2;
-  else if (s == "avx512") isa = Isa::Avx512;
-  else fail(ErrKind::Range, "setIsa: isa must be one of scalar, avx2, avx512, got '", s, "'");
+  const Isa isa = arg_isa(info, 0, "setIsa");
   if (!set_isa(isa))
-    fail(ErrKind::Backend, "setIsa: this CPU cannot run ", s, " (best available: ", isa_name(best_isa()), ")");
+    fail(ErrKind::Backend, "setIsa: this CPU cannot run ", isa_name(isa), " (best available: ", isa_name(best_isa()), ")");
   return info.Env().Undefined();
 }
 

@@ -218,14 +218,9 @@ Napi::Value JS_gemmBlocking(const Napi::CallbackInfo& info) {
 // fmaPeak(isa, threads, iterations) -> GFLOP/s of independent register FMA chains.
 Napi::Value JS_fmaPeak(const Napi::CallbackInfo& info) {
   const char* op = "fmaPeak";
-  std::string s = arg_str(info, 0, op, "isa");
-  Isa isa;
-  if (s == "scalar") isa = Isa::Scalar;
-  else if (s == "avx2") isa = Isa::Avx2;
-  else if (s == "avx512") isa = Isa::Avx512;
-  else fail(ErrKind::Range, op, ": isa must be one of scalar, avx2, avx512, got '", s, "'");
+  const Isa isa = arg_isa(info, 0, op);
   if (!isa_supported(isa))
-    fail(ErrKind::Backend, op, ": this CPU cannot run ", s, " (best available: ", isa_name(best_isa()), ")");
+    fail(ErrKind::Backend, op, ": this CPU cannot run ", isa_name(isa), " (best available: ", isa_name(best_isa()), ")");
   int threads = (int)arg_int(info, 1, op, "threads", 1, num_threads());
   int64_t iters = arg_int(info, 2, op, "iterations", 1, (int64_t)1 << 40);
   return Napi::Number::New(info.Env(), gemm_fma_peak(isa, threads, iters));

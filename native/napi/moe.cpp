@@ -25,27 +25,19 @@ constexpr int64_t kMaxI32 = std::numeric_limits<int32_t>::max();
 constexpr int kWorkSlot = 5;
 
 MoeGate arg_gate(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  std::string s = arg_str(info, i, op, "gate");
-  if (s == "sigmoid") return MoeGate::Sigmoid;
-  if (s == "softmax") return MoeGate::Softmax;
-  if (s == "softmax-renorm") return MoeGate::SoftmaxRenorm;
-  fail(ErrKind::Range, op, ": gate must be one of sigmoid, softmax, softmax-renorm, got '", s, "'");
+  return arg_enum<MoeGate>(info, i, op, "gate",
+                           {{"sigmoid", MoeGate::Sigmoid}, {"softmax", MoeGate::Softmax},
+                            {"softmax-renorm", MoeGate::SoftmaxRenorm}});
 }
 
 MoeSelect arg_select(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  std::string s = arg_str(info, i, op, "select");
-  if (s == "topk") return MoeSelect::TopK;
-  if (s == "adaptive") return MoeSelect::Adaptive;
-  if (s == "threshold") return MoeSelect::Threshold;
-  fail(ErrKind::Range, op, ": select must be one of topk, adaptive, threshold, got '", s, "'");
+  return arg_enum<MoeSelect>(info, i, op, "select",
+                             {{"topk", MoeSelect::TopK}, {"adaptive", MoeSelect::Adaptive},
+                              {"threshold", MoeSelect::Threshold}});
 }
 
 Act arg_act(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  std::string s = arg_str(info, i, op, "act");
-  if (s == "relu") return Act::Relu;
-  if (s == "gelu") return Act::Gelu;
-  if (s == "silu") return Act::Silu;
-  fail(ErrKind::Range, op, ": act must be one of relu, gelu, silu, got '", s, "'");
+  return arg_enum<Act>(info, i, op, "act", {{"relu", Act::Relu}, {"gelu", Act::Gelu}, {"silu", Act::Silu}});
 }
 
 // These kernels run on host memory only.
