@@ -257,5 +257,15 @@ void register_all(Napi::Env env, Napi::Object exports) {
   for (auto fn : registry()) fn(env, exports);
 }
 
+void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
+  for (auto& [name, b] : bufs)
+    if (b->data && b->device) fail(ErrKind::Device, op, ": ", name, " is a cuda buffer; this op runs on the cpu");
+}
+
+bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return false;
+  return arg_bool(info, i, op, "ref");
+}
+
 }  // namespace napi
 }  // namespace sffn

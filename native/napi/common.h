@@ -86,6 +86,10 @@ std::vector<int64_t> arg_dims(const Napi::CallbackInfo& info, size_t i, const ch
 
 // All buffers must live on the same device; returns that device (false = host).
 bool same_device(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs);
+// For ops that run on the host only: a device buffer among `bufs` is a DeviceError naming it.
+void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs);
+// The optional trailing `ref` flag of an op (run the float64-accumulating reference): absent/undefined/null = false.
+bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op);
 
 // Registration: each napi/<group>.cpp holds `static Registrar reg([](Napi::Env env, Napi::Object exports) {
 // def(env, exports, "gemm", JS_gemm); ... });` so adding a group never edits addon.cpp.

@@ -40,12 +40,6 @@ Act arg_act(const Napi::CallbackInfo& info, size_t i, const char* op) {
   return arg_enum<Act>(info, i, op, "act", {{"relu", Act::Relu}, {"gelu", Act::Gelu}, {"silu", Act::Silu}});
 }
 
-// These kernels run on host memory only.
-void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
-  for (auto& [name, b] : bufs)
-    if (b->data && b->device) fail(ErrKind::Device, op, ": ", name, " is a cuda buffer; this op runs on the cpu");
-}
-
 // ---- routing -----------------------------------------------------------------------------------------------
 // Params at args [0..9]: T, E, K, gate, select, threshold, dropout, seed, capacity, ref.
 struct RouteArgs {

@@ -17,11 +17,6 @@ namespace {
 
 constexpr int64_t kMaxDim = (int64_t)1 << 40;
 
-bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return false;
-  return arg_bool(info, i, op, "ref");
-}
-
 // CUDA flavor: every buffer of the call on the device runs the CUDA kernel (sffn/cuda.h), which cannot check ids
 // or targets that live on the device (out of range: NaN rows, skipped by the backward; see nn_kernels.cuh).
 using Bufs = std::initializer_list<std::pair<const char*, const Buf*>>;
@@ -35,11 +30,6 @@ using Bufs = std::initializer_list<std::pair<const char*, const Buf*>>;
 #else
 #define SFFN_DEVICE_BRANCH(bufs, call)
 #endif
-
-void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
-  for (auto& [name, b] : bufs)
-    if (b->data && b->device) fail(ErrKind::Device, op, ": ", name, " is a cuda buffer; this op runs on the cpu");
-}
 
 int64_t prod(const char* op, const char* what, int64_t a, int64_t b) {
   if (a != 0 && b > kMaxDim / a) fail(ErrKind::Range, op, ": ", what, " = ", a, "·", b, " is too large");

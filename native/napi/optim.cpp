@@ -29,15 +29,6 @@ AdamwHyper arg_hyper(const Napi::CallbackInfo& info, size_t i, const char* op) {
   return hp;
 }
 
-void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
-  if (same_device(op, bufs)) fail(ErrKind::Device, op, ": runs on the CPU only, got CUDA device buffers");
-}
-
-bool arg_ref(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  if (info.Length() <= i || info[i].IsUndefined()) return false;
-  return arg_bool(info, i, op, "ref");
-}
-
 // adamwStep(p, g, m, v, lr, beta1, beta2, eps, weightDecay, step, ref?)
 Napi::Value JS_adamwStep(const Napi::CallbackInfo& info) {
   const char* op = "adamwStep";
@@ -47,7 +38,7 @@ Napi::Value JS_adamwStep(const Napi::CallbackInfo& info) {
   Buf v = arg_buf(info, 3, op, "v", DType::F32, p.count);
   AdamwHyper hp = arg_hyper(info, 4, op);
   const int64_t step = arg_int(info, 9, op, "step", 1, (int64_t)1 << 53);
-  const bool ref = arg_ref(info, 10, op);
+  const bool ref = opt_ref(info, 10, op);
 #ifdef SFFN_WITH_CUDA
   if (same_device(op, {{"p", &p}, {"g", &g}, {"m", &m}, {"v", &v}})) {
     if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
@@ -68,7 +59,7 @@ Napi::Value JS_sparseAdamwStep(const Napi::CallbackInfo& info) {
   const int64_t N = arg_int(info, 6, op, "N", 0, kMaxI32);
   const int64_t D = arg_int(info, 7, op, "D", 1, 1 << 24);
   AdamwHyper hp = arg_hyper(info, 8, op);
-  const bool ref = arg_ref(info, 13, op);
+  const bool ref = opt_ref(info, 13, op);
   Buf p = arg_buf(info, 0, op, "p", DType::F32, N * D);
   Buf m = arg_buf(info, 1, op, "m", DType::F32, N * D);
   Buf v = arg_buf(info, 2, op, "v", DType::F32, N * D);

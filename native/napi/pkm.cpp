@@ -47,16 +47,6 @@ void check_product(const char* op, const char* what, int64_t a, int64_t b, int64
   if (a != 0 && b > limit / a) fail(ErrKind::Range, op, ": ", what, " = ", a, "·", b, " exceeds ", limit);
 }
 
-// These kernels run on the host only (the CUDA flavor has its own PKM ops).
-void host_only(const char* op, std::initializer_list<std::pair<const char*, const Buf*>> bufs) {
-  if (same_device(op, bufs)) fail(ErrKind::Device, op, ": runs on the CPU only, got CUDA device buffers");
-}
-
-bool arg_ref(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  if (info.Length() <= i || info[i].IsUndefined()) return false;
-  return arg_bool(info, i, op, "ref");
-}
-
 // ---- product-key top-k ----------------------------------------------------------------------------------------
 // Dims (T, H, Hq, Hk, Dk, n, k) at positions i .. i+6.
 PkmDims arg_pkm_dims(const Napi::CallbackInfo& info, size_t i, const char* op) {
@@ -84,7 +74,7 @@ Napi::Value JS_pkmTopk(const Napi::CallbackInfo& info) {
   const char* op = "pkmTopk";
   PkmDims d = arg_pkm_dims(info, 5, op);
   PkmAct act = arg_pkm_act(info, 12, op);
-  bool ref = arg_ref(info, 13, op);
+  bool ref = opt_ref(info, 13, op);
   const int64_t THK = d.T * d.H * d.k;
   Buf q = arg_buf(info, 0, op, "q", DType::F32, d.T * d.Hq * d.Dk);
   Buf keys = arg_buf(info, 1, op, "keys", DType::F32, d.Hk * 2 * d.n * (d.Dk / 2));
@@ -108,7 +98,7 @@ Napi::Value JS_pkmTopkBackward(const Napi::CallbackInfo& info) {
   const char* op = "pkmTopkBackward";
   PkmDims d = arg_pkm_dims(info, 8, op);
   PkmAct act = arg_pkm_act(info, 15, op);
-  bool ref = arg_ref(info, 16, op);
+  bool ref = opt_ref(info, 16, op);
   const int64_t THK = d.T * d.H * d.k;
   Buf q = arg_buf(info, 0, op, "q", DType::F32, d.T * d.Hq * d.Dk);
   Buf keys = arg_buf(info, 1, op, "keys", DType::F32, d.Hk * 2 * d.n * (d.Dk / 2));
@@ -208,7 +198,7 @@ SparseOut sparse_out(const Napi::CallbackInfo& info, size_t i, int nvals, const 
 Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
   const char* op = "embeddingBag";
   GatherDims g = arg_gather_dims(info, 4, op);
-  bool ref = arg_ref(info, 8, op);
+  bool ref = opt_ref(info, 8, op);
   check_product(op, "N·D", g.N, g.D, INT64_MAX / 8);
   Buf idx = arg_buf(info, 0, op, "idx", DType::I32, g.T * g.J);
   Buf w = arg_buf(info, 1, op, "w", DType::F32, g.T * g.J);
@@ -227,7 +217,7 @@ Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
 Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   const char* op = "embeddingBagBackward";
   GatherDims g = arg_gather_dims(info, 5, op);
-  bool ref = arg_ref(info, 9, op);
+  bool ref = opt_ref(info, 9, op);
   Buf idx = arg_buf(info, 0, op, "idx", DType::I32, g.T * g.J);
   Buf w = arg_buf(info, 1, op, "w", DType::F32, g.T * g.J);
   Buf V = arg_buf(info, 2, op, "V", DType::F32, g.N * g.D);
@@ -262,7 +252,7 @@ Napi::Value JS_peerExperts(const Napi::CallbackInfo& info) {
   const char* op = "peerExperts";
   GatherDims g = arg_gather_dims(info, 7, op);
   PeerAct act = arg_peer_act(info, 11, op);
-  bool ref = arg_ref(info, 12, op);
+  bool ref = opt_ref(info, 12, op);
   Buf x = arg_buf(info, 0, op, "x", DType::F32, g.T * g.D);
   Buf idx = arg_buf(info, 1, op, "idx", DType::I32, g.T * g.J);
   Buf gate = arg_buf(info, 2, op, "g", DType::F32, g.T * g.J);
@@ -283,7 +273,7 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   const char* op = "peerExpertsBackward";
   GatherDims g = arg_gather_dims(info, 9, op);
   PeerAct act = arg_peer_act(info, 13, op);
-  bool ref = arg_ref(info, 14, op);
+  bool ref = opt_ref(info, 14, op);
   Buf x = arg_buf(info, 0, op, "x", DType::F32, g.T * g.D);
   Buf idx = arg_buf(info, 1, op, "idx", DType::I32, g.T * g.J);
   Buf gate = arg_buf(info, 2, op, "g", DType::F32, g.T * g.J);
@@ -369,7 +359,7 @@ Napi::Value JS_batchNorm(const Napi::CallbackInfo& info) {
   const double eps = arg_num(info, 12, op, "eps");
   if (!(momentum >= 0 && momentum <= 1)) fail(ErrKind::Range, op, ": momentum must be in [0, 1], got ", momentum);
   if (!(eps >= 0)) fail(ErrKind::Range, op, ": eps must be >= 0, got ", eps);
-  const bool ref = arg_ref(info, 13, op);
+  const bool ref = opt_ref(info, 13, op);
   Buf x = arg_buf(info, 0, op, "x", DType::F32, T * F);
   Buf gamma = arg_buf_opt(info, 1, op, "gamma", DType::F32, F);
   Buf beta = arg_buf_opt(info, 2, op, "beta", DType::F32, F);
@@ -394,7 +384,7 @@ Napi::Value JS_batchNormBackward(const Napi::CallbackInfo& info) {
   const int64_t F = arg_int(info, 9, op, "F", 1, kMaxI32);
   check_product(op, "T·F", T, F, (int64_t)1 << 40);
   const bool training = arg_bool(info, 10, op, "training");
-  const bool ref = arg_ref(info, 11, op);
+  const bool ref = opt_ref(info, 11, op);
   Buf dy = arg_buf(info, 0, op, "dy", DType::F32, T * F);
   Buf x = arg_buf(info, 1, op, "x", DType::F32, T * F);
   Buf gamma = arg_buf_opt(info, 2, op, "gamma", DType::F32, F);
