@@ -11,15 +11,10 @@
  * count). Softmax, exp and rope are not counted. Every (shape, pass) runs once per round in turn, so load changes
  * hit all rows alike; the table reports medians.
  */
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 
 import { Tensor, attention, attentionBackward, getNumThreads } from '../lib/index.js';
-import { machine, parseArgs, printTable, writeResults } from './harness.js';
+import { collectGarbage, machine, parseArgs, printTable, writeResults } from './harness.js';
 
-// A full GC before every timed call, so one row's garbage (external tensor memory) is not collected inside another's.
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
 
 interface Shape {
   name: string;
@@ -94,11 +89,11 @@ export async function run(args: string[]): Promise<void> {
   const tFB: number[][] = shapes.map(() => []);
   for (let r = 0; r < rounds; r++)
     for (let k = 0; k < shapes.length; k++) {
-      gc();
+      collectGarbage();
       let t0 = performance.now();
       fwd(k);
       tF[k].push(performance.now() - t0);
-      gc();
+      collectGarbage();
       t0 = performance.now();
       fwdBwd(k);
       tFB[k].push(performance.now() - t0);

@@ -22,7 +22,7 @@ export async function runBench(argv: string[]): Promise<number> {
   return 0;
 }
 
-// Run directly: node dist/bench/index.js <suite> ...
+// Run directly: node --single-threaded-gc dist/bench/index.js <suite> ... (see collectGarbage in harness.ts)
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/'))) {
   runBench(process.argv.slice(2)).then(
     (c) => process.exit(c),

@@ -13,12 +13,10 @@
  * forward: route+sort / up (gather GEMM + act + gate) / down+combine; of the backward: experts / route. All
  * functions of one (config, T) run once per round in turn (so load changes hit MoE and dense alike); medians.
  */
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward, getNumThreads } from '../lib/index.js';
 import { moeCombine, moeExpertDown, moeExpertUp } from '../lib/ops/moe.js';
-import { machine, parseArgs, printTable, writeResults } from './harness.js';
+import { collectGarbage, machine, parseArgs, printTable, writeResults } from './harness.js';
 
 interface Config {
   name: string;
@@ -80,10 +78,6 @@ function logits(T: number, E: number, k: number, kind: Routing, seed: number): T
 }
 
 const ms = (s: number) => s * 1e3;
-
-// A full GC between timed calls (the outputs of a dense step at T=4096 are ~100 MB of ArrayBuffers).
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
 
 export async function run(argv: string[]): Promise<void> {
   const args = parseArgs(argv);
@@ -180,8 +174,8 @@ export async function run(argv: string[]): Promise<void> {
       }
       for (let i = 0; i < rounds; i++)
         for (const [name, fn] of Object.entries(fns)) {
-          // Collect the previous function's garbage first, so that its GC is not charged to this one.
-          gc();
+          // Collect the previous function's garbage and let its freeing finish, so that it is not charged to this one.
+          collectGarbage();
           const t0 = process.hrtime.bigint();
           fn();
           samples[name].push(Number(process.hrtime.bigint() - t0) / 1e9);
