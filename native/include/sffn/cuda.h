@@ -196,6 +196,26 @@ Status attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const floa
 Status attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const float* qkv, const float* out,
                           const float* qr, const float* kr, const float* lse, const float* dout, float* dqkv);
 
+// ---- PKM / PEER row ops (kernels/cuda/pkm.cu) ------------------------------------------------------------------
+// The contracts of sffn/pkm.h with DEVICE pointers: idx, w, g, h, dw, dg [T, J]; V, U [N, D]; x, out, dout, dx
+// [T, D]. The sparse table gradients are sized for the worst case cap = min(T·J, N) rows, so the host never waits:
+// rows [cap] receives the distinct touched rows ascending, then −1; values / dU / dV [cap, D] the rows' gradients,
+// then zeros. Indices on the device cannot be validated by the host: a position whose row is outside [0, N) gives
+// a NaN output row (forward), NaN dw / dg and a NaN dx row (backward), and is left out of the table gradients. The
+// reverse index is a stable counting radix sort of the positions by row; every reduction has one owner and a fixed
+// order (no float atomics): results are bit-identical run to run. act: sffn::PeerAct (0 relu, 1 gelu, 2 silu,
+// 3 identity).
+Status embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                             const float* V, float* out);
+Status embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                              const float* V, const float* dout, float* dw, int64_t cap, int32_t* rows,
+                              float* values);
+Status peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const float* x, const int32_t* idx,
+                    const float* g, const float* U, const float* V, float* out, float* h);
+Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const float* x, const int32_t* idx,
+                     const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
+                     float* dg, int64_t cap, int32_t* rows, float* dU, float* dV);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

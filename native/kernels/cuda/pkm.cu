@@ -1,0 +1,166 @@
+// CUDA PKM / PEER row ops: embedding bag (weighted row gather) and PEER singleton experts, forward and backward
+// with row-sparse table gradients. Contract in sffn/cuda.h; kernels, the reverse index (stable radix sort of the
+// positions by row) and the reduction orders in pkm_kernels.cuh. Workspaces come from the stream-ordered pool and
+// are freed stream-ordered; nothing is copied back (the sparse outputs are sized for the worst case).
+// Test: test/gpu/pkm-ops.test.ts (GPU), test/gpu/pkm-emulated.test.ts (pkm_emu.cpp: host emulation).
+#include <algorithm>
+
+#include "common.cuh"
+#include "pkm_kernels.cuh"
+
+namespace sffn {
+namespace cuda {
+
+namespace {
+unsigned pk_grid(int64_t n, int threads) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
+}
+unsigned pk_warps(int64_t n) { return pk_grid(n * 32, 256); }
+size_t pk_pad(size_t b) { return (b + 255) / 256 * 256; }
+
+// A pooled device workspace freed stream-ordered at scope exit.
+struct PkScratch {
+  char* p = nullptr;
+  ~PkScratch() {
+    if (p) device_free(p);
+  }
+};
+
+// The reverse index of idx [M] over N rows, built on the device into a workspace (plus `extra` bytes for the
+// caller): rows go straight to the caller's output (capacity cap = min(M, N)); pos [M] holds the positions sorted
+// by row (ascending within a row), starts [cap + 1] each row's slice, nU the row count U.
+struct DevRowIndex {
+  PkScratch w;
+  const int32_t* pos = nullptr;
+  const int64_t* starts = nullptr;
+  const int64_t* nU = nullptr;
+  void* extra = nullptr;
+
+  Status build(int64_t M, int64_t N, int64_t cap, const int32_t* idx, int32_t* rows, size_t extra_bytes) {
+    const int64_t nc = (M + PK_CHUNK - 1) / PK_CHUNK;
+    if (nc > 0x7fffffff) return status_of(cudaErrorInvalidValue, "pkm reverse index: T·J too large");
+    // keys, vals and their ping-pong copies [M] i32 | hist [nc, 256] i32 | cnt [nc] i32 | coff [nc] i64 |
+    // starts [cap + 1] i64 | nU i64 | extra.
+    const size_t bm = pk_pad((size_t)std::max<int64_t>(M, 1) * 4), bh = pk_pad((size_t)(nc * PK_RADIX) * 4 + 4),
+                 bc = pk_pad((size_t)nc * 4 + 4), bo = pk_pad((size_t)nc * 8 + 8), bs = pk_pad((size_t)(cap + 1) * 8),
+                 bu = 256;
+    Status s = device_malloc((void**)&w.p, 4 * bm + bh + bc + bo + bs + bu + extra_bytes);
+    if (!s.ok()) return s;
+    char* q = w.p;
+    int32_t* keys[2] = {(int32_t*)q, (int32_t*)(q + bm)};
+    int32_t* vals[2] = {(int32_t*)(q + 2 * bm), (int32_t*)(q + 3 * bm)};
+    q += 4 * bm;
+    int32_t* hist = (int32_t*)q;
+    int32_t* cnt = (int32_t*)(q + bh);
+    int64_t* coff = (int64_t*)(q + bh + bc);
+    int64_t* st = (int64_t*)(q + bh + bc + bo);
+    int64_t* u = (int64_t*)(q + bh + bc + bo + bs);
+    extra = q + bh + bc + bo + bs + bu;
+    starts = st;
+    nU = u;
+    int cur = 0;
+    if (M > 0) {
+      pk_keys_init_kernel<<<pk_grid(M, 256), 256>>>(M, N, idx, keys[0], vals[0]);
+      s = launch_status("pk_keys_init_kernel");
+      // Keys are in [0, N]: enough 8-bit digits for N.
+      for (int shift = 0; s.ok() && shift < 31 && (N >> shift) > 0; shift += 8) {
+        pk_digit_hist_kernel<<<(unsigned)nc, PK_CHUNK>>>(M, shift, keys[cur], hist);
+        s = launch_status("pk_digit_hist_kernel");
+        if (s.ok()) {
+          pk_digit_scan_kernel<<<1, PK_RADIX>>>(nc, hist);
+          s = launch_status("pk_digit_scan_kernel");
+        }
+        if (s.ok()) {
+          pk_digit_place_kernel<<<(unsigned)nc, PK_CHUNK>>>(M, shift, keys[cur], vals[cur], hist, keys[1 - cur],
+                                                            vals[1 - cur]);
+          s = launch_status("pk_digit_place_kernel");
+          cur = 1 - cur;
+        }
+      }
+      if (s.ok()) {
+        pk_unique_count_kernel<<<(unsigned)nc, PK_CHUNK>>>(M, N, keys[cur], cnt);
+        s = launch_status("pk_unique_count_kernel");
+      }
+    }
+    if (s.ok()) {
+      pk_chunk_offsets_kernel<<<1, PK_CHUNK>>>(nc, cnt, coff, u, st);
+      s = launch_status("pk_chunk_offsets_kernel");
+    }
+    if (s.ok() && M > 0) {
+      pk_rows_kernel<<<(unsigned)nc, PK_CHUNK>>>(M, N, keys[cur], coff, u, rows, st);
+      s = launch_status("pk_rows_kernel");
+    }
+    pos = vals[cur];
+    return s;
+  }
+};
+}  // namespace
+
+Status embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                             const float* V, float* out) {
+  if (T == 0) return Status{};
+  eb_fwd_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, idx, w, V, out);
+  return launch_status("eb_fwd_kernel");
+}
+
+Status embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
+                              const float* V, const float* dout, float* dw, int64_t cap, int32_t* rows,
+                              float* values) {
+  const int64_t M = T * J;
+  Status s;
+  if (M > 0) {
+    eb_dw_kernel<<<pk_warps(M), 256>>>(T, J, N, D, idx, V, dout, dw);
+    s = launch_status("eb_dw_kernel");
+  }
+  if (!s.ok() || cap == 0) return s;
+  DevRowIndex ri;
+  s = ri.build(M, N, cap, idx, rows, 0);
+  if (s.ok()) {
+    eb_dv_kernel<<<pk_grid(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, w, dout, rows, values);
+    s = launch_status("eb_dv_kernel");
+  }
+  return s;
+}
+
+Status peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const float* x, const int32_t* idx,
+                    const float* g, const float* U, const float* V, float* out, float* h) {
+  Status s;
+  if (T * J > 0) {
+    peer_h_kernel<<<pk_warps(T * J), 256>>>(T, J, N, D, x, idx, U, h);
+    s = launch_status("peer_h_kernel");
+  }
+  if (s.ok() && T > 0) {
+    peer_fwd_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, act, idx, g, h, V, out);
+    s = launch_status("peer_fwd_kernel");
+  }
+  return s;
+}
+
+Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const float* x, const int32_t* idx,
+                     const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
+                     float* dg, int64_t cap, int32_t* rows, float* dU, float* dV) {
+  const int64_t M = T * J;
+  // dh and gv [M] (double) live after the reverse index in one workspace.
+  const size_t bd = pk_pad((size_t)std::max<int64_t>(M, 1) * 8);
+  DevRowIndex ri;
+  Status s = ri.build(cap > 0 ? M : 0, N, cap, idx, rows, 2 * bd);
+  if (!s.ok()) return s;
+  double* dh = (double*)ri.extra;
+  double* gv = (double*)((char*)ri.extra + bd);
+  if (M > 0) {
+    peer_bwd_pos_kernel<<<pk_warps(M), 256>>>(T, J, N, D, act, idx, g, V, h, dout, dg, dh, gv);
+    s = launch_status("peer_bwd_pos_kernel");
+  }
+  if (s.ok() && T > 0) {
+    peer_dx_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, idx, U, dh, dx);
+    s = launch_status("peer_dx_kernel");
+  }
+  if (s.ok() && cap > 0) {
+    peer_duv_kernel<<<pk_grid(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, dh, gv, x, dout, rows, dU, dV);
+    s = launch_status("peer_duv_kernel");
+  }
+  return s;
+}
+
+}  // namespace cuda
+}  // namespace sffn
