@@ -234,6 +234,14 @@ export interface NativeSparseRows {
   values: Float32Array;
 }
 
+/** peerExpertsBackward's sparse result on the host. */
+export interface NativeSparsePair {
+  count: number;
+  rows: Int32Array;
+  dU: Float32Array;
+  dV: Float32Array;
+}
+
 export interface PkmBinding {
   /** act: 0 none, 1 softmax (per head), 2 softmax over all heads, 3 relu, 4 sigmoid. */
   pkmTopk(
@@ -249,22 +257,25 @@ export interface PkmBinding {
     idx: NativeArray, w: NativeArray, V: NativeArray, out: NativeArray,
     T: number, J: number, N: number, D: number, ref?: boolean,
   ): void;
+  /** Device inputs: outRows [min(T·J, N)] and outValues [min(T·J, N)·D] are required device buffers the kernels
+   * fill (rows ascending, then −1), and the call returns undefined. */
   embeddingBagBackward(
     idx: NativeArray, w: NativeArray, V: NativeArray, dout: NativeArray, dw: NativeArray,
     T: number, J: number, N: number, D: number, ref?: boolean,
-    outRows?: Int32Array | null, outValues?: Float32Array | null,
-  ): NativeSparseRows;
+    outRows?: NativeArray | null, outValues?: NativeArray | null,
+  ): NativeSparseRows | undefined;
   /** act: 0 relu, 1 gelu (erf), 2 silu, 3 identity. */
   peerExperts(
     x: NativeArray, idx: NativeArray, g: NativeArray, U: NativeArray, V: NativeArray, out: NativeArray, h: NativeArray,
     T: number, J: number, N: number, D: number, act: number, ref?: boolean,
   ): void;
+  /** Device inputs: outRows, outDU and outDV as in embeddingBagBackward (required device buffers; undefined). */
   peerExpertsBackward(
     x: NativeArray, idx: NativeArray, g: NativeArray, U: NativeArray, V: NativeArray, h: NativeArray,
     dout: NativeArray, dx: NativeArray, dg: NativeArray,
     T: number, J: number, N: number, D: number, act: number, ref?: boolean,
-    outRows?: Int32Array | null, outDU?: Float32Array | null, outDV?: Float32Array | null,
-  ): { count: number; rows: Int32Array; dU: Float32Array; dV: Float32Array };
+    outRows?: NativeArray | null, outDU?: NativeArray | null, outDV?: NativeArray | null,
+  ): NativeSparsePair | undefined;
   batchNorm(
     x: NativeArray, gamma: NativeArray | null, beta: NativeArray | null, runningMean: NativeArray | null,
     runningVar: NativeArray | null, y: NativeArray, mean: NativeArray, invstd: NativeArray,

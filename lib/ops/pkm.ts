@@ -14,6 +14,11 @@
  *
  * Shape letters: T tokens, H heads, D width, N = n² slots, k slots per head, J = H·k slots per token.
  * All ops run on the CPU (multithreaded, AVX2/AVX-512 where available) and are bit-identical for any thread count.
+ * embeddingBag, peerExperts and their backwards also run on `cuda` tensors (native/kernels/cuda/pkm.cu;
+ * deterministic): indices on the device are not checked by the host (out of range they give NaN rows and are
+ * left out of the table gradients), and the sparse table gradients come back on the device sized for the worst
+ * case, min(T·J, N) rows, the rows past the touched ones being −1 with zero values (sparseAdamwStep skips them),
+ * so nothing waits for the device. pkmTopk, batchNorm and their backwards are CPU-only (DeviceError on cuda).
  *
  * @example A Lample PKM read (4 heads, per-head sub-keys, softmax), and its backward:
  * ```ts
@@ -26,9 +31,10 @@
  * ```
  */
 import { DeviceError, ShapeError } from '../errors.js';
-import type { HostArray } from '../native/binding.js';
+import type { HostArray, NativeSparsePair, NativeSparseRows } from '../native/binding.js';
 import { native } from '../native/loader.js';
 import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
+import type { Device } from '../tensor.js';
 
 /** Activation of the selected scores: softmax per head (Lample, PEER), softmax over all H·k slots of a token
  * (Csordás' code), ReLU (non-competitive, Csordás), sigmoid, or none. */
@@ -68,6 +74,13 @@ function isRef(opts: ImplOption | undefined, op: string): boolean {
 function cpuOnly(op: string, tensors: Record<string, Tensor | undefined>): void {
   const dev = sameDevice(op, tensors);
   if (dev !== 'cpu') throw new DeviceError(`${op}: runs on the CPU only, got ${dev} tensors`);
+}
+
+/** The device of an op with a CUDA kernel: all tensors on one device; 'ref' only on the cpu. */
+function deviceOf(op: string, tensors: Record<string, Tensor>, ref: boolean): Device {
+  const dev = sameDevice(op, tensors);
+  if (dev === 'cuda' && ref) throw new DeviceError(`${op}: impl 'ref' runs on the cpu; got cuda tensors`);
+  return dev;
 }
 
 /**
@@ -236,6 +249,9 @@ export function pkmTopkBackward(
 /**
  * A row-sparse gradient of a table [numRows, D]: `rows` (i32 [U], distinct, ascending) and `values`
  * (f32 [U, D], row u is the gradient of table row rows[u]); every other row's gradient is zero.
+ * From a backward on cuda tensors both live on the device, sized for the worst case min(T·J, numRows): the
+ * touched rows ascending, then rows −1 whose values are zero (padding, skipped by sparseAdamwStep and
+ * sparseRowsToDense).
  */
 export interface SparseRows {
   rows: Tensor;
@@ -302,7 +318,8 @@ function sparseResult(count: number, rows: Int32Array, values: Float32Array, D: 
   };
 }
 
-/** The dense [numRows, D] form of a {@link SparseRows} (for small tables and tests). */
+/** The dense [numRows, D] form of a {@link SparseRows} (for small tables and tests), on the host. Rows −1 (the
+ * padding of a gradient computed on cuda) are skipped. */
 export function sparseRowsToDense(sp: SparseRows): Tensor {
   const op = 'sparseRowsToDense';
   expectTensor(sp?.rows, op, 'rows', 'i32');
@@ -316,6 +333,7 @@ export function sparseRowsToDense(sp: SparseRows): Tensor {
   const r = sp.rows.data() as Int32Array;
   const v = sp.values.data() as Float32Array;
   for (let u = 0; u < U; u++) {
+    if (r[u] === -1) continue;
     if (r[u] < 0 || r[u] >= sp.numRows) {
       out.dispose();
       throw new RangeError(`${op}: rows[${u}] must be in [0, ${sp.numRows}), got ${r[u]}`);
@@ -358,10 +376,10 @@ export function embeddingBag(V: Tensor, indices: Tensor, weights: Tensor, opts: 
   const { N, D } = tableDims(V, op, 'V');
   expectTensor(indices, op, 'indices', 'i32');
   expectTensor(weights, op, 'weights', 'f32', indices.shape);
-  cpuOnly(op, { V, indices, weights });
   const { T, J } = bagDims(indices, op);
   const ref = isRef(opts, op);
-  const out = Tensor.zeros([T, D]);
+  const device = deviceOf(op, { V, indices, weights }, ref);
+  const out = Tensor.zeros([T, D], { device });
   try {
     native().embeddingBag(
       indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'), out.nativeArg(op, 'out'),
@@ -398,17 +416,34 @@ export function embeddingBagBackward(
   expectTensor(weights, op, 'weights', 'f32', indices.shape);
   const { T, J } = bagDims(indices, op);
   expectTensor(dOut, op, 'dOut', 'f32', [T, D]);
-  cpuOnly(op, { V, indices, weights, dOut });
   const ref = isRef(opts, op);
   const ws = workspaceOf(opts, op);
+  if (deviceOf(op, { V, indices, weights, dOut }, ref) === 'cuda') {
+    // Device outputs sized for the worst case (rows past the touched ones −1); the workspace (host) is unused.
+    const cap = Math.min(T * J, N);
+    const dWeights = Tensor.zeros(indices.shape, { device: 'cuda' });
+    const rows = Tensor.zeros([cap], { device: 'cuda', dtype: 'i32' });
+    const values = Tensor.zeros([cap, D], { device: 'cuda' });
+    try {
+      native().embeddingBagBackward(
+        indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'),
+        dOut.nativeArg(op, 'dOut'), dWeights.nativeArg(op, 'dWeights'), T, J, N, D, false,
+        rows.nativeArg(op, 'rows'), values.nativeArg(op, 'values'),
+      );
+    } catch (e) {
+      for (const t of [dWeights, rows, values]) t.dispose();
+      throw e;
+    }
+    return { dWeights, dV: { rows, values, numRows: N } };
+  }
   const [oRows, oVals] = ws ? ws.out(D, 1) : [null, null];
   const dWeights = Tensor.zeros(indices.shape);
-  let res;
+  let res: NativeSparseRows;
   try {
     res = native().embeddingBagBackward(
       indices.nativeArg(op, 'indices'), weights.nativeArg(op, 'weights'), V.nativeArg(op, 'V'),
       dOut.nativeArg(op, 'dOut'), dWeights.nativeArg(op, 'dWeights'), T, J, N, D, ref, oRows, oVals,
-    );
+    ) as NativeSparseRows;
   } catch (e) {
     dWeights.dispose();
     throw e;
@@ -444,7 +479,6 @@ function peerCheck(x: Tensor, U: Tensor, V: Tensor, indices: Tensor, gates: Tens
   expectTensor(gates, op, 'gates', 'f32', indices.shape);
   const { T, J } = bagDims(indices, op);
   expectTensor(x, op, 'x', 'f32', [T, D]);
-  cpuOnly(op, { x, U, V, indices, gates });
   return { T, J, N, D };
 }
 
@@ -474,8 +508,9 @@ export function peerExperts(
   const { T, J, N, D } = peerCheck(x, U, V, indices, gates, op);
   const a = peerAct(opts.act ?? 'relu', op);
   const ref = isRef(opts, op);
-  const out = Tensor.zeros([T, D]);
-  const h = Tensor.zeros(indices.shape);
+  const device = deviceOf(op, { x, U, V, indices, gates }, ref);
+  const out = Tensor.zeros([T, D], { device });
+  const h = Tensor.zeros(indices.shape, { device });
   try {
     native().peerExperts(
       x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
@@ -516,16 +551,39 @@ export function peerExpertsBackward(
   const a = peerAct(opts.act ?? 'relu', op);
   const ref = isRef(opts, op);
   const ws = workspaceOf(opts, op);
+  if (deviceOf(op, { x, U, V, indices, gates, h, dOut }, ref) === 'cuda') {
+    // Device outputs sized for the worst case (rows past the touched ones −1); the workspace (host) is unused.
+    const cap = Math.min(T * J, N);
+    const dev = (shape: readonly number[], dtype: 'f32' | 'i32' = 'f32') => Tensor.zeros(shape, { device: 'cuda', dtype });
+    const dx = dev([T, D]);
+    const dGates = dev(indices.shape);
+    const rows = dev([cap], 'i32');
+    const dU = dev([cap, D]);
+    const dV = dev([cap, D]);
+    try {
+      native().peerExpertsBackward(
+        x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
+        V.nativeArg(op, 'V'), h.nativeArg(op, 'h'), dOut.nativeArg(op, 'dOut'), dx.nativeArg(op, 'dx'),
+        dGates.nativeArg(op, 'dGates'), T, J, N, D, a, false, rows.nativeArg(op, 'rows'), dU.nativeArg(op, 'dU'),
+        dV.nativeArg(op, 'dV'),
+      );
+    } catch (e) {
+      for (const t of [dx, dGates, rows, dU, dV]) t.dispose();
+      throw e;
+    }
+    // dV gets its own copy of the row list so the two gradients can be disposed independently.
+    return { dx, dGates, dU: { rows, values: dU, numRows: N }, dV: { rows: rows.clone(), values: dV, numRows: N } };
+  }
   const [oRows, oU, oV] = ws ? ws.out(D, 2) : [null, null, null];
   const dx = Tensor.zeros([T, D]);
   const dGates = Tensor.zeros(indices.shape);
-  let res;
+  let res: NativeSparsePair;
   try {
     res = native().peerExpertsBackward(
       x.nativeArg(op, 'x'), indices.nativeArg(op, 'indices'), gates.nativeArg(op, 'gates'), U.nativeArg(op, 'U'),
       V.nativeArg(op, 'V'), h.nativeArg(op, 'h'), dOut.nativeArg(op, 'dOut'), dx.nativeArg(op, 'dx'),
       dGates.nativeArg(op, 'dGates'), T, J, N, D, a, ref, oRows, oU, oV,
-    );
+    ) as NativeSparsePair;
   } catch (e) {
     dx.dispose();
     dGates.dispose();

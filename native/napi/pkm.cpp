@@ -5,7 +5,9 @@
 // boolean that runs the scalar reference (kernels/ref) instead, for the tests.
 //
 // Validation covers every buffer kind and length, every dim, and every index that would be read through
-// (idx values of gathers and of the top-k backward), so bad input raises a typed JS error, never a crash.
+// (idx values of gathers and of the top-k backward), so bad input raises a typed JS error, never a crash. Device
+// buffers (CUDA flavor: embeddingBag, peerExperts and their backwards) get the same buffer and dim checks; their
+// indices live on the device and are handled by the kernels instead (see below).
 // Sparse gradients are returned as fresh typed arrays ({ rows: Int32Array [U], ...: Float32Array [U, D] }) since
 // U is known only after the reverse index is built; workspaces live only for the call.
 #include <sys/mman.h>
@@ -19,6 +21,10 @@
 #include "common.h"
 #include "sffn/core.h"
 #include "sffn/pkm.h"
+#ifdef SFFN_WITH_CUDA
+#include "cuda_util.h"
+#include "sffn/cuda.h"
+#endif
 
 namespace sffn {
 namespace napi {
@@ -35,6 +41,28 @@ struct Work {
   void* p;
   explicit Work(size_t bytes) : p(scratch(0, kWorkSlot, bytes ? bytes : 64)) {}
 };
+
+// CUDA flavor: embeddingBag and peerExperts (forward and backward) with every buffer on the device run the CUDA
+// kernels (sffn/cuda.h), which cannot check indices that live on the device (out of range: NaN rows, left out of
+// the sparse gradients; see pkm_kernels.cuh). Their sparse gradients go into the caller's device buffers, sized for
+// the worst case min(T·J, N) rows (rows past the touched ones are −1), so nothing is copied back.
+using Bufs = std::initializer_list<std::pair<const char*, const Buf*>>;
+#ifdef SFFN_WITH_CUDA
+#define SFFN_DEVICE_BRANCH(bufs, call)                                                   \
+  if (same_device(op, bufs)) {                                                           \
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu"); \
+    call;                                                                                \
+    return info.Env().Undefined();                                                       \
+  }
+// The sparse-gradient outputs of a device call: every one a device buffer (empty ones, with no memory, pass).
+void device_outputs(const char* op, Bufs bufs) {
+  for (auto& [name, b] : bufs)
+    if (b->data && !b->device)
+      fail(ErrKind::Device, op, ": ", name, " must be a device buffer for cuda inputs, got a host array");
+}
+#else
+#define SFFN_DEVICE_BRANCH(bufs, call)
+#endif
 
 // Throws unless every index is in [0, N).
 void check_indices(const char* op, const char* name, const int32_t* idx, int64_t M, int64_t N) {
@@ -204,6 +232,10 @@ Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
   Buf w = arg_buf(info, 1, op, "w", DType::F32, g.T * g.J);
   Buf V = arg_buf(info, 2, op, "V", DType::F32, g.N * g.D);
   Buf out = arg_buf(info, 3, op, "out", DType::F32, g.T * g.D);
+  SFFN_DEVICE_BRANCH((Bufs{{"idx", &idx}, {"w", &w}, {"V", &V}, {"out", &out}}),
+                     check_cuda(cuda::embedding_bag_forward(g.T, g.J, g.N, g.D, idx.as<int32_t>(), w.as<float>(),
+                                                            V.as<float>(), out.as<float>()),
+                                op))
   host_only(op, {{"idx", &idx}, {"w", &w}, {"V", &V}, {"out", &out}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   (ref ? embedding_bag_forward_ref : embedding_bag_forward)(g.T, g.J, g.N, g.D, idx.as<int32_t>(), w.as<float>(),
@@ -214,6 +246,8 @@ Napi::Value JS_embeddingBag(const Napi::CallbackInfo& info) {
 // embeddingBagBackward(idx, w, V, dout, dw, T, J, N, D, ref?, outRows?, outValues?)
 //   → { count: U, rows: Int32Array [>= U], values: Float32Array [>= U·D] } (the first U rows are the gradient;
 //   the arrays are outRows/outValues when given and large enough, else fresh).
+//   Device buffers: outRows [min(T·J, N)] and outValues [min(T·J, N)·D] are required device buffers the kernels
+//   fill (rows ascending, then −1); returns undefined.
 Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   const char* op = "embeddingBagBackward";
   GatherDims g = arg_gather_dims(info, 5, op);
@@ -223,6 +257,20 @@ Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   Buf V = arg_buf(info, 2, op, "V", DType::F32, g.N * g.D);
   Buf dout = arg_buf(info, 3, op, "dout", DType::F32, g.T * g.D);
   Buf dw = arg_buf(info, 4, op, "dw", DType::F32, g.T * g.J);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"idx", &idx}, {"w", &w}, {"V", &V}, {"dout", &dout}, {"dw", &dw}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    const int64_t cap = std::min(g.T * g.J, g.N);
+    Buf rows = arg_buf(info, 10, op, "outRows", DType::I32, cap);
+    Buf vals = arg_buf(info, 11, op, "outValues", DType::F32, cap * g.D);
+    device_outputs(op, {{"outRows", &rows}, {"outValues", &vals}});
+    check_cuda(cuda::embedding_bag_backward(g.T, g.J, g.N, g.D, idx.as<int32_t>(), w.as<float>(), V.as<float>(),
+                                            dout.as<float>(), dw.as<float>(), cap, rows.as<int32_t>(),
+                                            vals.as<float>()),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"idx", &idx}, {"w", &w}, {"V", &V}, {"dout", &dout}, {"dw", &dw}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N);
@@ -260,6 +308,11 @@ Napi::Value JS_peerExperts(const Napi::CallbackInfo& info) {
   Buf V = arg_buf(info, 4, op, "V", DType::F32, g.N * g.D);
   Buf out = arg_buf(info, 5, op, "out", DType::F32, g.T * g.D);
   Buf h = arg_buf(info, 6, op, "h", DType::F32, g.T * g.J);
+  SFFN_DEVICE_BRANCH((Bufs{{"x", &x}, {"idx", &idx}, {"g", &gate}, {"U", &U}, {"V", &V}, {"out", &out}, {"h", &h}}),
+                     check_cuda(cuda::peer_forward(g.T, g.J, g.N, g.D, (int)act, x.as<float>(), idx.as<int32_t>(),
+                                                   gate.as<float>(), U.as<float>(), V.as<float>(), out.as<float>(),
+                                                   h.as<float>()),
+                                op))
   host_only(op, {{"x", &x}, {"idx", &idx}, {"g", &gate}, {"U", &U}, {"V", &V}, {"out", &out}, {"h", &h}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   (ref ? peer_forward_ref : peer_forward)(g.T, g.J, g.N, g.D, act, x.as<float>(), idx.as<int32_t>(), gate.as<float>(),
@@ -269,6 +322,8 @@ Napi::Value JS_peerExperts(const Napi::CallbackInfo& info) {
 
 // peerExpertsBackward(x, idx, g, U, V, h, dout, dx, dg, T, J, N, D, act, ref?, outRows?, outDU?, outDV?)
 //   → { count: U, rows: Int32Array [>= U], dU, dV: Float32Array [>= U·D] } (reuse as in embeddingBagBackward)
+//   Device buffers: outRows [min(T·J, N)], outDU and outDV [min(T·J, N)·D] are required device buffers the kernels
+//   fill (rows ascending, then −1); returns undefined.
 Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   const char* op = "peerExpertsBackward";
   GatherDims g = arg_gather_dims(info, 9, op);
@@ -283,6 +338,22 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
   Buf dout = arg_buf(info, 6, op, "dout", DType::F32, g.T * g.D);
   Buf dx = arg_buf(info, 7, op, "dx", DType::F32, g.T * g.D);
   Buf dg = arg_buf(info, 8, op, "dg", DType::F32, g.T * g.J);
+#ifdef SFFN_WITH_CUDA
+  if (same_device(op, {{"x", &x}, {"idx", &idx}, {"g", &gate}, {"U", &U}, {"V", &V}, {"h", &h}, {"dout", &dout},
+                       {"dx", &dx}, {"dg", &dg}})) {
+    if (ref) fail(ErrKind::Device, op, ": the reference implementation runs on the cpu");
+    const int64_t cap = std::min(g.T * g.J, g.N);
+    Buf rows = arg_buf(info, 15, op, "outRows", DType::I32, cap);
+    Buf dU = arg_buf(info, 16, op, "outDU", DType::F32, cap * g.D);
+    Buf dV = arg_buf(info, 17, op, "outDV", DType::F32, cap * g.D);
+    device_outputs(op, {{"outRows", &rows}, {"outDU", &dU}, {"outDV", &dV}});
+    check_cuda(cuda::peer_backward(g.T, g.J, g.N, g.D, (int)act, x.as<float>(), idx.as<int32_t>(), gate.as<float>(),
+                                   U.as<float>(), V.as<float>(), h.as<float>(), dout.as<float>(), dx.as<float>(),
+                                   dg.as<float>(), cap, rows.as<int32_t>(), dU.as<float>(), dV.as<float>()),
+               op);
+    return info.Env().Undefined();
+  }
+#endif
   host_only(op, {{"x", &x}, {"idx", &idx}, {"g", &gate}, {"U", &U}, {"V", &V}, {"h", &h}, {"dout", &dout},
                    {"dx", &dx}, {"dg", &dg}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
