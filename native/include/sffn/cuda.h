@@ -216,6 +216,17 @@ Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const 
                      const float* g, const float* U, const float* V, const float* h, const float* dout, float* dx,
                      float* dg, int64_t cap, int32_t* rows, float* dU, float* dV);
 
+// sffn::pkm_topk_forward / _backward (sffn/pkm.h) with DEVICE pointers: q [T, Hq, Dk], keys [Hk, 2, n, Dk/2],
+// idx, scores, weights, dweights [T, H, k]; dq and dkeys (dense, overwritten) shaped like q and keys. act:
+// sffn::PkmAct. The dims are validated by the host (Dk even, Hq and Hk in {1, H}, 1 <= k <= n, n² < 2³¹); idx
+// given to the backward is not: an entry outside [0, n²) gives a NaN dq row and is left out of dkeys. The same
+// selection order as the CPU (score desc, then slot asc), exact over all n² slots (candidates (i+1)(j+1) <= k).
+Status pkm_topk_forward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk, int64_t n, int64_t k, int act,
+                        const float* q, const float* keys, int32_t* idx, float* scores, float* weights);
+Status pkm_topk_backward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk, int64_t n, int64_t k, int act,
+                         const float* q, const float* keys, const int32_t* idx, const float* scores,
+                         const float* weights, const float* dweights, float* dq, float* dkeys);
+
 // ---- benchmarks (kernels/cuda/bench.cu) --------------------------------------------------------------------
 // Times `iters` back-to-back GEMMs of M×N×K (no transposes, alpha 1, beta 0) on device buffers it allocates
 // and frees itself, after `warmup` untimed runs, with CUDA events. dtype: 0 = f32, 1 = bf16. Writes the

@@ -1,12 +1,16 @@
-// CUDA PKM / PEER row ops: embedding bag (weighted row gather) and PEER singleton experts, forward and backward
-// with row-sparse table gradients. Contract in sffn/cuda.h; kernels, the reverse index (stable radix sort of the
-// positions by row) and the reduction orders in pkm_kernels.cuh. Workspaces come from the stream-ordered pool and
+// CUDA PKM / PEER ops: embedding bag (weighted row gather) and PEER singleton experts, forward and backward with
+// row-sparse table gradients, and the product-key top-k with its backward. Contract in sffn/cuda.h; kernels, the
+// reverse index (stable radix sort of the positions by row) and the reduction orders in pkm_kernels.cuh and
+// pkm_topk_kernels.cuh. Workspaces come from the stream-ordered pool and
 // are freed stream-ordered; nothing is copied back (the sparse outputs are sized for the worst case).
+// The top-k forward keeps every (token, head)'s sub-key scores in one workspace ([T·H·2, n] f32) and selects by rank
+// counting (O(n²) per (token, head, half)): a first, correct version, not tuned.
 // Test: test/gpu/pkm-ops.test.ts (GPU), test/gpu/pkm-emulated.test.ts (pkm_emu.cpp: host emulation).
 #include <algorithm>
 
 #include "common.cuh"
 #include "pkm_kernels.cuh"
+#include "pkm_topk_kernels.cuh"
 
 namespace sffn {
 namespace cuda {
@@ -158,6 +162,73 @@ Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const 
   if (s.ok() && cap > 0) {
     peer_duv_kernel<<<pk_grid(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, dh, gv, x, dout, rows, dU, dV);
     s = launch_status("peer_duv_kernel");
+  }
+  return s;
+}
+
+Status pkm_topk_forward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk, int64_t n, int64_t k, int act,
+                        const float* q, const float* keys, int32_t* idx, float* scores, float* weights) {
+  const PkmDims d{T, H, Hq, Hk, Dk, n, k};
+  if (T == 0) return Status{};
+  const int64_t rows = T * H * 2, C = pkt_num_candidates(k);
+  // sub [rows, n] f32 | tv [rows, k] f32 | ti [rows, k] i32 | cv [T·H, C] f32 | cs [T·H, C] i32.
+  const size_t bs = pk_pad((size_t)(rows * n) * 4), bt = pk_pad((size_t)(rows * k) * 4),
+               bc = pk_pad((size_t)(T * H * C) * 4);
+  PkScratch w;
+  Status s = device_malloc((void**)&w.p, bs + 2 * bt + 2 * bc);
+  if (!s.ok()) return s;
+  float* sub = (float*)w.p;
+  float* tv = (float*)(w.p + bs);
+  int32_t* ti = (int32_t*)(w.p + bs + bt);
+  float* cv = (float*)(w.p + bs + 2 * bt);
+  int32_t* cs = (int32_t*)(w.p + bs + 2 * bt + bc);
+  pkt_subscore_kernel<<<pk_grid(rows * n, 256), 256>>>(d, q, keys, sub);
+  s = launch_status("pkt_subscore_kernel");
+  if (s.ok()) {
+    pkt_half_topk_kernel<<<(unsigned)std::min<int64_t>(rows, 65535 * 8), 256>>>(rows, n, k, sub, tv, ti);
+    s = launch_status("pkt_half_topk_kernel");
+  }
+  if (s.ok()) {
+    pkt_select_kernel<<<(unsigned)std::min<int64_t>(T * H, 65535 * 8), 256>>>(d, C, tv, ti, cv, cs, idx, scores);
+    s = launch_status("pkt_select_kernel");
+  }
+  if (s.ok()) {
+    pkt_act_kernel<<<pk_grid(T, 128), 128>>>(T, H, k, act, scores, weights);
+    s = launch_status("pkt_act_kernel");
+  }
+  return s;
+}
+
+Status pkm_topk_backward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk, int64_t n, int64_t k, int act,
+                         const float* q, const float* keys, const int32_t* idx, const float* scores,
+                         const float* weights, const float* dweights, float* dq, float* dkeys) {
+  const PkmDims d{T, H, Hq, Hk, Dk, n, k};
+  const int64_t R = Hk * 2 * n, half = Dk / 2, M = T * H * 2 * k, cap = std::min(M, R);
+  Status s = status_of(cudaMemset(dkeys, 0, (size_t)(R * half) * 4), "cudaMemset (dkeys)");
+  if (!s.ok() || T == 0) return s;
+  // ds [T·H·k] f64 | ent [M] i32 | rows [cap] i32; the reverse index has its own workspace.
+  const size_t bd = pk_pad((size_t)(T * H * k) * 8), be = pk_pad((size_t)M * 4);
+  PkScratch w;
+  s = device_malloc((void**)&w.p, bd + be + pk_pad((size_t)cap * 4));
+  if (!s.ok()) return s;
+  double* ds = (double*)w.p;
+  int32_t* ent = (int32_t*)(w.p + bd);
+  int32_t* rows = (int32_t*)(w.p + bd + be);
+  pkt_ds_kernel<<<pk_grid(T, 128), 128>>>(T, H, k, act, scores, weights, dweights, ds);
+  s = launch_status("pkt_ds_kernel");
+  if (s.ok()) {
+    pkt_entries_kernel<<<pk_grid(M, 256), 256>>>(d, idx, ent);
+    s = launch_status("pkt_entries_kernel");
+  }
+  if (s.ok()) {
+    pkt_dq_kernel<<<pk_grid(T * Hq * Dk, 256), 256>>>(d, keys, idx, ds, dq);
+    s = launch_status("pkt_dq_kernel");
+  }
+  DevRowIndex ri;
+  if (s.ok()) s = ri.build(M, R, cap, ent, rows, 0);
+  if (s.ok()) {
+    pkt_dkeys_kernel<<<pk_grid(cap * half, 256), 256>>>(d, cap, ri.nU, rows, ri.starts, ri.pos, q, ds, dkeys);
+    s = launch_status("pkt_dkeys_kernel");
   }
   return s;
 }

@@ -1,5 +1,7 @@
-// Host emulation of the CUDA PKM / PEER row-op kernels (native/kernels/cuda/pkm_kernels.cuh) against the reference
-// ops of the CPU (native/kernels/ref/{embedding_bag,peer}.cpp, compiled in): the reverse index (radix passes for
+// Host emulation of the CUDA PKM / PEER kernels (native/kernels/cuda/pkm_kernels.cuh, pkm_topk_kernels.cuh) against
+// the reference ops of the CPU (native/kernels/ref/{embedding_bag,peer,pkm_topk}.cpp, compiled in): the product-key
+// top-k forward (indices exactly the exhaustive search's) and backward for per-head, shared and single-query keys,
+// every score activation, k = 1 and k = n, a slot out of range in the backward (NaN dq row, left out of dkeys); the reverse index (radix passes for
 // N below and above 256 and 65536, repeated rows, rows touched once, positions across the 256-position chunks; the
 // sorted positions must be ascending within each row), embeddingBag forward/backward and peerExperts forward/
 // backward for every activation, a position out of range (NaN output row and dw / dg / dx, left out of the sparse
@@ -13,8 +15,13 @@
 
 #include "cuda_emu.h"
 #include "pkm_kernels.cuh"
+#include "pkm_topk_kernels.cuh"
 #include "../../../native/kernels/ref/embedding_bag.cpp"
 #include "../../../native/kernels/ref/peer.cpp"
+// Both references define a file-local dot(); renamed in this one so the two compile into one program.
+#define dot pkm_topk_ref_dot
+#include "../../../native/kernels/ref/pkm_topk.cpp"
+#undef dot
 
 using namespace sffn::cuda;
 
@@ -224,6 +231,81 @@ static bool peer(int64_t T, int64_t J, int64_t N, int64_t D, int act, int64_t sp
                           sparse_ok("dV", urows, rdV, cap, D, rows.data(), dV.data(), 1e-5));
 }
 
+static bool pkm_topk(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk, int64_t n, int64_t k, int act,
+                     bool bad) {
+  const sffn::PkmDims d{T, H, Hq, Hk, Dk, n, k};
+  const int64_t THK = T * H * k, half = Dk / 2, R = Hk * 2 * n;
+  auto q = rnd(T * Hq * Dk), keys = rnd(R * half), dwt = rnd(THK);
+  std::vector<int32_t> ridx(THK), idx(THK, -9);
+  std::vector<float> rs(THK), rw(THK), sc(THK, -9.f), wt(THK, -9.f);
+  sffn::pkm_topk_forward_ref(d, (sffn::PkmAct)act, q.data(), keys.data(), ridx.data(), rs.data(), rw.data());
+  // Forward as pkm.cu launches it (small grids: the block loops stride).
+  const int64_t rows = T * H * 2, C = pkt_num_candidates(k);
+  std::vector<float> sub(std::max<int64_t>(rows * n, 1)), tv(std::max<int64_t>(rows * k, 1), -9.f),
+      cv(std::max<int64_t>(T * H * C, 1));
+  std::vector<int32_t> ti(std::max<int64_t>(rows * k, 1), -9), cs(std::max<int64_t>(T * H * C, 1));
+  if (T > 0) {
+    launch(dim3{3, 1, 1}, 64, [&] { pkt_subscore_kernel(d, q.data(), keys.data(), sub.data()); });
+    launch(dim3{2, 1, 1}, 32, [&] { pkt_half_topk_kernel(rows, n, k, sub.data(), tv.data(), ti.data()); });
+    launch(dim3{2, 1, 1}, 64, [&] {
+      pkt_select_kernel(d, C, tv.data(), ti.data(), cv.data(), cs.data(), idx.data(), sc.data());
+    });
+    launch(dim3{1, 1, 1}, 32, [&] { pkt_act_kernel(T, H, k, act, sc.data(), wt.data()); });
+  }
+  bool ok = idx == ridx;
+  if (!ok)
+    for (int64_t i = 0; i < THK; ++i)
+      if (idx[i] != ridx[i]) {
+        std::printf("  idx[%lld]: emulated %d, reference %d\n", (long long)i, idx[i], ridx[i]);
+        break;
+      }
+  ok = ok && near("scores", sc.data(), rs.data(), THK, 1e-5) && near("weights", wt.data(), rw.data(), THK, 1e-5);
+  // Backward from the reference's selection (the same when the forward matched), one slot out of range if `bad`.
+  std::vector<int32_t> bidx(ridx);
+  if (bad && THK > 2) bidx[2] = (int32_t)(n * n);  // token 0 (T·H·k > 2 and k >= 1)
+  std::vector<float> rdq(T * Hq * Dk), rdk(R * half), dq(T * Hq * Dk, -9.f), dk(R * half, -9.f);
+  sffn::pkm_topk_backward_ref(d, (sffn::PkmAct)act, q.data(), keys.data(), ridx.data(), rs.data(), rw.data(),
+                              dwt.data(), rdq.data(), rdk.data());
+  const int64_t M = T * H * 2 * k, cap = std::min(M, R);
+  std::vector<double> ds(std::max<int64_t>(THK, 1));
+  std::vector<int32_t> ent(std::max<int64_t>(M, 1)), urows(std::max<int64_t>(cap, 1), -9);
+  std::fill(dk.begin(), dk.end(), 0.f);  // pkm.cu: cudaMemset
+  if (T > 0) {
+    launch(dim3{1, 1, 1}, 32, [&] {
+      pkt_ds_kernel(T, H, k, act, rs.data(), rw.data(), dwt.data(), ds.data());
+    });
+    launch(dim3{2, 1, 1}, 64, [&] { pkt_entries_kernel(d, bidx.data(), ent.data()); });
+    launch(dim3{2, 1, 1}, 64, [&] { pkt_dq_kernel(d, keys.data(), bidx.data(), ds.data(), dq.data()); });
+    EmuIndex ri;
+    ri.build(M, R, cap, ent.data(), urows.data());
+    ok = ok && ri.sorted_ok;
+    launch(dim3{2, 1, 1}, 64, [&] {
+      pkt_dkeys_kernel(d, cap, &ri.nU, urows.data(), ri.starts.data(), ri.pos, q.data(), ds.data(), dk.data());
+    });
+  }
+  if (bad && THK > 2) {
+    // Position 2 = (t, h, j): the query row it reads gets NaN; its two sub-key rows lose its own contribution
+    // ds · q half (ds does not depend on the slot), which is taken out of the reference before comparing.
+    const int64_t th = 2 / k, t = th / H, h = th % H, slot = ridx[2], hk = Hk == 1 ? 0 : h;
+    const int64_t qr = (t * Hq + (Hq == 1 ? 0 : h)) * Dk;
+    for (int64_t i = qr; i < qr + Dk; ++i) {
+      ok = ok && std::isnan(dq[i]);
+      dq[i] = rdq[i];
+    }
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t row = (hk * 2 + hf) * n + (hf == 0 ? slot / n : slot % n);
+      for (int64_t x = 0; x < half; ++x)
+        rdk[row * half + x] = (float)((double)rdk[row * half + x] - ds[2] * q[qr + hf * half + x]);
+    }
+  }
+  ok = ok && near("dq", dq.data(), rdq.data(), T * Hq * Dk, 1e-4) && near("dkeys", dk.data(), rdk.data(), R * half, 1e-4);
+  char what[96];
+  std::snprintf(what, sizeof what, "pkmTopk T=%lld H=%lld Hq=%lld Hk=%lld Dk=%lld n=%lld k=%lld act=%d bad=%d",
+                (long long)T, (long long)H, (long long)Hq, (long long)Hk, (long long)Dk, (long long)n, (long long)k,
+                act, bad);
+  return report(what, ok);
+}
+
 int main() {
   bool ok = true;
   ok &= embedding_bag(40, 6, 50, 7, 50, false);        // N < 256: one radix pass; many repeats
@@ -237,6 +319,13 @@ int main() {
   ok &= peer(20, 16, 100000, 4, 0, 500, true);          // three passes, bad positions
   ok &= peer(0, 3, 10, 4, 0, 10, false);
   ok &= peer(4, 0, 10, 4, 1, 10, false);
+  for (int act = 0; act < 5; ++act) ok &= pkm_topk(30, 4, 4, 4, 12, 20, 5, act, act == 1);  // PKM: per-head keys
+  ok &= pkm_topk(40, 3, 3, 1, 8, 33, 7, 1, false);   // PEER: shared keys
+  ok &= pkm_topk(25, 2, 1, 2, 10, 16, 4, 3, true);   // Csordás: one query read by every head
+  ok &= pkm_topk(9, 2, 2, 2, 6, 12, 1, 2, false);    // k = 1
+  ok &= pkm_topk(7, 1, 1, 1, 4, 6, 6, 1, false);     // k = n
+  ok &= pkm_topk(300, 2, 2, 1, 4, 8, 3, 0, false);   // entries across the 256-position chunks, rows hit often
+  ok &= pkm_topk(0, 2, 2, 2, 4, 5, 2, 1, false);
   std::printf(ok ? "ok\n" : "FAILED\n");
   return ok ? 0 : 1;
 }
