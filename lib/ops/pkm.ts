@@ -14,11 +14,12 @@
  *
  * Shape letters: T tokens, H heads, D width, N = n² slots, k slots per head, J = H·k slots per token.
  * All ops run on the CPU (multithreaded, AVX2/AVX-512 where available) and are bit-identical for any thread count.
- * embeddingBag, peerExperts and their backwards also run on `cuda` tensors (native/kernels/cuda/pkm.cu;
- * deterministic): indices on the device are not checked by the host (out of range they give NaN rows and are
- * left out of the table gradients), and the sparse table gradients come back on the device sized for the worst
- * case, min(T·J, N) rows, the rows past the touched ones being −1 with zero values (sparseAdamwStep skips them),
- * so nothing waits for the device. pkmTopk, batchNorm and their backwards are CPU-only (DeviceError on cuda).
+ * pkmTopk, embeddingBag, peerExperts and their backwards also run on `cuda` tensors (native/kernels/cuda/pkm.cu;
+ * deterministic; the top-k selects exactly what the CPU selects): indices on the device are not checked by the
+ * host (out of range they give NaN rows and are left out of the table gradients), and the sparse table gradients
+ * come back on the device sized for the worst case, min(T·J, N) rows, the rows past the touched ones being −1 with
+ * zero values (sparseAdamwStep skips them), so nothing waits for the device. batchNorm and its backward are
+ * CPU-only (DeviceError on cuda).
  *
  * @example A Lample PKM read (4 heads, per-head sub-keys, softmax), and its backward:
  * ```ts
@@ -146,7 +147,6 @@ function pkmDims(q: Tensor, keys: Tensor, op: string, heads?: number): PkmDimsTs
   if ((Hq !== 1 && Hq !== H) || (Hk !== 1 && Hk !== H))
     throw new ShapeError(`${op}: query heads (${Hq}) and key tables (${Hk}) must each be 1 or the same H`);
   if (n < 1) throw new ShapeError(`${op}: keys must have at least one sub-key, got n=0`);
-  cpuOnly(op, { q, keys });
   return { T, H, Hq, Hk, Dk, n };
 }
 
@@ -175,10 +175,11 @@ export function pkmTopk(q: Tensor, keys: Tensor, k: number, opts: PkmTopkOptions
   const act = opts.act ?? 'softmax';
   const a = pkmAct(act, op);
   const ref = isRef(opts, op);
+  const device = deviceOf(op, { q, keys }, ref);
   const shape = [d.T, d.H, k];
-  const indices = Tensor.zeros(shape, { dtype: 'i32' });
-  const scores = Tensor.zeros(shape);
-  const weights = Tensor.zeros(shape);
+  const indices = Tensor.zeros(shape, { dtype: 'i32', device });
+  const scores = Tensor.zeros(shape, { device });
+  const weights = Tensor.zeros(shape, { device });
   try {
     native().pkmTopk(
       q.nativeArg(op, 'q'), keys.nativeArg(op, 'keys'), indices.nativeArg(op, 'indices'), scores.nativeArg(op, 'scores'),
@@ -227,8 +228,11 @@ export function pkmTopkBackward(
   if (!(k >= 1 && k <= d.n)) throw new RangeError(`${op}: k must be in [1, n=${d.n}], got ${k}`);
   const a = pkmAct(sel.act ?? 'softmax', op);
   const ref = isRef(opts, op);
-  const dq = Tensor.zeros(q.shape);
-  const dkeys = Tensor.zeros(keys.shape);
+  const device = deviceOf(
+    op, { q, keys, indices: sel.indices, scores: sel.scores, weights: sel.weights, dWeights }, ref,
+  );
+  const dq = Tensor.zeros(q.shape, { device });
+  const dkeys = Tensor.zeros(keys.shape, { device });
   try {
     native().pkmTopkBackward(
       q.nativeArg(op, 'q'), keys.nativeArg(op, 'keys'), sel.indices.nativeArg(op, 'sel.indices'),

@@ -6,7 +6,7 @@
 //
 // Validation covers every buffer kind and length, every dim, and every index that would be read through
 // (idx values of gathers and of the top-k backward), so bad input raises a typed JS error, never a crash. Device
-// buffers (CUDA flavor: embeddingBag, peerExperts and their backwards) get the same buffer and dim checks; their
+// buffers (CUDA flavor: pkmTopk, embeddingBag, peerExperts and their backwards) get the same buffer and dim checks; their
 // indices live on the device and are handled by the kernels instead (see below).
 // Sparse gradients are returned as fresh typed arrays ({ rows: Int32Array [U], ...: Float32Array [U, D] }) since
 // U is known only after the reverse index is built; workspaces live only for the call.
@@ -42,9 +42,9 @@ struct Work {
   explicit Work(size_t bytes) : p(scratch(0, kWorkSlot, bytes ? bytes : 64)) {}
 };
 
-// CUDA flavor: embeddingBag and peerExperts (forward and backward) with every buffer on the device run the CUDA
-// kernels (sffn/cuda.h), which cannot check indices that live on the device (out of range: NaN rows, left out of
-// the sparse gradients; see pkm_kernels.cuh). Their sparse gradients go into the caller's device buffers, sized for
+// CUDA flavor: pkmTopk, embeddingBag and peerExperts (forward and backward) with every buffer on the device run the
+// CUDA kernels (sffn/cuda.h), which cannot check indices that live on the device (out of range: NaN rows, left out
+// of the gradients; see pkm_kernels.cuh, pkm_topk_kernels.cuh). Their sparse gradients go into the caller's device buffers, sized for
 // the worst case min(T·J, N) rows (rows past the touched ones are −1), so nothing is copied back.
 using Bufs = std::initializer_list<std::pair<const char*, const Buf*>>;
 #ifdef SFFN_WITH_CUDA
@@ -109,6 +109,11 @@ Napi::Value JS_pkmTopk(const Napi::CallbackInfo& info) {
   Buf idx = arg_buf(info, 2, op, "idx", DType::I32, THK);
   Buf scores = arg_buf(info, 3, op, "scores", DType::F32, THK);
   Buf weights = arg_buf(info, 4, op, "weights", DType::F32, THK);
+  SFFN_DEVICE_BRANCH((Bufs{{"q", &q}, {"keys", &keys}, {"idx", &idx}, {"scores", &scores}, {"weights", &weights}}),
+                     check_cuda(cuda::pkm_topk_forward(d.T, d.H, d.Hq, d.Hk, d.Dk, d.n, d.k, (int)act, q.as<float>(),
+                                                       keys.as<float>(), idx.as<int32_t>(), scores.as<float>(),
+                                                       weights.as<float>()),
+                                op))
   host_only(op, {{"q", &q}, {"keys", &keys}, {"idx", &idx}, {"scores", &scores}, {"weights", &weights}});
   if (ref) {
     pkm_topk_forward_ref(d, act, q.as<float>(), keys.as<float>(), idx.as<int32_t>(), scores.as<float>(),
@@ -136,6 +141,13 @@ Napi::Value JS_pkmTopkBackward(const Napi::CallbackInfo& info) {
   Buf dweights = arg_buf(info, 5, op, "dweights", DType::F32, THK);
   Buf dq = arg_buf(info, 6, op, "dq", DType::F32, d.T * d.Hq * d.Dk);
   Buf dkeys = arg_buf(info, 7, op, "dkeys", DType::F32, d.Hk * 2 * d.n * (d.Dk / 2));
+  SFFN_DEVICE_BRANCH((Bufs{{"q", &q}, {"keys", &keys}, {"idx", &idx}, {"scores", &scores}, {"weights", &weights},
+                           {"dweights", &dweights}, {"dq", &dq}, {"dkeys", &dkeys}}),
+                     check_cuda(cuda::pkm_topk_backward(d.T, d.H, d.Hq, d.Hk, d.Dk, d.n, d.k, (int)act,
+                                                        q.as<float>(), keys.as<float>(), idx.as<int32_t>(),
+                                                        scores.as<float>(), weights.as<float>(), dweights.as<float>(),
+                                                        dq.as<float>(), dkeys.as<float>()),
+                                op))
   host_only(op, {{"q", &q}, {"keys", &keys}, {"idx", &idx}, {"scores", &scores}, {"weights", &weights},
                    {"dweights", &dweights}, {"dq", &dq}, {"dkeys", &dkeys}});
   check_indices(op, "idx", idx.as<int32_t>(), THK, d.n * d.n);

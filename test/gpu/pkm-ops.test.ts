@@ -1,16 +1,18 @@
 /**
- * The PKM / PEER row ops on the GPU (native/kernels/cuda/pkm.cu) against the CPU ops: embeddingBag and peerExperts
+ * The PKM / PEER ops on the GPU (native/kernels/cuda/pkm.cu) against the CPU ops: pkmTopk forward (the same
+ * indices) and backward for per-head, shared and single-query keys; embeddingBag and peerExperts
  * forward and backward (every PEER activation), the sparse table gradients (worst-case size: the CPU's rows, then
  * −1 rows with zero values) through sparseRowsToDense and a sparseAdamwStep on the device; determinism (two
  * backward runs bit-identical, many positions per row); NaN rows for out-of-range indices (the host cannot check
- * device indices); bad input with the CPU path's typed errors; pkmTopk still CPU-only. Skipped with the probe's
+ * device indices); bad input with the CPU path's typed errors; batchNorm still CPU-only. Skipped with the probe's
  * reason where no GPU is present (test/gpu/pkm-emulated.test.ts checks the same kernels under host emulation).
  */
 import { describe, expect, it } from 'vitest';
 
 import {
-  DeviceError, ShapeError, Tensor, embeddingBag, embeddingBagBackward, memory, peerExperts, peerExpertsBackward,
-  pkmTopk, sparseAdamwStep, sparseRowsToDense, type PeerAct, type SparseRows,
+  DeviceError, ShapeError, Tensor, batchNorm, embeddingBag, embeddingBagBackward, memory, peerExperts,
+  peerExpertsBackward, pkmTopk, pkmTopkBackward, sparseAdamwStep, sparseRowsToDense, type PeerAct, type PkmScoreAct,
+  type SparseRows,
 } from '../../lib/index.js';
 import { expectBitIdentical, expectClose, randn, rng } from '../helpers.js';
 import { announce, gpuStatus } from './cuda-env.js';
@@ -44,6 +46,51 @@ function expectSparse(g: SparseRows, c: SparseRows, what: string, tol: number): 
 const disposeSparse = (...s: SparseRows[]) => s.forEach((x) => (x.rows.dispose(), x.values.dispose()));
 
 describe.skipIf(!st.gpu)('CUDA PKM / PEER row ops', () => {
+  for (const [what, T, H, Hq, Hk, Dk, n, k, act] of [
+    ['PKM per-head keys', 200, 4, 4, 4, 64, 128, 16, 'softmax'],
+    ['PEER shared keys', 150, 8, 8, 1, 32, 256, 8, 'softmax-all'],
+    ['Csordás single query', 100, 4, 1, 4, 48, 64, 4, 'relu'],
+    ['sigmoid, k = n', 20, 2, 2, 2, 8, 6, 6, 'sigmoid'],
+  ] as const) {
+    it(`pkmTopk forward (same indices) and backward match the CPU, deterministic (${what})`, () => {
+      const m0 = memory();
+      const q = Tensor.from(randn(T * Hq * Dk, 21), { shape: [T, Hq, Dk] });
+      const keys = Tensor.from(randn(Hk * 2 * n * (Dk / 2), 22), { shape: [Hk, 2, n, Dk / 2] });
+      const [qd, kd] = [q, keys].map((t) => t.to('cuda')) as [Tensor, Tensor];
+      const c = pkmTopk(q, keys, k, { act: act as PkmScoreAct, heads: H });
+      const g = pkmTopk(qd, kd, k, { act: act as PkmScoreAct, heads: H });
+      expect(g.indices.device).toBe('cuda');
+      // The same slots (both select exactly; sub-key scores round differently, so a near-tie may swap: then the
+      // scores at that place agree).
+      const [gi, ci] = [i32(g.indices), i32(c.indices)];
+      const [gs, cs] = [f32(g.scores), f32(c.scores)];
+      let swaps = 0;
+      for (let i = 0; i < ci.length; i++)
+        if (gi[i] !== ci[i]) {
+          swaps++;
+          expect(Math.abs(gs[i] - cs[i])).toBeLessThan(1e-4);
+        }
+      expect(swaps).toBeLessThanOrEqual(Math.ceil(ci.length / 1000));
+      expectClose(gs, cs, { atol: 1e-4, rtol: 1e-4 }, 'scores');
+      expectClose(f32(g.weights), f32(c.weights), { atol: 1e-5, rtol: 1e-4 }, 'weights');
+      // Backward from the CPU's selection on both devices.
+      const dW = Tensor.from(randn(T * H * k, 23), { shape: [T, H, k] });
+      const dWd = dW.to('cuda');
+      const sel = { indices: c.indices.to('cuda'), scores: c.scores.to('cuda'), weights: c.weights.to('cuda'), act: c.act };
+      const bc = pkmTopkBackward(dW, q, keys, c);
+      const bg = pkmTopkBackward(dWd, qd, kd, sel);
+      const bg2 = pkmTopkBackward(dWd, qd, kd, sel);
+      for (const key of ['dq', 'dkeys'] as const) {
+        expectClose(f32(bg[key]), f32(bc[key]), { atol: 1e-4, rtol: 1e-4 }, key);
+        expectBitIdentical(f32(bg[key]), f32(bg2[key]), `${key} (determinism)`);
+      }
+      for (const t of [q, keys, qd, kd, dW, dWd, c.indices, c.scores, c.weights, g.indices, g.scores, g.weights,
+        sel.indices, sel.scores, sel.weights, bc.dq, bc.dkeys, bg.dq, bg.dkeys, bg2.dq, bg2.dkeys])
+        t.dispose();
+      expect(memory()).toEqual(m0);
+    });
+  }
+
   for (const [T, H, k, N, D, spread] of [
     [37, 2, 4, 50, 24, 50], // many positions per row
     [300, 4, 8, 65536, 64, 65536], // rows touched about once, three radix passes
@@ -154,7 +201,7 @@ describe.skipIf(!st.gpu)('CUDA PKM / PEER row ops', () => {
     expect(memory()).toEqual(m0);
   });
 
-  it('bad input gets the CPU path\'s typed errors; mixed devices, impl ref on cuda and pkmTopk on cuda are DeviceErrors', () => {
+  it('bad input gets the CPU path\'s typed errors; mixed devices, impl ref on cuda and batchNorm on cuda are DeviceErrors', () => {
     const m0 = memory();
     const V = Tensor.zeros([10, 4], { device: 'cuda' });
     const idx = Tensor.zeros([3, 2], { device: 'cuda', dtype: 'i32' });
@@ -171,8 +218,12 @@ describe.skipIf(!st.gpu)('CUDA PKM / PEER row ops', () => {
     expect(() => peerExperts(x, V, wHost, idx, w)).toThrow(ShapeError);
     const q = Tensor.zeros([3, 1, 4], { device: 'cuda' });
     const keys = Tensor.zeros([1, 2, 4, 2], { device: 'cuda' });
-    expect(() => pkmTopk(q, keys, 2)).toThrow(DeviceError);
-    for (const t of [V, idx, w, wBad, wHost, dOutBad, x, q, keys]) t.dispose();
+    expect(() => pkmTopk(q, keys, 5)).toThrow(/pkmTopk: k must be an integer in \[1, n=4\]/);
+    const keysBad = Tensor.zeros([1, 2, 4, 3], { device: 'cuda' });
+    expect(() => pkmTopk(q, keysBad, 2)).toThrow(ShapeError);
+    expect(() => pkmTopk(q, keys, 2, { impl: 'ref' })).toThrow(DeviceError);
+    expect(() => batchNorm(x, null, null, null, { training: true })).toThrow(DeviceError);
+    for (const t of [V, idx, w, wBad, wHost, dOutBad, x, q, keys, keysBad]) t.dispose();
     expect(memory()).toEqual(m0);
   });
 });
