@@ -465,7 +465,8 @@ export interface PeerOptions extends ImplOption {
 
 /** Options of the backward ops returning sparse gradients. */
 export interface BackwardOptions extends ImplOption {
-  /** Write the sparse gradients into this workspace's buffers (see {@link SparseGradWorkspace}). */
+  /** Write the sparse gradients into this workspace's buffers (see {@link SparseGradWorkspace}); host buffers, so
+   * unused for cuda tensors (whose gradients are fresh device tensors). */
   workspace?: SparseGradWorkspace;
 }
 
