@@ -167,6 +167,45 @@ describe('peerExperts', () => {
     for (const t of [sel.indices, sel.scores, sel.weights]) t.dispose();
   });
 
+  it('is bit-identical for 1, 2 and 3 threads at a size where the reverse index and the act pass are split', async () => {
+    // 2^16 rows and T·J = 2^16 positions: the reverse index is built in one row block per thread and the act(h)
+    // pass is split over threads (both must give the same result wherever the splits fall).
+    const NN = 1 << 16;
+    const TT = 512;
+    const JJ = 128;
+    const DD = 8;
+    using x = Tensor.from(randn(TT * DD, 1), { shape: [TT, DD] });
+    using U = Tensor.from(randn(NN * DD, 2), { shape: [NN, DD] });
+    using V = Tensor.from(randn(NN * DD, 3), { shape: [NN, DD] });
+    using idx = Tensor.from(randIdx(TT * JJ, NN, 4), { shape: [TT, JJ] });
+    using g = Tensor.from(randn(TT * JJ, 5), { shape: [TT, JJ] });
+    using dOut = Tensor.from(randn(TT * DD, 6), { shape: [TT, DD] });
+    const run = () => {
+      const f = peerExperts(x, U, V, idx, g, { act: 'gelu' });
+      const b = peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'gelu' });
+      const r = {
+        out: (f.out.data() as Float32Array).slice(),
+        dx: (b.dx.data() as Float32Array).slice(),
+        dg: (b.dGates.data() as Float32Array).slice(),
+        rows: (b.dU.rows.data() as Int32Array).slice(),
+        dU: (b.dU.values.data() as Float32Array).slice(),
+        dV: (b.dV.values.data() as Float32Array).slice(),
+      };
+      for (const t of [f.out, f.h, b.dx, b.dGates]) t.dispose();
+      disposeSparse(b.dU, b.dV);
+      return r;
+    };
+    const a = await withThreads(1, run);
+    for (const n of [2, 3]) {
+      const b = await withThreads(n, run);
+      expect(Array.from(b.rows)).toEqual(Array.from(a.rows));
+      for (const key of ['out', 'dx', 'dg', 'dU', 'dV'] as const) expectBitIdentical(a[key], b[key], `${key} 1 vs ${n} threads`);
+    }
+    // The touched rows, ascending and distinct.
+    const touched = [...new Set(idx.data() as Int32Array)].sort((p, q) => p - q);
+    expect(Array.from(a.rows)).toEqual(touched);
+  });
+
   it('wide rows (D > 1024: token pass + row pass) agree with the reference', () => {
     const DD = 1100;
     using x = Tensor.from(randn(4 * DD, 1, 0.1), { shape: [4, DD] });

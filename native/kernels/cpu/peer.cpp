@@ -6,6 +6,8 @@
 // Token-centric is the right order at N = 1024² where a row is hit ~T·J/N < 1 times per batch: there is no reuse
 // to win by sorting by expert. Deterministic for any thread count (fixed orders, no atomics).
 // Shapes: x, out, dout, dx [T, D]; idx, g, h, dg [T, J]; U, V [N, D]; dU_rows, dV_rows [nrows, D].
+#include <algorithm>
+
 #include "pkm_isa.h"
 #include "sffn/core.h"
 #include "sffn/pkm.h"
@@ -35,8 +37,17 @@ void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, cons
     // dg, dh, dU, dV), then dx per token from U and dh.
     float* av = gv;
     float* ag = gv + T * J;
-    parallel_for(T * J, [&](int64_t b, int64_t e, int) { kern.peer_act_rows((int)act, h + b, av + b, ag + b, e - b); },
-                 4096);
+    // Split in whole blocks of 64 values: peer_act_rows runs a vector loop plus a scalar tail, and the two can
+    // round differently in the last bit, so where a split falls must not depend on the thread count (it did:
+    // dx and dU at T = 512, N = 1024² with 3 threads differed from 1, 2 and 4 threads).
+    constexpr int64_t kActBlock = 64;
+    const int64_t n = T * J;
+    parallel_for((n + kActBlock - 1) / kActBlock,
+                 [&](int64_t b, int64_t e, int) {
+                   const int64_t i0 = b * kActBlock, i1 = std::min(e * kActBlock, n);
+                   kern.peer_act_rows((int)act, h + i0, av + i0, ag + i0, i1 - i0);
+                 },
+                 64);
     parallel_for(
         nrows,
         [&](int64_t b, int64_t e, int) {
