@@ -1,15 +1,83 @@
-// Reverse index of a list of row ids (Meta "memory" embedding-bag backward, strategy (b), built serially and
-// stably): histogram of the ids → exclusive prefix over the touched rows → positions dropped into their row's
-// range in ascending order. The result drives every sparse row gradient here (one owner per row, no atomics,
-// fixed summation order), so gradients are bit-identical for any thread count. When the ids are few compared
-// with N, sorting (id, position) pairs gives the same index in O(M log M) without touching N counters.
+// Reverse index of a list of row ids (Meta "memory" embedding-bag backward, strategy (b)): histogram of the ids →
+// exclusive prefix over the touched rows → positions dropped into their row's range in ascending order. The
+// result drives every sparse row gradient here (one owner per row, no atomics, fixed summation order), so
+// gradients are bit-identical for any thread count. When the ids are few compared with N, sorting (id, position)
+// pairs gives the same index in O(M log M) without touching N counters.
+//
+// The counting path splits the ROW range [0, N) into one contiguous block per thread: each thread reads all M ids
+// (sequentially) but counts, scans and fills only the rows of its block, so no two threads write the same counter
+// or the same part of rows / offsets / pos, and the index is the same as the serial one for any thread count
+// (rows ascending; a row's positions ascending because each owner scans p in order). Counters are 32-bit when
+// M < 2^31 (half the memory to clear, scan and hit at random) and the scan over the N counters has no branch on
+// the count (~60% of the counters are zero at PEER's T·J = 2^19 ids over N = 2^20: a data-dependent branch).
+// PEER's backward at T = 4096 (M = 2^19 ids, N = 2^20 rows, 2 threads, AVX-512 EPYC VM): 8.15 → 4.54 ms per
+// build (medians of 15 calls interleaved with the serial int64 version in one process), ~5% of the whole call.
 // Shapes: ids [M] in [0, N) or negative (skipped). Declared in sffn/pkm.h.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "sffn/core.h"
 #include "sffn/pkm.h"
 
 namespace sffn {
+namespace {
+
+// The counting path with counters of type C over row blocks [r0, r1) of the `nb` blocks.
+template <typename C>
+int64_t row_index_count(const int32_t* ids, int64_t M, int64_t N, C* counts, int32_t* rows, int64_t* offsets,
+                        int64_t* pos) {
+  // One block per thread where splitting pays; nb = 1 is the serial path.
+  const int nb = N >= (int64_t)1 << 16 && M >= (int64_t)1 << 14 ? std::max(1, num_threads()) : 1;
+  auto block = [&](int b) { return N * b / nb; };
+  // Per block: number of distinct rows and of positions; then their exclusive prefixes.
+  std::vector<int64_t> nu(nb + 1, 0), np(nb + 1, 0);
+  auto count_block = [&](int b) {
+    const int64_t r0 = block(b), r1 = block(b + 1);
+    std::memset(counts + r0, 0, (size_t)(r1 - r0) * sizeof(C));
+    for (int64_t p = 0; p < M; ++p) {
+      const int64_t r = ids[p];  // negative ids (skipped) fall outside every block
+      if (r >= r0 && r < r1) ++counts[r];
+    }
+    int64_t u = 0, n = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      u += counts[r] != 0;
+      n += counts[r];
+    }
+    nu[b + 1] = u;
+    np[b + 1] = n;
+  };
+  auto fill_block = [&](int b) {
+    const int64_t r0 = block(b), r1 = block(b + 1);
+    int64_t u = nu[b], off = np[b];
+    const int64_t uend = nu[b + 1];
+    // rows[u] / offsets[u] are written for every row and kept (u advanced) only for touched ones, so there is no
+    // branch on the count. Past the block's last touched row, slot u belongs to the next block: stop writing
+    // there (a branch taken only at the block's tail).
+    for (int64_t r = r0; r < r1 && u < uend; ++r) {
+      const int64_t c = counts[r];
+      rows[u] = (int32_t)r;
+      offsets[u] = off;
+      counts[r] = (C)off;  // becomes the fill cursor of row r
+      u += c != 0;
+      off += c;
+    }
+    for (int64_t p = 0; p < M; ++p) {
+      const int64_t r = ids[p];
+      if (r >= r0 && r < r1) pos[counts[r]++] = p;
+    }
+  };
+  parallel_for(nb, [&](int64_t b, int64_t e, int) { for (int64_t i = b; i < e; ++i) count_block((int)i); });
+  for (int b = 0; b < nb; ++b) {
+    nu[b + 1] += nu[b];
+    np[b + 1] += np[b];
+  }
+  parallel_for(nb, [&](int64_t b, int64_t e, int) { for (int64_t i = b; i < e; ++i) fill_block((int)i); });
+  offsets[nu[nb]] = np[nb];
+  return nu[nb];
+}
+
+}  // namespace
 
 int64_t row_index_build(const int32_t* ids, int64_t M, int64_t N, int64_t* counts, int32_t* rows, int64_t* offsets,
                         int64_t* pos) {
@@ -33,22 +101,9 @@ int64_t row_index_build(const int32_t* ids, int64_t M, int64_t N, int64_t* count
     offsets[U] = m;
     return U;
   }
-  std::memset(counts, 0, (size_t)(N + 1) * sizeof(int64_t));
-  for (int64_t p = 0; p < M; ++p)
-    if (ids[p] >= 0) ++counts[ids[p]];
-  int64_t U = 0, off = 0;
-  for (int64_t r = 0; r < N; ++r) {
-    const int64_t c = counts[r];
-    if (!c) continue;
-    rows[U] = (int32_t)r;
-    offsets[U++] = off;
-    counts[r] = off;  // becomes the fill cursor of row r
-    off += c;
-  }
-  offsets[U] = off;
-  for (int64_t p = 0; p < M; ++p)
-    if (ids[p] >= 0) pos[counts[ids[p]]++] = p;
-  return U;
+  if (M < ((int64_t)1 << 31))
+    return row_index_count(ids, M, N, reinterpret_cast<int32_t*>(counts), rows, offsets, pos);
+  return row_index_count(ids, M, N, counts, rows, offsets, pos);
 }
 
 }  // namespace sffn
