@@ -1,6 +1,6 @@
 /**
  * MoE benchmark: `npm run bench -- moe [--config anchor,small] [--tokens 1,64,512,4096]
- *   [--routing uniform,random,skewed,one] [--rounds N]`.
+ *   [--routing uniform,random,skewed,one] [--rounds N]`; `--device cuda` runs bench/moe-cuda.ts instead.
  *
  * Configurations (kernels.md §8): the σ-MoE anchor D=512, G=128, E=32, k=4 for T in {1, 64, 512, 4096}, and
  * D=256, G=64, E=16, k=4 at T=2048. Routing: uniform (perfectly balanced), random (Gaussian logits), skewed
@@ -81,6 +81,8 @@ const ms = (s: number) => s * 1e3;
 
 export async function run(argv: string[]): Promise<void> {
   const args = parseArgs(argv);
+  // `--device cuda`: the σ-MoE and coarse points on the GPU (bench/moe-cuda.ts).
+  if (args.device === 'cuda') return (await import('./moe-cuda.js')).run(argv);
   const pick = (key: string) => (typeof args[key] === 'string' ? (args[key] as string).split(',') : undefined);
   const configs = CONFIGS.filter((c) => !pick('config') || pick('config')!.includes(c.name));
   const tokenFilter = pick('tokens')?.map(Number);

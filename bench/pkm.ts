@@ -1,5 +1,6 @@
 /**
- * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt] [--rounds 7] [--threads n] [--no-huge]`.
+ * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt] [--rounds 7] [--threads n] [--no-huge]`;
+ * `--device cuda` runs bench/pkm-cuda.ts instead.
  *
  * Tables use transparent huge pages (adviseHugePages) unless --no-huge.
  *
@@ -352,6 +353,8 @@ function benchOptScaling(rows: Row[], json: unknown[]): void {
 
 export async function run(args: string[]): Promise<void> {
   const opts = parseArgs(args);
+  // `--device cuda`: PKM and PEER on cuda tensors (bench/pkm-cuda.ts).
+  if (opts.device === 'cuda') return (await import('./pkm-cuda.js')).run(args);
   const tokens = typeof opts.tokens === 'string' ? opts.tokens.split(',').map(Number) : [1, 512, 4096];
   const only = typeof opts.only === 'string' ? opts.only : undefined;
   const bwMiB = 256;

@@ -12,4 +12,6 @@ export const SUITES: Record<string, () => Promise<{ run(args: string[]): Promise
   train: () => import('./train.js'),
   // cuda
   'gemm-cuda': () => import('./gemm-cuda.js'),
+  'moe-cuda': () => import('./moe-cuda.js'),
+  'pkm-cuda': () => import('./pkm-cuda.js'),
 };
