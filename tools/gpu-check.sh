@@ -21,7 +21,8 @@
 # Knobs (environment): GPU_CHECK_ARCH (e.g. 90a-real; default from nvidia-smi), GPU_CHECK_SKIP (comma list of
 # steps to leave out, e.g. build,memcheck), GPU_CHECK_EMULATED=1, GPU_CHECK_MEMCHECK_S (total budget, 150),
 # GPU_CHECK_RACECHECK_S (90), GPU_CHECK_FILE_S (per file under a sanitizer, 100), GPU_CHECK_BENCH_ARGS_MOE /
-# _PKM / _GEMM (extra suite arguments).
+# _PKM / _GEMM (extra suite arguments), GPU_CHECK_DEADLINE_S (570: every step's timeout is cut so that the script
+# ends by then, inside a 600 s call; steps left without time are reported as not run).
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +47,13 @@ join() {
   local out
   out=$(printf '%s; ' "$@")
   echo "${out%; }"
+}
+# cap N: N seconds, or fewer so that the script ends by its deadline (GPU_CHECK_DEADLINE_S after the start).
+DEADLINE=${GPU_CHECK_DEADLINE_S:-570}
+cap() {
+  local left=$((DEADLINE - (SECONDS - START) - 10))
+  [ "$left" -lt 1 ] && left=1
+  if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
 }
 skipped() { case ",${GPU_CHECK_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
 begin() { STEP_T0=$SECONDS; echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
@@ -116,7 +124,7 @@ else
     VERB=compile
     CACHED=$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' build-cuda/CMakeCache.txt 2>/dev/null)
     [ -f build-cuda/CMakeCache.txt ] && [ "$CACHED" != "$ARCH" ] && VERB=rebuild
-    if timeout -k 10 420 node node_modules/cmake-js/bin/cmake-js "$VERB" --out build-cuda \
+    if timeout -k 10 "$(cap 420)" node node_modules/cmake-js/bin/cmake-js "$VERB" --out build-cuda \
       "--CDCMAKE_CUDA_ARCHITECTURES=$ARCH" >"$OUTDIR/build.log" 2>&1; then
       result build PASS "CUDA flavor for $ARCH"
     elif carried; then
@@ -125,6 +133,11 @@ else
       result build FAIL "build for $ARCH failed or timed out (see build.log)"
     fi
   fi
+fi
+# dist/ (the benchmarks) from this tree's TypeScript, so a carried dist/ cannot be stale.
+if [ -f node_modules/typescript/bin/tsc ]; then
+  timeout -k 10 "$(cap 120)" node node_modules/typescript/bin/tsc -p tsconfig.build.json >>"$OUTDIR/build.log" 2>&1 \
+    || result build:ts FAIL "tsc -p tsconfig.build.json failed (see build.log)"
 fi
 # The loader must pick the CUDA flavor; everything below needs it.
 LOAD=$(SPARSE_FFN_BACKEND=cuda node --input-type=module -e "
@@ -151,7 +164,7 @@ else
   FILES=$DEVICE_TESTS
   [ "${GPU_CHECK_EMULATED:-0}" = 1 ] && FILES=$(printf '%s\n' test/gpu/*.test.ts)
   # shellcheck disable=SC2086
-  timeout -k 10 300 node node_modules/vitest/vitest.mjs run $FILES --maxWorkers=4 --reporter=default --reporter=json \
+  timeout -k 10 "$(cap 300)" node node_modules/vitest/vitest.mjs run $FILES --maxWorkers=4 --reporter=default --reporter=json \
     "--outputFile.json=$WORK/vitest.json" >"$OUTDIR/tests.log" 2>&1
   RC=$?
   # Every device test file must have run: passed tests, and no skipped test except the no-GPU fallback case.
@@ -194,7 +207,7 @@ sanitize() {
   begin "$tool"
   if skipped "$tool"; then result "$tool" SKIP "GPU_CHECK_SKIP"; return; fi
   if [ -z "$SANITIZER" ]; then result "$tool" FAIL "compute-sanitizer not found"; return; fi
-  local t_end=$((SECONDS + budget)) per=${GPU_CHECK_FILE_S:-100} status=PASS parts=() f left rc errs warns
+  local t_end=$((SECONDS + $(cap "$budget"))) per=${GPU_CHECK_FILE_S:-100} status=PASS parts=() f left rc errs warns ran=0
   for f in "$@"; do
     left=$((t_end - SECONDS))
     if [ "$left" -lt 20 ]; then
@@ -205,6 +218,7 @@ sanitize() {
     [ "$left" -gt "$per" ] && left=$per
     echo "##### $tool $f (limit ${left}s)" >>"$log"
     local t0=$SECONDS
+    ran=$((ran + 1))
     timeout -k 10 "$left" "$SANITIZER" --tool "$tool" --target-processes all --report-api-errors no --print-limit 30 \
       node node_modules/vitest/vitest.mjs run "$f" --maxWorkers=1 --reporter=default >"$WORK/one.log" 2>&1
     rc=$?
@@ -229,6 +243,7 @@ sanitize() {
     fi
     echo "##### $tool $f: exit $rc, $errs error lines, $warns warning lines, $((SECONDS - t0))s" >>"$log"
   done
+  [ "$ran" -eq 0 ] && status=FAIL
   result "$tool" "$status" "$(join "${parts[@]}")"
 }
 # Error lines: memcheck's "ERROR SUMMARY: N errors" and racecheck's "RACECHECK SUMMARY: H hazards displayed
@@ -259,9 +274,14 @@ else
     rm -f "$json"
     extra_var=GPU_CHECK_BENCH_ARGS_${suite^^}
     t0=$SECONDS
+    lim=$(cap 240)
+    if [ "$lim" -lt 30 ]; then
+      parts+=("$suite: not run (deadline)"); BSTATUS=FAIL
+      continue
+    fi
     echo "##### bench $suite --device cuda ${!extra_var:-}" >>"$OUTDIR/bench.log"
     # shellcheck disable=SC2086
-    timeout -k 10 240 node --single-threaded-gc dist/bench/index.js $suite --device cuda ${!extra_var:-} >>"$OUTDIR/bench.log" 2>&1
+    timeout -k 10 "$lim" node --single-threaded-gc dist/bench/index.js $suite --device cuda ${!extra_var:-} >>"$OUTDIR/bench.log" 2>&1
     rc=$?
     if [ "$rc" -ne 0 ]; then
       parts+=("$suite: exit $rc$([ $rc -eq 124 ] && echo ' (timeout)')"); BSTATUS=FAIL

@@ -5,8 +5,8 @@
 #   bash tools/gpu-pack.sh          (after npm ci; builds dist/ and, with nvcc, a CUDA flavor for GPU_PACK_ARCH)
 #
 #   .gpu-carry/node.xz              this machine's node binary (x86-64 Linux, glibc)
-#   .gpu-carry/modules.tar.xz       node_modules (without typescript, @types, @stdlib, prebuildify), dist/ and the
-#                                   CPU addon build/Release/sparse_ffn.node
+#   .gpu-carry/modules.tar.xz       node_modules (without @stdlib, prebuildify), dist/ and the CPU addon
+#                                   build/Release/sparse_ffn.node (gpu-check.sh recompiles dist/ there with tsc)
 #   .gpu-carry/sparse_ffn_cuda.node the CUDA flavor for GPU_PACK_ARCH (default 90-real: H100/H200), used by
 #                                   gpu-check.sh only if building there fails; GPU_PACK_ARCH= (empty) leaves it out
 #
@@ -24,7 +24,7 @@ echo "gpu-pack: node $("$NODE" --version) from $NODE"
 xz -T0 -6 -c "$NODE" >.gpu-carry/node.xz
 extra=()
 [ -f build/Release/sparse_ffn.node ] && extra+=(build/Release/sparse_ffn.node)
-tar -cJf .gpu-carry/modules.tar.xz --exclude=node_modules/typescript --exclude=node_modules/@types \
+tar -cJf .gpu-carry/modules.tar.xz \
   --exclude=node_modules/@stdlib --exclude=node_modules/prebuildify --exclude=node_modules/.cache \
   --exclude=node_modules/.vite --exclude=node_modules/.vitest node_modules dist "${extra[@]}"
 ARCH=${GPU_PACK_ARCH-90-real}
