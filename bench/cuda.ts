@@ -44,6 +44,24 @@ export function timeOnce(fn: () => void): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+/**
+ * Seconds until fn returns, its work queued but not necessarily done (synchronised before each call; median of
+ * `reps` calls). A call that waits for the device inside (a copy back to the host, a cudaFree) returns only when its
+ * work is done, so its queue time approaches its total time; a call that never waits returns after its launches.
+ */
+export function queueTime(fn: () => void, reps = 3): number {
+  const s: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    collectGarbage();
+    sync();
+    const t0 = process.hrtime.bigint();
+    fn();
+    s.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  sync();
+  return median(s);
+}
+
 /** The median of a list of seconds. */
 export function median(a: number[]): number {
   const s = [...a].sort((p, q) => p - q);

@@ -13,14 +13,16 @@
  * one by one with CUDA events (cudaBenchGemm, untransposed operands) and summed. TFLOP/s count useful work only:
  * 4·T·K·D·G per forward, 3× that for forward+backward (the router's 2·T·D·E is left out on both sides).
  * Times are wall clock around each call with cudaDeviceSynchronize before and after (bench/cuda.ts), medians of
- * --rounds rounds that call every function in turn.
+ * --rounds rounds that call every function in turn. `f+b queued/total`: the time until a forward+backward call
+ * returns to the host over its total time; well below 1 (at the coarse point) means no call inside the step waits
+ * for the device (the issue's "no device-to-host synchronisation inside a training step").
  *
  * Prints a table and writes bench/results/moe-cuda.json with the GPU's name. Where the CUDA flavor is not in use
  * it says why and exits.
  */
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward } from '../lib/index.js';
 import { native } from '../lib/native/loader.js';
-import { cudaUnavailable, deviceGiB, deviceUniform, gpuName, median, sync, timeInterleaved } from './cuda.js';
+import { cudaUnavailable, deviceGiB, deviceUniform, gpuName, median, queueTime, sync, timeInterleaved } from './cuda.js';
 import { machine, parseArgs, printTable, writeResults } from './harness.js';
 
 interface Point {
@@ -101,6 +103,9 @@ export async function run(argv: string[]): Promise<void> {
       },
     };
     const s = timeInterleaved(fns, rounds);
+    // No device-to-host synchronisation inside a step: the host returns from a whole forward+backward long before
+    // the device finishes it (a ratio near 1 means a call waited for the device).
+    const queued = { moeFwdBwd: queueTime(fns['moe.fb']), denseFwdBwd: queueTime(fns['dense.fb']) };
     // Our dense GEMM alone at equal FLOPs: forward x·W1 (T×F×D) and h·W2 (T×D×F); backward dh = dy·W2ᵀ (T×F×D),
     // dW2 = hᵀ·dy (F×D×T), dx = dpre·W1ᵀ (T×D×F), dW1 = xᵀ·dpre (D×F×T).
     let gemm: { fwdMs: number; fbMs: number; shapes: Record<string, number> } | undefined;
@@ -131,6 +136,7 @@ export async function run(argv: string[]): Promise<void> {
       'gemm f+b ms': gemm ? gemm.fbMs : '-',
       'gemm TF/s': gemm ? (3 * flop) / (gemm.fbMs * 1e-3) / 1e12 : '-',
       'moe/gemm f+b': gemm ? ms(s['moe.fb']) / gemm.fbMs : '-',
+      'f+b queued/total': queued.moeFwdBwd / s['moe.fb'],
     });
     results.push({
       ...p,
@@ -153,6 +159,8 @@ export async function run(argv: string[]): Promise<void> {
         moeOverGemmFwdBwd: gemm ? ms(s['moe.fb']) / gemm.fbMs : null,
       },
       gemmMs: gemm ?? null,
+      // Seconds until a forward+backward call returns to the host (its work queued), against its total time.
+      hostQueueSeconds: queued,
       deviceGiB: deviceGiB(),
     });
     for (const t of [w1, w2, dense.w1, dense.w2, x, dy, z]) t.dispose();
@@ -163,5 +171,6 @@ export async function run(argv: string[]): Promise<void> {
     `σ-MoE layer on ${gpu}: route + experts (device routing, random, ReLU, f32) vs dense FFN (F = K·G) and dense f32 GEMM at equal FLOPs; medians`,
   );
   console.log('TF/s = useful FLOPs (4·T·K·D·G forward, ×3 forward+backward) / time; target: moe/gemm f+b ≤ 1.4');
+  console.log('f+b queued/total: host time until the call returns / total time (near 1: something inside waited for the device)');
   writeResults('moe', { gpu, rounds, results }, 'cuda');
 }

@@ -12,7 +12,8 @@
 #   4. memcheck   compute-sanitizer --tool memcheck over each device test file (one vitest fork per file)
 #   5. racecheck  compute-sanitizer --tool racecheck over the files with shared-memory kernels, as many as the
 #                 time budget allows
-#   6. bench      npm run bench -- gemm|moe|pkm --device cuda
+#   6. bench      npm run bench -- gemm|moe|pkm --device cuda, and PyTorch's matmul (tools/torch_gemm.py) as the
+#                 GEMM reference where python3 has torch
 #
 # Every step has a timeout; a failing step does not stop the later ones, and the exit status is 1 when any
 # step failed. OUTDIR receives at most 7 files (the device tool returns 8): summary.txt, build.log, tests.log,
@@ -291,18 +292,28 @@ else
       parts+=("$suite: ok ($((SECONDS - t0))s)")
     fi
   done
-  # The three suites' results in one file.
+  # PyTorch's matmul on the same GPU: the reference of the GEMM target (bf16 8192³ at 50% of it).
+  rm -f "$WORK/torch.json"
+  if python3 -c 'import torch' 2>/dev/null; then
+    echo "##### python3 tools/torch_gemm.py" >>"$OUTDIR/bench.log"
+    timeout -k 10 "$(cap 90)" python3 tools/torch_gemm.py "$WORK/torch.json" >>"$OUTDIR/bench.log" 2>&1 \
+      && parts+=("torch matmul: ok") || parts+=("torch matmul: failed (not counted)")
+  else
+    parts+=("torch matmul: no torch (not counted)")
+  fi
+  # The three suites' results (and PyTorch's) in one file.
   node -e '
     const fs = require("fs");
     const out = {};
+    try { out.torch = JSON.parse(fs.readFileSync(process.argv[2], "utf8")); } catch { out.torch = null; }
     for (const [k, f] of [["gemm", "gemm-cuda-cuda"], ["moe", "moe-cuda"], ["pkm", "pkm-cuda"]]) {
       try { out[k] = JSON.parse(fs.readFileSync("bench/results/" + f + ".json", "utf8")); } catch { out[k] = null; }
     }
     fs.writeFileSync(process.argv[1], JSON.stringify(out, null, 2) + "\n");
-  ' "$OUTDIR/bench-cuda.json"
+  ' "$OUTDIR/bench-cuda.json" "$WORK/torch.json"
   result bench "$BSTATUS" "$(join "${parts[@]}")"
   # The tables, for the reply's tail.
-  grep -A12 -E '^(CUDA GEMM|σ-MoE layer|PKM \(Dk)' "$OUTDIR/bench.log" | grep -v '^--$' >>"$SUMMARY"
+  grep -A12 -E '^(CUDA GEMM|σ-MoE layer|PKM \(Dk|PyTorch .* matmul)' "$OUTDIR/bench.log" | grep -v '^--$' >>"$SUMMARY"
 fi
 
 note "total $((SECONDS - START))s; $([ $FAILED = 0 ] && echo 'ALL PASSED' || echo 'SOME STEPS FAILED') (logs in $OUTDIR)"
