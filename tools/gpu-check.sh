@@ -5,8 +5,8 @@
 #   bash tools/gpu-check.sh [OUTDIR]          OUTDIR defaults to $OUT, else ./gpu-check-out
 #
 #   1. setup      node, node_modules and dist/ from .gpu-carry/ (tools/gpu-pack.sh) where the machine has none
-#   2. build      the CUDA flavor for the present GPU's arch only (cmake-js, --CDCMAKE_CUDA_ARCHITECTURES=<cc>-real),
-#                 then a load check (the loader must pick the CUDA flavor)
+#   2. build      the CUDA flavor for the present GPU's arch only (cmake-js, --CDCMAKE_CUDA_ARCHITECTURES=<cc>-real)
+#                 and dist/ (tsc), then a load check (the loader must pick the CUDA flavor)
 #   3. tests      vitest over the device tests test/gpu/*.test.ts (the *-emulated ones run without a GPU in
 #                 `npm test`; GPU_CHECK_EMULATED=1 adds them); fails if any device test was skipped
 #   4. memcheck   compute-sanitizer --tool memcheck over each device test file (one vitest fork per file)
@@ -134,11 +134,11 @@ else
       result build FAIL "build for $ARCH failed or timed out (see build.log)"
     fi
   fi
-fi
-# dist/ (the benchmarks) from this tree's TypeScript, so a carried dist/ cannot be stale.
-if [ -f node_modules/typescript/bin/tsc ]; then
-  timeout -k 10 "$(cap 120)" node node_modules/typescript/bin/tsc -p tsconfig.build.json >>"$OUTDIR/build.log" 2>&1 \
-    || result build:ts FAIL "tsc -p tsconfig.build.json failed (see build.log)"
+  # dist/ (the benchmarks) from this tree's TypeScript, so a carried dist/ cannot be stale.
+  if [ -f node_modules/typescript/bin/tsc ]; then
+    timeout -k 10 "$(cap 120)" node node_modules/typescript/bin/tsc -p tsconfig.build.json >>"$OUTDIR/build.log" 2>&1 \
+      || result build:ts FAIL "tsc -p tsconfig.build.json failed (see build.log)"
+  fi
 fi
 # The loader must pick the CUDA flavor; everything below needs it.
 LOAD=$(SPARSE_FFN_BACKEND=cuda node --input-type=module -e "
