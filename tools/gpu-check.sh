@@ -20,7 +20,7 @@
 # memcheck.log, racecheck.log, bench.log and bench-cuda.json (the three suites' JSON results, merged).
 #
 # Knobs (environment): GPU_CHECK_ARCH (e.g. 90a-real; default from nvidia-smi), GPU_CHECK_SKIP (comma list of
-# steps to leave out, e.g. build,memcheck), GPU_CHECK_EMULATED=1, GPU_CHECK_MEMCHECK_S (total budget, 150),
+# steps to leave out, e.g. build,memcheck), GPU_CHECK_EMULATED=1, GPU_CHECK_MEMCHECK_S (total budget, 180),
 # GPU_CHECK_RACECHECK_S (90), GPU_CHECK_FILE_S (per file under a sanitizer, 100), GPU_CHECK_BENCH_ARGS_MOE /
 # _PKM / _GEMM (extra suite arguments), GPU_CHECK_DEADLINE_S (570: every step's timeout is cut so that the script
 # ends by then, inside a 600 s call; steps left without time are reported as not run).
@@ -80,7 +80,7 @@ if [ ! -d node_modules/vitest ] && [ -f .gpu-carry/modules.tar.xz ]; then
 fi
 command -v node >/dev/null || SETUP="no node on PATH and no .gpu-carry/node.xz (run tools/gpu-pack.sh here and carry .gpu-carry)"
 [ -d node_modules/vitest ] || SETUP="no node_modules (npm ci, or carry .gpu-carry from tools/gpu-pack.sh)"
-[ -f dist/bench/index.js ] || SETUP="no dist/ (npm run build:ts, or carry .gpu-carry)"
+[ -f dist/bench/index.js ] || [ -f node_modules/typescript/bin/tsc ] || SETUP="no dist/ and no tsc (npm run build:ts, or carry .gpu-carry)"
 # first_exe NAME PATH...: NAME on PATH, else the first executable PATH.
 first_exe() {
   local p
@@ -255,7 +255,7 @@ WARN_RE='========= Warning: Race reported|RACECHECK SUMMARY: .*, [1-9][0-9]* war
 
 # Most-used kernels first; memcheck covers every device test file, racecheck the files with shared-memory kernels
 # while its budget lasts.
-sanitize memcheck "${GPU_CHECK_MEMCHECK_S:-150}" 1 \
+sanitize memcheck "${GPU_CHECK_MEMCHECK_S:-180}" 1 \
   test/gpu/moe-route.test.ts test/gpu/moe-experts.test.ts test/gpu/ffn-dense.test.ts test/gpu/pkm-ops.test.ts \
   test/gpu/nn-ops.test.ts test/gpu/attention.test.ts test/gpu/gemm.test.ts test/gpu/device.test.ts
 sanitize racecheck "${GPU_CHECK_RACECHECK_S:-90}" 0 \
