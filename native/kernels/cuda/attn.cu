@@ -12,9 +12,6 @@ namespace sffn {
 namespace cuda {
 
 namespace {
-unsigned at_grid(int64_t n, int threads) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
-}
 Status dh_check(const char* op, int64_t dh) {
   if (dh <= 32 * AT_MAX_NE && dh % 2 == 0) return Status{};
   Status s;
@@ -29,14 +26,14 @@ Status attention_forward(int64_t B, int64_t S, int64_t H, int64_t dh, const floa
   Status s = dh_check("attention", dh);
   if (!s.ok() || B * S == 0) return s;
   const int64_t D = H * dh, rows = B * H * S;
-  attn_rope_kernel<<<at_grid(rows * dh / 2, 256), 256>>>(B, S, H, dh, qkv, qr, 3 * D, 0, 1.0, true);
+  attn_rope_kernel<<<grid_for(rows * dh / 2, 256), 256>>>(B, S, H, dh, qkv, qr, 3 * D, 0, 1.0, true);
   s = launch_status("attn_rope_kernel (q)");
   if (s.ok()) {
-    attn_rope_kernel<<<at_grid(rows * dh / 2, 256), 256>>>(B, S, H, dh, qkv, kr, 3 * D, D, 1.0, true);
+    attn_rope_kernel<<<grid_for(rows * dh / 2, 256), 256>>>(B, S, H, dh, qkv, kr, 3 * D, D, 1.0, true);
     s = launch_status("attn_rope_kernel (k)");
   }
   if (s.ok()) {
-    attn_fwd_kernel<<<at_grid(rows * 32, 256), 256>>>(B, S, H, dh, (float)(1.0 / std::sqrt((double)dh)), qkv, qr, kr,
+    attn_fwd_kernel<<<grid_for(rows * 32, 256), 256>>>(B, S, H, dh, (float)(1.0 / std::sqrt((double)dh)), qkv, qr, kr,
                                                        out, lse);
     s = launch_status("attn_fwd_kernel");
   }
@@ -56,18 +53,18 @@ Status attention_backward(int64_t B, int64_t S, int64_t H, int64_t dh, const flo
   float* dq = (float*)ws;
   float* dk = dq + rows * dh;
   float* dots = dk + rows * dh;
-  attn_bwd_dq_kernel<<<at_grid(rows * 32, 256), 256>>>(B, S, H, dh, scale, qkv, out, qr, kr, lse, dout, dots, dq);
+  attn_bwd_dq_kernel<<<grid_for(rows * 32, 256), 256>>>(B, S, H, dh, scale, qkv, out, qr, kr, lse, dout, dots, dq);
   s = launch_status("attn_bwd_dq_kernel");
   if (s.ok()) {
-    attn_bwd_dkv_kernel<<<at_grid(rows * 32, 256), 256>>>(B, S, H, dh, scale, qkv, qr, kr, lse, dout, dots, dk, dqkv);
+    attn_bwd_dkv_kernel<<<grid_for(rows * 32, 256), 256>>>(B, S, H, dh, scale, qkv, qr, kr, lse, dout, dots, dk, dqkv);
     s = launch_status("attn_bwd_dkv_kernel");
   }
   if (s.ok()) {
-    attn_rope_kernel<<<at_grid(rows * dh / 2, 256), 256>>>(B, S, H, dh, dq, dqkv, 3 * D, 0, -1.0, false);
+    attn_rope_kernel<<<grid_for(rows * dh / 2, 256), 256>>>(B, S, H, dh, dq, dqkv, 3 * D, 0, -1.0, false);
     s = launch_status("attn_rope_kernel (dq)");
   }
   if (s.ok()) {
-    attn_rope_kernel<<<at_grid(rows * dh / 2, 256), 256>>>(B, S, H, dh, dk, dqkv, 3 * D, D, -1.0, false);
+    attn_rope_kernel<<<grid_for(rows * dh / 2, 256), 256>>>(B, S, H, dh, dk, dqkv, 3 * D, D, -1.0, false);
     s = launch_status("attn_rope_kernel (dk)");
   }
   Status f = device_free(ws);  // stream-ordered: after the kernels above

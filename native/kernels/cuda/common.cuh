@@ -25,6 +25,24 @@ inline Status launch_status(const char* kernel) { return status_of(cudaGetLastEr
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks for n items of `threads` each, at least 1 and at most 65535·8 (grid-stride loops cover the rest).
+inline unsigned grid_for(int64_t n, int threads) {
+  const int64_t g = (n + threads - 1) / threads;
+  return (unsigned)(g < 1 ? 1 : g > 65535 * 8 ? 65535 * 8 : g);
+}
+// Blocks of 256 threads for one warp per row.
+inline unsigned warp_grid(int64_t rows) { return grid_for(rows * 32, 256); }
+// Sub-buffers of a workspace start on 256-byte boundaries.
+inline size_t pad256(size_t b) { return (b + 255) / 256 * 256; }
+
+// A pooled device workspace freed stream-ordered at scope exit (device_malloc into p).
+struct DeviceScratch {
+  char* p = nullptr;
+  ~DeviceScratch() {
+    if (p) device_free(p);
+  }
+};
+
 }  // namespace cuda
 }  // namespace sffn
 

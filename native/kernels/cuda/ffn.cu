@@ -14,17 +14,10 @@ namespace cuda {
 namespace {
 unsigned row_grid(int64_t T) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>(T, 65535 * 8)); }
 
-struct FfnScratch {
-  char* p = nullptr;
-  ~FfnScratch() {
-    if (p) device_free(p);
-  }
-};
-
 // out [C] = Σ_t a[t, c] in chunk order (the nn.cu scheme), with a workspace of nc·C doubles.
 Status column_sums(int64_t T, int64_t C, const float* a, float* out) {
   const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
-  FfnScratch w;
+  DeviceScratch w;
   Status s = device_malloc((void**)&w.p, (size_t)(nc * C) * 8);
   if (!s.ok()) return s;
   double* part = (double*)w.p;
@@ -43,7 +36,7 @@ Status column_sums(int64_t T, int64_t C, const float* a, float* out) {
 
 Status bias_then(int64_t T, int64_t N, const float* b, float* y) {
   if (!b || T == 0) return Status{};
-  bias_rows_kernel<<<(unsigned)std::max<int64_t>(1, std::min<int64_t>((T * N + 255) / 256, 65535 * 8)), 256>>>(T, N, b, y);
+  bias_rows_kernel<<<grid_for(T * N, 256), 256>>>(T, N, b, y);
   return launch_status("bias_rows_kernel");
 }
 }  // namespace
@@ -75,7 +68,7 @@ Status ffn_dense_backward(int64_t T, int64_t D, int64_t F, int act, int64_t topk
   }
   // Workspace: dpre [T, F] | the mask's activations [T, F] (top-k only).
   const bool masked = topk > 0 && topk < F;
-  FfnScratch w;
+  DeviceScratch w;
   s = device_malloc((void**)&w.p, (size_t)(T * F) * 4 * (masked ? 2 : 1));
   if (!s.ok()) return s;
   float* dpre = (float*)w.p;

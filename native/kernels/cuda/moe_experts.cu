@@ -18,11 +18,6 @@ namespace sffn {
 namespace cuda {
 
 namespace {
-// Bytes rounded up to 256 so every array in the workspace starts aligned.
-size_t pad256(size_t b) { return (b + 255) / 256 * 256; }
-unsigned grid1d(int64_t n, int threads) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
-}
 
 Status too_wide(const char* op) {
   Status s;
@@ -105,7 +100,7 @@ struct Workspace {
     r.rank = rank;
     r.tiles = tiles;
     if (std::max(TK, S) > 0) {
-      moe_sanitize_routing_kernel<<<grid1d(std::max(TK, S), 256), 256>>>(TK, S, ss, rk, sorted, rank);
+      moe_sanitize_routing_kernel<<<grid_for(std::max(TK, S), 256), 256>>>(TK, S, ss, rk, sorted, rank);
       s = launch_status("moe_sanitize_routing_kernel");
     }
     if (s.ok()) {
@@ -133,7 +128,7 @@ Status forward_core(int64_t T, int64_t D, int64_t K, int64_t G, int act, const D
     }
   }
   if (s.ok() && T * D > 0) {
-    moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, r.rank, yr, b2, y);
+    moe_combine_kernel<<<grid_for(T * D, 256), 256>>>(T, D, K, r.rank, yr, b2, y);
     s = launch_status("moe_combine_kernel");
   }
   return s;
@@ -154,7 +149,7 @@ Status backward_core(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int 
     if (s.ok()) {
       // Rows past offsets[E] (a device routing that kept fewer than S slots) are never written by the GEMM:
       // the gate kernel walks only the kept rows.
-      moe_gate_grad_kernel<<<grid1d(S * 32, 256), 256>>>(S, G, r.off + E, r.sorted, r.gates, pre, dhs, act, dpre,
+      moe_gate_grad_kernel<<<grid_for(S * 32, 256), 256>>>(S, G, r.off + E, r.sorted, r.gates, pre, dhs, act, dpre,
                                                          dgates_dev);
       s = launch_status("moe_gate_grad_kernel");
     }
@@ -165,7 +160,7 @@ Status backward_core(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int 
     }
   }
   if (s.ok() && T * D > 0) {
-    moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, r.rank, dxr, nullptr, dx);
+    moe_combine_kernel<<<grid_for(T * D, 256), 256>>>(T, D, K, r.rank, dxr, nullptr, dx);
     s = launch_status("moe_combine_kernel (dx)");
   }
   // Weight gradients run for every expert (experts without rows get zeros).
@@ -180,11 +175,11 @@ Status backward_core(int64_t T, int64_t D, int64_t E, int64_t K, int64_t G, int 
     s = launch_status("moe_wgrad_kernel (dw1)");
   }
   if (s.ok() && db1) {
-    moe_bias_grad_kernel<<<grid1d(E * G, 256), 256>>>(E, G, r.off, dpre, db1);
+    moe_bias_grad_kernel<<<grid_for(E * G, 256), 256>>>(E, G, r.off, dpre, db1);
     s = launch_status("moe_bias_grad_kernel");
   }
   if (s.ok() && db2) {
-    moe_col_sum_kernel<<<grid1d(D, 256), 256>>>(T, D, dy, db2);
+    moe_col_sum_kernel<<<grid_for(D, 256), 256>>>(T, D, dy, db2);
     s = launch_status("moe_col_sum_kernel");
   }
   return s;
@@ -297,7 +292,7 @@ Status moe_combine(bool routing_on_device, int64_t T, int64_t D, int64_t E, int6
   Workspace w;
   Status s = routing_for(w, routing_on_device, T, E, K, S, gates, offsets, sorted_slots, slot_rank);
   if (!s.ok()) return s;
-  moe_combine_kernel<<<grid1d(T * D, 256), 256>>>(T, D, K, w.r.rank, yr, b2, y);
+  moe_combine_kernel<<<grid_for(T * D, 256), 256>>>(T, D, K, w.r.rank, yr, b2, y);
   return launch_status("moe_combine_kernel");
 }
 

@@ -15,10 +15,6 @@ namespace sffn {
 namespace cuda {
 
 namespace {
-size_t pad256b(size_t b) { return (b + 255) / 256 * 256; }
-unsigned warp_grid(int64_t rows) {  // 8 warps per 256-thread block, grid-stride beyond 65535·8 blocks
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 65535 * 8));
-}
 
 // Workspace of the aux sums: lse [T] f32 | part_p [nc·E] f64 | part_f [nc·E] i32 | part_z [nc] f64 |
 // pbar, f, logpb [E] f64 each | hist [ns·E] i32.
@@ -34,8 +30,8 @@ struct RouteWork {
     if (ws) device_free(ws);
   }
   Status alloc(int64_t T, int64_t E, int64_t nc, int64_t ns) {
-    const size_t b_lse = pad256b((size_t)T * 4), b_pp = pad256b((size_t)(nc * E) * 8), b_pf = pad256b((size_t)(nc * E) * 4),
-                 b_pz = pad256b((size_t)nc * 8), b_e = pad256b((size_t)E * 8), b_h = pad256b((size_t)(ns * E) * 4);
+    const size_t b_lse = pad256((size_t)T * 4), b_pp = pad256((size_t)(nc * E) * 8), b_pf = pad256((size_t)(nc * E) * 4),
+                 b_pz = pad256((size_t)nc * 8), b_e = pad256((size_t)E * 8), b_h = pad256((size_t)(ns * E) * 4);
     Status s = device_malloc((void**)&ws, b_lse + b_pp + b_pf + b_pz + 3 * b_e + b_h);
     if (!s.ok()) return s;
     char* p = ws;

@@ -12,40 +12,25 @@
 namespace sffn {
 namespace cuda {
 
-namespace {
-unsigned grid_n(int64_t n, int threads) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
-}
-unsigned warp_rows(int64_t rows) { return grid_n(rows * 32, 256); }
-size_t pad(size_t b) { return (b + 255) / 256 * 256; }
-
-// A pooled device workspace freed stream-ordered at scope exit.
-struct Scratch {
-  char* p = nullptr;
-  ~Scratch() {
-    if (p) device_free(p);
-  }
-};
-}  // namespace
 
 Status layer_norm_forward(int64_t T, int64_t D, float eps, const float* x, const float* g, const float* b, float* y,
                           float* mean, float* rstd) {
   if (T == 0) return Status{};
-  layer_norm_fwd_kernel<<<warp_rows(T), 256>>>(T, D, eps, x, g, b, y, mean, rstd);
+  layer_norm_fwd_kernel<<<warp_grid(T), 256>>>(T, D, eps, x, g, b, y, mean, rstd);
   return launch_status("layer_norm_fwd_kernel");
 }
 
 Status layer_norm_backward(int64_t T, int64_t D, const float* x, const float* g, const float* mean, const float* rstd,
                            const float* dy, float* dx, float* dg, float* db) {
   const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
-  Scratch w;
-  const size_t bp = pad((size_t)(nc * D) * 8);
+  DeviceScratch w;
+  const size_t bp = pad256((size_t)(nc * D) * 8);
   Status s = device_malloc((void**)&w.p, 2 * bp);
   if (!s.ok()) return s;
   double* pg = (double*)w.p;
   double* pb = (double*)(w.p + bp);
   if (T > 0) {
-    layer_norm_bwd_dx_kernel<<<warp_rows(T), 256>>>(T, D, x, g, mean, rstd, dy, dx);
+    layer_norm_bwd_dx_kernel<<<warp_grid(T), 256>>>(T, D, x, g, mean, rstd, dy, dx);
     s = launch_status("layer_norm_bwd_dx_kernel");
     if (s.ok()) {
       dim3 grid((unsigned)((D + NN_CHUNK - 1) / NN_CHUNK), (unsigned)std::min<int64_t>(nc, 65535));
@@ -54,7 +39,7 @@ Status layer_norm_backward(int64_t T, int64_t D, const float* x, const float* g,
     }
   }
   if (s.ok()) {
-    nn_column_final_kernel<<<grid_n(D, 256), 256>>>(nc, D, pg, pb, dg, db);
+    nn_column_final_kernel<<<grid_for(D, 256), 256>>>(nc, D, pg, pb, dg, db);
     s = launch_status("nn_column_final_kernel");
   }
   return s;
@@ -62,7 +47,7 @@ Status layer_norm_backward(int64_t T, int64_t D, const float* x, const float* g,
 
 Status embedding_forward(int64_t T, int64_t V, int64_t D, const int32_t* ids, const float* w, float* y) {
   if (T == 0) return Status{};
-  embedding_fwd_kernel<<<grid_n(T * D, 256), 256>>>(T, V, D, ids, w, y);
+  embedding_fwd_kernel<<<grid_for(T * D, 256), 256>>>(T, V, D, ids, w, y);
   return launch_status("embedding_fwd_kernel");
 }
 
@@ -70,9 +55,9 @@ Status embedding_backward(int64_t T, int64_t V, int64_t D, const int32_t* ids, c
   const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
   if (nc > 0x7fffffff) return status_of(cudaErrorInvalidValue, "embedding_backward: T too large");
   // Workspace: hist [nc, V] i32 | counts [V] i32 | offsets [V + 1] i64 | list [T] i32.
-  Scratch w;
-  const size_t bh = pad((size_t)(nc * V) * 4), bc = pad((size_t)V * 4), bo = pad((size_t)(V + 1) * 8),
-               bl = pad((size_t)T * 4);
+  DeviceScratch w;
+  const size_t bh = pad256((size_t)(nc * V) * 4), bc = pad256((size_t)V * 4), bo = pad256((size_t)(V + 1) * 8),
+               bl = pad256((size_t)T * 4);
   Status s = device_malloc((void**)&w.p, bh + bc + bo + bl);
   if (!s.ok()) return s;
   int32_t* hist = (int32_t*)w.p;
@@ -87,7 +72,7 @@ Status embedding_backward(int64_t T, int64_t V, int64_t D, const int32_t* ids, c
     }
   }
   if (s.ok()) {
-    embedding_scan_kernel<<<grid_n(V, 256), 256>>>(nc, V, hist, counts);
+    embedding_scan_kernel<<<grid_for(V, 256), 256>>>(nc, V, hist, counts);
     s = launch_status("embedding_scan_kernel");
   }
   if (s.ok()) {
@@ -99,7 +84,7 @@ Status embedding_backward(int64_t T, int64_t V, int64_t D, const int32_t* ids, c
     s = launch_status("embedding_place_kernel");
   }
   if (s.ok()) {
-    embedding_reduce_kernel<<<grid_n(V * D, 256), 256>>>(V, D, offsets, list, dy, dw);
+    embedding_reduce_kernel<<<grid_for(V * D, 256), 256>>>(V, D, offsets, list, dy, dw);
     s = launch_status("embedding_reduce_kernel");
   }
   return s;
@@ -108,8 +93,8 @@ Status embedding_backward(int64_t T, int64_t V, int64_t D, const int32_t* ids, c
 Status cross_entropy_forward(int64_t T, int64_t V, const float* logits, const int32_t* targets, float* lse,
                              double* loss) {
   *loss = 0;
-  Scratch w;
-  const size_t bt = pad((size_t)T * 8);
+  DeviceScratch w;
+  const size_t bt = pad256((size_t)T * 8);
   Status s = device_malloc((void**)&w.p, bt + 8);
   if (!s.ok()) return s;
   double* term = (double*)w.p;
@@ -129,7 +114,7 @@ Status cross_entropy_forward(int64_t T, int64_t V, const float* logits, const in
 Status cross_entropy_backward(int64_t T, int64_t V, const float* logits, const int32_t* targets, const float* lse,
                               float dloss, float* dlogits) {
   if (T == 0) return Status{};
-  cross_entropy_bwd_kernel<<<grid_n(T * V, 256), 256>>>(T, V, logits, targets, lse, (double)dloss / (double)T, dlogits);
+  cross_entropy_bwd_kernel<<<grid_for(T * V, 256), 256>>>(T, V, logits, targets, lse, (double)dloss / (double)T, dlogits);
   return launch_status("cross_entropy_bwd_kernel");
 }
 
@@ -139,7 +124,7 @@ Status adamw_step(int64_t n, float* p, const float* g, float* m, float* v, float
   const double bc1 = 1 - std::pow((double)beta1, (double)step), bc2 = 1 - std::pow((double)beta2, (double)step);
   AdamwCoef c{{(float)(1 - (double)lr * weight_decay), beta1, (float)(1 - (double)beta1), beta2,
                (float)(1 - (double)beta2), (float)(lr / bc1), (float)(1 / std::sqrt(bc2)), eps}};
-  adamw_kernel<<<grid_n(n, 256), 256>>>(n, p, g, m, v, c);
+  adamw_kernel<<<grid_for(n, 256), 256>>>(n, p, g, m, v, c);
   return launch_status("adamw_kernel");
 }
 
@@ -156,7 +141,7 @@ Status sparse_adamw_step(int64_t N, int64_t D, float* p, float* m, float* v, int
 Status linear_forward(int64_t T, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   if (T == 0) return Status{};
   if (b) {
-    bias_rows_kernel<<<grid_n(T * N, 256), 256>>>(T, N, b, y);
+    bias_rows_kernel<<<grid_for(T * N, 256), 256>>>(T, N, b, y);
     Status s = launch_status("bias_rows_kernel");
     if (!s.ok()) return s;
   }
@@ -177,7 +162,7 @@ Status linear_backward(int64_t T, int64_t K, int64_t N, const float* x, const fl
   if (s.ok() && dw) s = gemm_f32(true, false, N, K, T, 1.f, dy, N, x, K, 0.f, dw, K);
   if (s.ok() && db) {
     const int64_t nc = (T + NN_CHUNK - 1) / NN_CHUNK;
-    Scratch w2;
+    DeviceScratch w2;
     s = device_malloc((void**)&w2.p, (size_t)(nc * N) * 8);
     if (!s.ok()) return s;
     double* part = (double*)w2.p;
@@ -185,7 +170,7 @@ Status linear_backward(int64_t T, int64_t K, int64_t N, const float* x, const fl
     column_sum_partial_kernel<<<grid, NN_CHUNK>>>(T, N, dy, part);
     s = launch_status("column_sum_partial_kernel");
     if (s.ok()) {
-      column_sum_final_kernel<<<grid_n(N, 256), 256>>>(nc, N, part, db);
+      column_sum_final_kernel<<<grid_for(N, 256), 256>>>(nc, N, part, db);
       s = launch_status("column_sum_final_kernel");
     }
   }
@@ -195,18 +180,18 @@ Status linear_backward(int64_t T, int64_t K, int64_t N, const float* x, const fl
 Status dropout_apply(int64_t n, float p, uint64_t seed, const float* x, float* y) {
   if (n == 0) return Status{};
   const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  dropout_kernel<<<grid_n(n, 256), 256>>>(n, p, seed, scale, x, y);
+  dropout_kernel<<<grid_for(n, 256), 256>>>(n, p, seed, scale, x, y);
   return launch_status("dropout_kernel");
 }
 
 Status sum_squares(int64_t n, const float* x, double* out) {
   *out = 0;
   const int64_t nb = (n + NN_SQ_BLOCK - 1) / NN_SQ_BLOCK;
-  Scratch w;
-  Status s = device_malloc((void**)&w.p, pad((size_t)nb * 8) + 8);
+  DeviceScratch w;
+  Status s = device_malloc((void**)&w.p, pad256((size_t)nb * 8) + 8);
   if (!s.ok()) return s;
   double* part = (double*)w.p;
-  double* dsum = (double*)(w.p + pad((size_t)nb * 8));
+  double* dsum = (double*)(w.p + pad256((size_t)nb * 8));
   if (nb > 0) {
     sum_squares_partial_kernel<<<(unsigned)std::min<int64_t>(nb, 65535 * 8), NN_CHUNK>>>(n, x, part);
     s = launch_status("sum_squares_partial_kernel");
@@ -221,7 +206,7 @@ Status sum_squares(int64_t n, const float* x, double* out) {
 
 Status scale_inplace(int64_t n, float sc, float* x) {
   if (n == 0) return Status{};
-  scale_kernel<<<grid_n(n, 256), 256>>>(n, sc, x);
+  scale_kernel<<<grid_for(n, 256), 256>>>(n, sc, x);
   return launch_status("scale_kernel");
 }
 

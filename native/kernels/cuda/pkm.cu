@@ -16,25 +16,12 @@ namespace sffn {
 namespace cuda {
 
 namespace {
-unsigned pk_grid(int64_t n, int threads) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
-}
-unsigned pk_warps(int64_t n) { return pk_grid(n * 32, 256); }
-size_t pk_pad(size_t b) { return (b + 255) / 256 * 256; }
-
-// A pooled device workspace freed stream-ordered at scope exit.
-struct PkScratch {
-  char* p = nullptr;
-  ~PkScratch() {
-    if (p) device_free(p);
-  }
-};
 
 // The reverse index of idx [M] over N rows, built on the device into a workspace (plus `extra` bytes for the
 // caller): rows go straight to the caller's output (capacity cap = min(M, N)); pos [M] holds the positions sorted
 // by row (ascending within a row), starts [cap + 1] each row's slice, nU the row count U.
 struct DevRowIndex {
-  PkScratch w;
+  DeviceScratch w;
   const int32_t* pos = nullptr;
   const int64_t* starts = nullptr;
   const int64_t* nU = nullptr;
@@ -45,8 +32,8 @@ struct DevRowIndex {
     if (nc > 0x7fffffff) return status_of(cudaErrorInvalidValue, "pkm reverse index: T·J too large");
     // keys, vals and their ping-pong copies [M] i32 | hist [nc, 256] i32 | cnt [nc] i32 | coff [nc] i64 |
     // starts [cap + 1] i64 | nU i64 | extra.
-    const size_t bm = pk_pad((size_t)std::max<int64_t>(M, 1) * 4), bh = pk_pad((size_t)(nc * PK_RADIX) * 4 + 4),
-                 bc = pk_pad((size_t)nc * 4 + 4), bo = pk_pad((size_t)nc * 8 + 8), bs = pk_pad((size_t)(cap + 1) * 8),
+    const size_t bm = pad256((size_t)std::max<int64_t>(M, 1) * 4), bh = pad256((size_t)(nc * PK_RADIX) * 4 + 4),
+                 bc = pad256((size_t)nc * 4 + 4), bo = pad256((size_t)nc * 8 + 8), bs = pad256((size_t)(cap + 1) * 8),
                  bu = 256;
     Status s = device_malloc((void**)&w.p, 4 * bm + bh + bc + bo + bs + bu + extra_bytes);
     if (!s.ok()) return s;
@@ -64,7 +51,7 @@ struct DevRowIndex {
     nU = u;
     int cur = 0;
     if (M > 0) {
-      pk_keys_init_kernel<<<pk_grid(M, 256), 256>>>(M, N, idx, keys[0], vals[0]);
+      pk_keys_init_kernel<<<grid_for(M, 256), 256>>>(M, N, idx, keys[0], vals[0]);
       s = launch_status("pk_keys_init_kernel");
       // Keys are in [0, N]: enough 8-bit digits for N.
       for (int shift = 0; s.ok() && shift < 31 && (N >> shift) > 0; shift += 8) {
@@ -103,7 +90,7 @@ struct DevRowIndex {
 Status embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   if (T == 0) return Status{};
-  eb_fwd_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, idx, w, V, out);
+  eb_fwd_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, w, V, out);
   return launch_status("eb_fwd_kernel");
 }
 
@@ -113,14 +100,14 @@ Status embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const 
   const int64_t M = T * J;
   Status s;
   if (M > 0) {
-    eb_dw_kernel<<<pk_warps(M), 256>>>(T, J, N, D, idx, V, dout, dw);
+    eb_dw_kernel<<<warp_grid(M), 256>>>(T, J, N, D, idx, V, dout, dw);
     s = launch_status("eb_dw_kernel");
   }
   if (!s.ok() || cap == 0) return s;
   DevRowIndex ri;
   s = ri.build(M, N, cap, idx, rows, 0);
   if (s.ok()) {
-    eb_dv_kernel<<<pk_grid(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, w, dout, rows, values);
+    eb_dv_kernel<<<grid_for(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, w, dout, rows, values);
     s = launch_status("eb_dv_kernel");
   }
   return s;
@@ -130,11 +117,11 @@ Status peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const f
                     const float* g, const float* U, const float* V, float* out, float* h) {
   Status s;
   if (T * J > 0) {
-    peer_h_kernel<<<pk_warps(T * J), 256>>>(T, J, N, D, x, idx, U, h);
+    peer_h_kernel<<<warp_grid(T * J), 256>>>(T, J, N, D, x, idx, U, h);
     s = launch_status("peer_h_kernel");
   }
   if (s.ok() && T > 0) {
-    peer_fwd_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, act, idx, g, h, V, out);
+    peer_fwd_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, act, idx, g, h, V, out);
     s = launch_status("peer_fwd_kernel");
   }
   return s;
@@ -145,22 +132,22 @@ Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const 
                      float* dg, int64_t cap, int32_t* rows, float* dU, float* dV) {
   const int64_t M = T * J;
   // dh and gv [M] (double) live after the reverse index in one workspace.
-  const size_t bd = pk_pad((size_t)std::max<int64_t>(M, 1) * 8);
+  const size_t bd = pad256((size_t)std::max<int64_t>(M, 1) * 8);
   DevRowIndex ri;
   Status s = ri.build(cap > 0 ? M : 0, N, cap, idx, rows, 2 * bd);
   if (!s.ok()) return s;
   double* dh = (double*)ri.extra;
   double* gv = (double*)((char*)ri.extra + bd);
   if (M > 0) {
-    peer_bwd_pos_kernel<<<pk_warps(M), 256>>>(T, J, N, D, act, idx, g, V, h, dout, dg, dh, gv);
+    peer_bwd_pos_kernel<<<warp_grid(M), 256>>>(T, J, N, D, act, idx, g, V, h, dout, dg, dh, gv);
     s = launch_status("peer_bwd_pos_kernel");
   }
   if (s.ok() && T > 0) {
-    peer_dx_kernel<<<pk_grid(T * D, 256), 256>>>(T, J, N, D, idx, U, dh, dx);
+    peer_dx_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, U, dh, dx);
     s = launch_status("peer_dx_kernel");
   }
   if (s.ok() && cap > 0) {
-    peer_duv_kernel<<<pk_grid(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, dh, gv, x, dout, rows, dU, dV);
+    peer_duv_kernel<<<grid_for(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, dh, gv, x, dout, rows, dU, dV);
     s = launch_status("peer_duv_kernel");
   }
   return s;
@@ -172,9 +159,9 @@ Status pkm_topk_forward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk
   if (T == 0) return Status{};
   const int64_t rows = T * H * 2, C = pkt_num_candidates(k);
   // sub [rows, n] f32 | tv [rows, k] f32 | ti [rows, k] i32 | cv [T·H, C] f32 | cs [T·H, C] i32.
-  const size_t bs = pk_pad((size_t)(rows * n) * 4), bt = pk_pad((size_t)(rows * k) * 4),
-               bc = pk_pad((size_t)(T * H * C) * 4);
-  PkScratch w;
+  const size_t bs = pad256((size_t)(rows * n) * 4), bt = pad256((size_t)(rows * k) * 4),
+               bc = pad256((size_t)(T * H * C) * 4);
+  DeviceScratch w;
   Status s = device_malloc((void**)&w.p, bs + 2 * bt + 2 * bc);
   if (!s.ok()) return s;
   float* sub = (float*)w.p;
@@ -182,7 +169,7 @@ Status pkm_topk_forward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk
   int32_t* ti = (int32_t*)(w.p + bs + bt);
   float* cv = (float*)(w.p + bs + 2 * bt);
   int32_t* cs = (int32_t*)(w.p + bs + 2 * bt + bc);
-  pkt_subscore_kernel<<<pk_grid(rows * n, 256), 256>>>(d, q, keys, sub);
+  pkt_subscore_kernel<<<grid_for(rows * n, 256), 256>>>(d, q, keys, sub);
   s = launch_status("pkt_subscore_kernel");
   if (s.ok()) {
     pkt_half_topk_kernel<<<(unsigned)std::min<int64_t>(rows, 65535 * 8), 256>>>(rows, n, k, sub, tv, ti);
@@ -193,7 +180,7 @@ Status pkm_topk_forward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t Dk
     s = launch_status("pkt_select_kernel");
   }
   if (s.ok()) {
-    pkt_act_kernel<<<pk_grid(T, 128), 128>>>(T, H, k, act, scores, weights);
+    pkt_act_kernel<<<grid_for(T, 128), 128>>>(T, H, k, act, scores, weights);
     s = launch_status("pkt_act_kernel");
   }
   return s;
@@ -207,27 +194,27 @@ Status pkm_topk_backward(int64_t T, int64_t H, int64_t Hq, int64_t Hk, int64_t D
   Status s = status_of(cudaMemset(dkeys, 0, (size_t)(R * half) * 4), "cudaMemset (dkeys)");
   if (!s.ok() || T == 0) return s;
   // ds [T·H·k] f64 | ent [M] i32 | rows [cap] i32; the reverse index has its own workspace.
-  const size_t bd = pk_pad((size_t)(T * H * k) * 8), be = pk_pad((size_t)M * 4);
-  PkScratch w;
-  s = device_malloc((void**)&w.p, bd + be + pk_pad((size_t)cap * 4));
+  const size_t bd = pad256((size_t)(T * H * k) * 8), be = pad256((size_t)M * 4);
+  DeviceScratch w;
+  s = device_malloc((void**)&w.p, bd + be + pad256((size_t)cap * 4));
   if (!s.ok()) return s;
   double* ds = (double*)w.p;
   int32_t* ent = (int32_t*)(w.p + bd);
   int32_t* rows = (int32_t*)(w.p + bd + be);
-  pkt_ds_kernel<<<pk_grid(T, 128), 128>>>(T, H, k, act, scores, weights, dweights, ds);
+  pkt_ds_kernel<<<grid_for(T, 128), 128>>>(T, H, k, act, scores, weights, dweights, ds);
   s = launch_status("pkt_ds_kernel");
   if (s.ok()) {
-    pkt_entries_kernel<<<pk_grid(M, 256), 256>>>(d, idx, ent);
+    pkt_entries_kernel<<<grid_for(M, 256), 256>>>(d, idx, ent);
     s = launch_status("pkt_entries_kernel");
   }
   if (s.ok()) {
-    pkt_dq_kernel<<<pk_grid(T * Hq * Dk, 256), 256>>>(d, keys, idx, ds, dq);
+    pkt_dq_kernel<<<grid_for(T * Hq * Dk, 256), 256>>>(d, keys, idx, ds, dq);
     s = launch_status("pkt_dq_kernel");
   }
   DevRowIndex ri;
   if (s.ok()) s = ri.build(M, R, cap, ent, rows, 0);
   if (s.ok()) {
-    pkt_dkeys_kernel<<<pk_grid(cap * half, 256), 256>>>(d, cap, ri.nU, rows, ri.starts, ri.pos, q, ds, dkeys);
+    pkt_dkeys_kernel<<<grid_for(cap * half, 256), 256>>>(d, cap, ri.nU, rows, ri.starts, ri.pos, q, ds, dkeys);
     s = launch_status("pkt_dkeys_kernel");
   }
   return s;

@@ -17,7 +17,8 @@ export function runEmulator(name: string, kernels: string[]): { status: number |
   const root = packageRoot();
   const dir = path.join(root, 'test', 'gpu', 'emulate');
   const kdir = path.join(root, 'native', 'kernels', 'cuda');
-  const sources = [path.join(dir, name), path.join(dir, 'cuda_emu.h'), ...kernels.map((k) => path.join(kdir, k))];
+  const shared = ['cuda_emu.h', 'emu_check.h'].map((f) => path.join(dir, f));
+  const sources = [path.join(dir, name), ...shared, ...kernels.map((k) => path.join(kdir, k))];
   const hash = createHash('sha256');
   for (const f of sources) hash.update(readFileSync(f));
   const bin = path.join(os.tmpdir(), `sffn-${name.replace(/\W/g, '_')}-${hash.digest('hex').slice(0, 16)}`);

@@ -25,31 +25,8 @@
 
 using namespace sffn::cuda;
 
-static uint32_t g_rng = 7;
-static uint32_t urand() { return g_rng = g_rng * 1664525u + 1013904223u; }
-static float frand() { return (float)((urand() >> 8) & 0xffff) / 32768.f - 1.f; }
-static std::vector<float> rnd(int64_t n, float scale = 1.f) {
-  std::vector<float> v(n);
-  for (float& f : v) f = scale * frand();
-  return v;
-}
-
-static bool near(const char* what, const float* a, const float* b, int64_t n, double tol) {
-  for (int64_t i = 0; i < n; ++i) {
-    const bool both_nan = std::isnan(a[i]) && std::isnan(b[i]);
-    if (!both_nan && !(std::fabs((double)a[i] - b[i]) <= tol * (1 + std::fabs((double)b[i])))) {
-      std::printf("  %s[%lld]: emulated %.9g, reference %.9g\n", what, (long long)i, a[i], b[i]);
-      return false;
-    }
-  }
-  return true;
-}
-
-static bool report(const char* what, bool ok) {
-  std::printf("%-60s %s\n", what, ok ? "ok" : "MISMATCH");
-  if (!g_error.empty()) std::printf("  emulation rule violated: %s\n", g_error.c_str());
-  return ok && g_error.empty();
-}
+#define EMU_SEED 7u
+#include "emu_check.h"
 
 // Random indices in [0, N) drawn from `spread` rows (repeats when spread is small); `bad` puts one out of range.
 static std::vector<int32_t> indices(int64_t M, int64_t N, int64_t spread, bool bad) {
