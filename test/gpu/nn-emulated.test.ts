@@ -16,7 +16,7 @@ if (!hasGxx) console.log('[test/gpu/nn-emulated] skipped: g++ not found');
 describe.skipIf(!hasGxx)('CUDA training row-op kernels under host emulation', () => {
   it('layerNorm, embedding, crossEntropy, linear (forward and backward), AdamW, dropout, sumSquares and scaleInPlace match the CPU ops', () => {
     const r = runEmulator('nn_emu.cpp', [
-      'nn_kernels.cuh', 'gemm_kernels.cuh', '../ref/adamw.cpp', '../ref/cross_entropy.cpp', '../ref/embedding.cpp',
+      'nn_kernels.cuh', 'scan.cuh', 'gemm_kernels.cuh', '../ref/adamw.cpp', '../ref/cross_entropy.cpp', '../ref/embedding.cpp',
       '../ref/layer_norm.cpp', '../ref/linear.cpp',
     ]);
     expect(r.status, `emulated row ops failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
@@ -31,7 +31,7 @@ describe.skipIf(!hasGxx)('CUDA training row-op kernels under host emulation', ()
 
   it('ffnDense forward and backward (dense and Top-K activation) match the reference', () => {
     const r = runEmulator('ffn_emu.cpp', [
-      'ffn_kernels.cuh', 'moe_kernels.cuh', 'nn_kernels.cuh', 'gemm_kernels.cuh', '../ref/ffn_dense.cpp',
+      'ffn_kernels.cuh', 'moe_kernels.cuh', 'nn_kernels.cuh', 'scan.cuh', 'gemm_kernels.cuh', '../ref/ffn_dense.cpp',
     ]);
     expect(r.status, `emulated ffnDense failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout.trim().split('\n').pop()).toBe('ok');

@@ -17,7 +17,7 @@ if (!hasGxx) console.log('[test/gpu/pkm-emulated] skipped: g++ not found');
 describe.skipIf(!hasGxx)('CUDA PKM / PEER kernels under host emulation', () => {
   it('embeddingBag, peerExperts and pkmTopk forward and backward (sparse table gradients) match the reference', () => {
     const r = runEmulator('pkm_emu.cpp', [
-      'pkm_kernels.cuh', 'pkm_topk_kernels.cuh', '../ref/embedding_bag.cpp', '../ref/peer.cpp', '../ref/pkm_topk.cpp',
+      'pkm_kernels.cuh', 'scan.cuh', 'pkm_topk_kernels.cuh', '../ref/embedding_bag.cpp', '../ref/peer.cpp', '../ref/pkm_topk.cpp',
     ]);
     expect(r.status, `emulated PKM / PEER ops failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout.trim().split('\n').pop()).toBe('ok');

@@ -21,6 +21,8 @@
 #pragma once
 #include <cstdint>
 
+#include "scan.cuh"
+
 namespace sffn {
 namespace cuda {
 namespace {
@@ -150,31 +152,10 @@ __global__ void embedding_scan_kernel(int64_t nchunks, int64_t V, int32_t* __res
   }
 }
 
-// One block of NN_CHUNK threads: offsets [V + 1] = exclusive scan of counts. Thread i scans a contiguous segment,
-// thread 0 scans the segment totals, then every thread writes its segment.
+// One block of NN_CHUNK threads: offsets [V + 1] = exclusive scan of counts (scan.cuh), offsets[V] the total.
 __global__ void nn_offsets_kernel(int64_t V, const int32_t* __restrict__ counts, int64_t* __restrict__ offsets) {
-  __shared__ int64_t seg[NN_CHUNK];
-  const int64_t per = (V + NN_CHUNK - 1) / NN_CHUNK;
-  const int64_t b = threadIdx.x * per, e = b + per < V ? b + per : V;
-  int64_t s = 0;
-  for (int64_t v = b; v < e; ++v) s += counts[v];
-  seg[threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int64_t run = 0;
-    for (int i = 0; i < NN_CHUNK; ++i) {
-      const int64_t x = seg[i];
-      seg[i] = run;
-      run += x;
-    }
-    offsets[V] = run;
-  }
-  __syncthreads();
-  int64_t run = seg[threadIdx.x];
-  for (int64_t v = b; v < e; ++v) {
-    offsets[v] = run;
-    run += counts[v];
-  }
+  const int64_t total = block_exclusive_scan<NN_CHUNK>(V, counts, offsets);
+  if (threadIdx.x == 0) offsets[V] = total;
 }
 
 // Block c, thread i: token t = 256c + i with id v goes to list[offsets[v] + hist[c, v] + #{earlier tokens of the

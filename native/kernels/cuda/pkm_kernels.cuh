@@ -22,6 +22,8 @@
 #pragma once
 #include <cstdint>
 
+#include "scan.cuh"
+
 namespace sffn {
 namespace cuda {
 namespace {
@@ -32,6 +34,14 @@ constexpr int PK_RADIX = 256;  // 8-bit digits (== PK_CHUNK: one thread per digi
 __device__ __forceinline__ double pk_warp_sum(double v) {
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// ⟨a, b⟩ over D columns by one warp (lane l takes columns l, l + 32, …), summed in double; on every lane.
+__device__ __forceinline__ double pk_warp_dot(const float* __restrict__ a, const float* __restrict__ b, int64_t D,
+                                              int lane) {
+  double s = 0;
+  for (int64_t d = lane; d < D; d += 32) s += (double)a[d] * b[d];
+  return pk_warp_sum(s);
 }
 
 // ---- reverse index ----------------------------------------------------------------------------------------------
@@ -123,32 +133,14 @@ __global__ void pk_unique_count_kernel(int64_t M, int64_t N, const int32_t* __re
   }
 }
 
-// One block of PK_CHUNK threads: coff [nchunks] = exclusive scan of cnt; *nU = the total (U), starts[U] = 0 (the
-// end of the last row is written by pk_rows_kernel when there is one). Thread i scans a contiguous segment.
+// One block of PK_CHUNK threads: coff [nchunks] = exclusive scan of cnt (scan.cuh); *nU = the total (U),
+// starts[U] = 0 (the end of the last row is written by pk_rows_kernel when there is one).
 __global__ void pk_chunk_offsets_kernel(int64_t nchunks, const int32_t* __restrict__ cnt, int64_t* __restrict__ coff,
                                         int64_t* __restrict__ nU, int64_t* __restrict__ starts) {
-  __shared__ int64_t seg[PK_CHUNK];
-  const int64_t per = (nchunks + PK_CHUNK - 1) / PK_CHUNK;
-  const int64_t b = threadIdx.x * per, e = b + per < nchunks ? b + per : nchunks;
-  int64_t s = 0;
-  for (int64_t c = b; c < e; ++c) s += cnt[c];
-  seg[threadIdx.x] = s;
-  __syncthreads();
+  const int64_t total = block_exclusive_scan<PK_CHUNK>(nchunks, cnt, coff);
   if (threadIdx.x == 0) {
-    int64_t run = 0;
-    for (int i = 0; i < PK_CHUNK; ++i) {
-      const int64_t x = seg[i];
-      seg[i] = run;
-      run += x;
-    }
-    *nU = run;
-    starts[run] = 0;
-  }
-  __syncthreads();
-  int64_t run = seg[threadIdx.x];
-  for (int64_t c = b; c < e; ++c) {
-    coff[c] = run;
-    run += cnt[c];
+    *nU = total;
+    starts[total] = 0;
   }
 }
 
@@ -200,9 +192,7 @@ __global__ void eb_dw_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const i
     }
     const float* v = V + r * D;
     const float* g = dout + (p / J) * D;
-    double s = 0;
-    for (int64_t d = lane; d < D; d += 32) s += (double)g[d] * v[d];
-    s = pk_warp_sum(s);
+    const double s = pk_warp_dot(g, v, D, lane);
     if (lane == 0) dw[p] = (float)s;
   }
 }
@@ -266,9 +256,7 @@ __global__ void peer_h_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const 
     }
     const float* u = U + r * D;
     const float* xt = x + (p / J) * D;
-    double s = 0;
-    for (int64_t d = lane; d < D; d += 32) s += (double)u[d] * xt[d];
-    s = pk_warp_sum(s);
+    const double s = pk_warp_dot(u, xt, D, lane);
     if (lane == 0) h[p] = (float)s;
   }
 }
@@ -307,9 +295,7 @@ __global__ void peer_bwd_pos_kernel(int64_t T, int64_t J, int64_t N, int64_t D, 
     }
     const float* v = V + r * D;
     const float* go = dout + (p / J) * D;
-    double s = 0;
-    for (int64_t d = lane; d < D; d += 32) s += (double)v[d] * go[d];
-    const double c = pk_warp_sum(s);
+    const double c = pk_warp_dot(v, go, D, lane);
     if (lane == 0) {
       const double hv = h[p];
       dg[p] = (float)(pk_act(act, hv) * c);
