@@ -11,10 +11,8 @@
  * count). Softmax, exp and rope are not counted. Every (shape, pass) runs once per round in turn, so load changes
  * hit all rows alike; the table reports medians.
  */
-
 import { Tensor, attention, attentionBackward, getNumThreads } from '../lib/index.js';
-import { collectGarbage, machine, parseArgs, printTable, writeResults } from './harness.js';
-
+import { collectGarbage, machine, median, parseArgs, printTable, writeResults } from './harness.js';
 
 interface Shape {
   name: string;
@@ -48,11 +46,6 @@ function disposeAll(x: unknown): void {
   if (x instanceof Tensor) {
     if (!x.isDisposed) x.dispose();
   } else if (x && typeof x === 'object') for (const v of Object.values(x)) disposeAll(v);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 export async function run(args: string[]): Promise<void> {

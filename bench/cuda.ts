@@ -11,7 +11,7 @@
  */
 import { Tensor } from '../lib/index.js';
 import { backend, native } from '../lib/native/loader.js';
-import { collectGarbage } from './harness.js';
+import { collectGarbage, median, timeInterleaved as interleaved } from './harness.js';
 
 /** Why the CUDA suites cannot run here, or undefined when the CUDA flavor is loaded with a device. */
 export function cudaUnavailable(): string | undefined {
@@ -62,27 +62,9 @@ export function queueTime(fn: () => void, reps = 3): number {
   return median(s);
 }
 
-/** The median of a list of seconds. */
-export function median(a: number[]): number {
-  const s = [...a].sort((p, q) => p - q);
-  return s[s.length >> 1];
-}
-
-/**
- * Runs every function once (warm-up), then `rounds` rounds calling each in turn once, each call timed on its
- * own with timeOnce; returns the median seconds per name. Interleaving lets clock and thermal changes hit every
- * function alike.
- */
+/** timeInterleaved (harness.ts) with every call synchronised on both ends (timeOnce). */
 export function timeInterleaved(fns: Record<string, () => void>, rounds: number): Record<string, number> {
-  const samples: Record<string, number[]> = {};
-  for (const [name, fn] of Object.entries(fns)) {
-    timeOnce(fn);
-    samples[name] = [];
-  }
-  for (let r = 0; r < rounds; r++) for (const [name, fn] of Object.entries(fns)) samples[name].push(timeOnce(fn));
-  const out: Record<string, number> = {};
-  for (const [name, s] of Object.entries(samples)) out[name] = median(s);
-  return out;
+  return interleaved(fns, rounds, timeOnce);
 }
 
 /**

@@ -25,6 +25,41 @@ export function collectGarbage(): void {
   gc();
 }
 
+/** The median of a list (the upper middle for an even count). */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((p, q) => p - q);
+  return s[s.length >> 1];
+}
+
+/** Seconds of one call of fn, after collecting the garbage of whatever ran before. */
+export function timeCall(fn: () => void): number {
+  collectGarbage();
+  const t0 = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/**
+ * Runs every function once (warm-up), then `rounds` rounds calling each in turn once, each call timed on its own
+ * by `once`; returns the median seconds per name. Interleaving lets changes of machine load (or clocks) hit every
+ * function alike, so ratios between them stay meaningful on a shared machine.
+ */
+export function timeInterleaved(
+  fns: Record<string, () => void>,
+  rounds: number,
+  once: (fn: () => void) => number = timeCall,
+): Record<string, number> {
+  const samples: Record<string, number[]> = {};
+  for (const [name, fn] of Object.entries(fns)) {
+    once(fn);
+    samples[name] = [];
+  }
+  for (let r = 0; r < rounds; r++) for (const [name, fn] of Object.entries(fns)) samples[name].push(once(fn));
+  const out: Record<string, number> = {};
+  for (const [name, s] of Object.entries(samples)) out[name] = median(s);
+  return out;
+}
+
 export interface Timing {
   /** Median seconds per call. */
   median: number;

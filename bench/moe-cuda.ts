@@ -22,8 +22,8 @@
  */
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward } from '../lib/index.js';
 import { native } from '../lib/native/loader.js';
-import { cudaUnavailable, deviceGiB, deviceUniform, gpuName, median, queueTime, sync, timeInterleaved } from './cuda.js';
-import { machine, parseArgs, printTable, writeResults } from './harness.js';
+import { cudaUnavailable, deviceGiB, deviceUniform, gpuName, queueTime, sync, timeInterleaved } from './cuda.js';
+import { machine, median, parseArgs, printTable, writeResults } from './harness.js';
 
 interface Point {
   name: string;

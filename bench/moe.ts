@@ -13,10 +13,9 @@
  * forward: route+sort / up (gather GEMM + act + gate) / down+combine; of the backward: experts / route. All
  * functions of one (config, T) run once per round in turn (so load changes hit MoE and dense alike); medians.
  */
-
 import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward, getNumThreads } from '../lib/index.js';
 import { moeCombine, moeExpertDown, moeExpertUp } from '../lib/ops/moe.js';
-import { collectGarbage, machine, parseArgs, printTable, writeResults } from './harness.js';
+import { machine, parseArgs, printTable, timeInterleaved, writeResults } from './harness.js';
 
 interface Config {
   name: string;
@@ -169,23 +168,10 @@ export async function run(argv: string[]): Promise<void> {
         return { kind, counts, release };
       });
       const rounds = Number(args.rounds ?? (T >= 2048 ? 5 : T >= 256 ? 9 : 21));
-      const samples: Record<string, number[]> = {};
-      for (const name of Object.keys(fns)) {
-        fns[name](); // warm-up
-        samples[name] = [];
-      }
-      for (let i = 0; i < rounds; i++)
-        for (const [name, fn] of Object.entries(fns)) {
-          // Collect the previous function's garbage and let its freeing finish, so that it is not charged to this one.
-          collectGarbage();
-          const t0 = process.hrtime.bigint();
-          fn();
-          samples[name].push(Number(process.hrtime.bigint() - t0) / 1e9);
-        }
-      const t = (name: string) => {
-        const a = samples[name].sort((p, q) => p - q);
-        return a[a.length >> 1];
-      };
+      // Every call after a garbage collection (harness.ts collectGarbage), so that one call's freeing is not
+      // charged to the next.
+      const med = timeInterleaved(fns, rounds);
+      const t = (name: string) => med[name];
       const flop = 4 * T * k * D * G;
       for (const { kind, counts, release } of perRouting) {
         const fwd = t(`${kind}.fwd`);
@@ -220,7 +206,7 @@ export async function run(argv: string[]): Promise<void> {
           'route bwd ms': ms(t(`${kind}.routeBwd`)),
         });
         const seconds: Record<string, number> = {};
-        for (const name of Object.keys(samples)) if (name.startsWith(`${kind}.`)) seconds[name.slice(kind.length + 1)] = t(name);
+        for (const name of Object.keys(med)) if (name.startsWith(`${kind}.`)) seconds[name.slice(kind.length + 1)] = t(name);
         results.push({
           config: c.name, D, G, E, k, T, routing: kind, counts, rounds, seconds,
           dense: {
