@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -29,6 +30,23 @@ namespace {
 // outstanding misses: one thread takes 85 ms where two take 43 ms, ~13 GB/s per core for random 1 KiB rows over
 // the 2 GiB of U and V.
 constexpr int64_t kPrefetch = 8;
+
+// Calls f with the row width as a compile-time constant (std::integral_constant) for the common widths and as a
+// plain int64_t otherwise. With D known, the row loops (dot, axpy, prefetch, zero, stream) unroll fully and lose
+// their trip-count and remainder logic; measured on the PEER forward (D = 256, J = 128, N = 1024², T = 4096,
+// AVX-512 EPYC VM, same process, same buffers): 35 vs 50 ms on 2 threads, 43 vs 58-64 ms on 1 thread. The
+// arithmetic and its order are the same either way, so results are bit-identical.
+template <class F>
+static inline void with_row_width(int64_t D, F&& f) {
+  switch (D) {
+    case 64: f(std::integral_constant<int64_t, 64>{}); return;
+    case 128: f(std::integral_constant<int64_t, 128>{}); return;
+    case 256: f(std::integral_constant<int64_t, 256>{}); return;
+    case 512: f(std::integral_constant<int64_t, 512>{}); return;
+    case 1024: f(std::integral_constant<int64_t, 1024>{}); return;
+    default: f(D);
+  }
+}
 
 // Fixed-order dot product: 16 lane partial sums (one AVX-512 vector, two AVX2 or four SSE vectors), reduced
 // pairwise. The order depends only on D, so results are deterministic for an ISA.
@@ -174,7 +192,8 @@ static inline void peer_act_rows(int act, const float* __restrict h, float* __re
 }
 
 // out[t] = Σ_j w[t, j] · V[idx[t, j]] for t in [t0, t1).
-static inline void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
+template <class Dim>
+static inline void eb_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   const int64_t end = t1 * J;
   for (int64_t t = t0; t < t1; ++t) {
@@ -188,7 +207,8 @@ static inline void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D
 }
 
 // dw[t, j] = ⟨dout[t], V[idx[t, j]]⟩ for t in [t0, t1).
-static inline void eb_backward_dw_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* V,
+template <class Dim>
+static inline void eb_backward_dw_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx, const float* V,
                                  const float* dout, float* dw) {
   const int64_t end = t1 * J;
   for (int64_t t = t0; t < t1; ++t)
@@ -203,7 +223,8 @@ static inline void eb_backward_dw_range(int64_t t0, int64_t t1, int64_t J, int64
 // Each output row is summed in an L1 buffer (columns in blocks of kColBlock) and streamed out once.
 constexpr int64_t kColBlock = 256;
 
-static inline void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int64_t* offsets,
+template <class Dim>
+static inline void rows_accumulate_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int64_t* offsets,
                                          const int64_t* pos, const float* coef, const float* src, float* out,
                                          const float* coef2, const float* src2, float* out2) {
   alignas(64) float acc[kColBlock];
@@ -238,7 +259,8 @@ static inline void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int6
 constexpr int64_t kFusedMaxD = kPkmFusedMaxD;
 
 // Embedding bag: dw[p] = ⟨dout[p / J], V[row]⟩ and dV[u] = Σ_p w[p] · dout[p / J] for unique rows [u0, u1).
-static inline void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+template <class Dim>
+static inline void eb_backward_rows_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int32_t* rows,
                                           const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
                                           const float* dout, float* dw, float* dV) {
   alignas(64) float acc[kFusedMaxD];
@@ -268,7 +290,8 @@ static inline void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int
 // PEER: for unique rows [u0, u1) with c = ⟨V[row], dout[t]⟩: dg[p] = act(h)·c, dh[p] = g·c·act'(h),
 // dU[u] = Σ_p dh[p]·x[t], dV[u] = Σ_p g·act(h)·dout[t]  (t = p / J).
 // av, ag: act(h) and act'(h) per position (peer_act_rows in token order beforehand).
-static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+template <class Dim>
+static inline void peer_backward_rows_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int32_t* rows,
                                             const int64_t* offsets, const int64_t* pos, const float* g,
                                             const float* av, const float* ag, const float* V, const float* x,
                                             const float* dout, float* dg, float* dh, float* dU, float* dV) {
@@ -307,7 +330,8 @@ static inline void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, i
 }
 
 // PEER: dx[t] = Σ_j dh[t, j] · U[idx[t, j]] for tokens [t0, t1).
-static inline void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx,
+template <class Dim>
+static inline void peer_backward_dx_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx,
                                           const float* U, const float* dh, float* dx) {
   const int64_t end = t1 * J;
   for (int64_t t = t0; t < t1; ++t) {
@@ -321,7 +345,8 @@ static inline void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int
 }
 
 // PEER forward for tokens [t0, t1): h[t, j] = U[i] · x[t]; out[t] = Σ_j g · act(h) · V[i].
-static inline void peer_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const float* x,
+template <class Dim>
+static inline void peer_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, int act, const float* x,
                                const int32_t* idx, const float* g, const float* U, const float* V, float* out,
                                float* h) {
   for (int64_t t = t0; t < t1; ++t) {
@@ -351,7 +376,8 @@ static inline void peer_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t
 
 // PEER backward, token part, for tokens [t0, t1): c = ⟨V[i], dout[t]⟩, dg = act(h) · c, dh = g · c · act'(h),
 // dx[t] = Σ_j dh · U[i]; keeps dh and g · act(h) per position for the row part.
-static inline void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const int32_t* idx,
+template <class Dim>
+static inline void peer_backward_tokens_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, int act, const int32_t* idx,
                                        const float* g, const float* U, const float* V, const float* h,
                                        const float* dout, float* dx, float* dg, float* dh, float* gv) {
   for (int64_t t = t0; t < t1; ++t) {
@@ -375,6 +401,59 @@ static inline void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J,
       row_axpy(dxt, dh[t * J + j], U + (int64_t)it[j] * D, D);
     }
   }
+}
+
+// Entry points with the row width D as a compile-time constant for the common widths (see with_row_width).
+static void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
+                             const float* V, float* out) {
+  with_row_width(D, [&](auto d) { eb_forward_range_d(t0, t1, J, d, idx, w, V, out); });
+}
+
+static void eb_backward_dw_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* V,
+                                 const float* dout, float* dw) {
+  with_row_width(D, [&](auto d) { eb_backward_dw_range_d(t0, t1, J, d, idx, V, dout, dw); });
+}
+
+static void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int64_t* offsets,
+                                  const int64_t* pos, const float* coef, const float* src, float* out,
+                                  const float* coef2, const float* src2, float* out2) {
+  with_row_width(D, [&](auto d) {
+    rows_accumulate_range_d(u0, u1, J, d, offsets, pos, coef, src, out, coef2, src2, out2);
+  });
+}
+
+static void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                                   const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
+                                   const float* dout, float* dw, float* dV) {
+  with_row_width(D, [&](auto d) { eb_backward_rows_range_d(u0, u1, J, d, rows, offsets, pos, w, V, dout, dw, dV); });
+}
+
+static void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                                     const int64_t* offsets, const int64_t* pos, const float* g, const float* av,
+                                     const float* ag, const float* V, const float* x, const float* dout, float* dg,
+                                     float* dh, float* dU, float* dV) {
+  with_row_width(D, [&](auto d) {
+    peer_backward_rows_range_d(u0, u1, J, d, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU, dV);
+  });
+}
+
+static void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
+                                   const float* dh, float* dx) {
+  with_row_width(D, [&](auto d) { peer_backward_dx_range_d(t0, t1, J, d, idx, U, dh, dx); });
+}
+
+static void peer_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const float* x,
+                               const int32_t* idx, const float* g, const float* U, const float* V, float* out,
+                               float* h) {
+  with_row_width(D, [&](auto d) { peer_forward_range_d(t0, t1, J, d, act, x, idx, g, U, V, out, h); });
+}
+
+static void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const int32_t* idx,
+                                       const float* g, const float* U, const float* V, const float* h,
+                                       const float* dout, float* dx, float* dg, float* dh, float* gv) {
+  with_row_width(D, [&](auto d) {
+    peer_backward_tokens_range_d(t0, t1, J, d, act, idx, g, U, V, h, dout, dx, dg, dh, gv);
+  });
 }
 
 // ---- product-key top-k ---------------------------------------------------------------------------------------
