@@ -62,6 +62,8 @@ export interface CoreBinding {
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setIsa(isa: 'scalar' | 'avx2' | 'avx512'): void;
+  /** Bytes to skip from the start of `buffer` so that the rest is aligned to `align` (a power of two <= 4096). */
+  alignOffset(buffer: ArrayBuffer, align: number): number;
 }
 
 // ---- device memory (CUDA flavor only) --------------------------------------------------------------------

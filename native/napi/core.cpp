@@ -54,6 +54,19 @@ Napi::Value JS_setIsa(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// alignOffset(buffer: ArrayBuffer, align) → the bytes to skip from the buffer's start so that what follows is
+// aligned to `align` (a power of two up to 4096). JS cannot see addresses, and V8 places large ArrayBuffers
+// 16 bytes past a page boundary (the allocator's header), so without this every 1 KiB row of a table spans 17
+// cache lines and every 64-byte vector load splits across two (tensor.ts allocHost).
+Napi::Value JS_alignOffset(const Napi::CallbackInfo& info) {
+  const char* op = "alignOffset";
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail(ErrKind::Type, op, ": buffer must be an ArrayBuffer");
+  const int64_t align = arg_int(info, 1, op, "align", 1, 4096);
+  if ((align & (align - 1)) != 0) fail(ErrKind::Range, op, ": align must be a power of two, got ", align);
+  const uintptr_t p = (uintptr_t)info[0].As<Napi::ArrayBuffer>().Data();
+  return Napi::Number::New(info.Env(), (double)((align - (int64_t)(p & (uintptr_t)(align - 1))) & (align - 1)));
+}
+
 #ifndef SFFN_WITH_CUDA
 // The CPU flavor always passes its probe; the CUDA flavor defines probe() in device_buffer.cpp.
 Napi::Value JS_probe(const Napi::CallbackInfo& info) {
@@ -69,6 +82,7 @@ Registrar reg([](Napi::Env env, Napi::Object exports) {
   def(env, exports, "setNumThreads", JS_setNumThreads);
   def(env, exports, "getNumThreads", JS_getNumThreads);
   def(env, exports, "setIsa", JS_setIsa);
+  def(env, exports, "alignOffset", JS_alignOffset);
 #ifndef SFFN_WITH_CUDA
   def(env, exports, "probe", JS_probe);
 #endif

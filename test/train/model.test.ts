@@ -171,7 +171,11 @@ describe('training', () => {
       expect(again).toEqual(rest);
       const pa = a.model.stateDict();
       const pb = b.model.stateDict();
-      for (const [k, t] of pa) expect(Buffer.from((pb.get(k)!.data() as Float32Array).buffer).equals(Buffer.from((t.data() as Float32Array).buffer)), k).toBe(true);
+      const bytes = (t: Tensor) => {
+        const d = t.data() as Float32Array;
+        return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+      };
+      for (const [k, t] of pa) expect(bytes(pb.get(k)!).equals(bytes(t)), k).toBe(true);
       a.dispose();
       b.dispose();
     });

@@ -11,6 +11,7 @@ import {
   memory,
   tidy,
 } from '../../lib/index.js';
+import { native } from '../../lib/native/loader.js';
 import { guardLeaks } from '../helpers.js';
 
 describe('Tensor', () => {
@@ -52,6 +53,27 @@ describe('Tensor', () => {
     expect(back[0]).toBe(1.5);
     expect(back[1]).toBe(-2);
     expect(Math.abs(back[2] - 0.1)).toBeLessThan(1e-3);
+  });
+
+  it('allocates host arrays of 4 KiB or more on a 64-byte boundary; smaller ones as plain arrays', () => {
+    const b = native();
+    for (const dtype of ['f32', 'i32', 'i64', 'bf16'] as const) {
+      using big = Tensor.zeros([1024, 3], { dtype });
+      const d = big.data();
+      expect(d.length).toBe(3072);
+      // The view starts where the buffer's address is 64-aligned (the buffer is 64 bytes longer than the data).
+      expect(d.byteOffset).toBe(b.alignOffset(d.buffer as ArrayBuffer, 64));
+      expect(d.buffer.byteLength).toBe(d.byteLength + 64);
+      expect(Array.from(d.slice(0, 4), Number)).toEqual([0, 0, 0, 0]);
+      using full = Tensor.full([2048, 2], 3, { dtype: dtype === 'bf16' ? 'f32' : dtype });
+      expect(full.data().byteOffset).toBe(b.alignOffset(full.data().buffer as ArrayBuffer, 64));
+      using small = Tensor.zeros([8], { dtype });
+      expect(small.data().byteOffset).toBe(0);
+    }
+    expect(b.alignOffset(new ArrayBuffer(8), 1)).toBe(0);
+    expect(() => b.alignOffset(new Float32Array(4) as never, 64)).toThrow(/alignOffset: buffer must be an ArrayBuffer/);
+    expect(() => b.alignOffset(new ArrayBuffer(8), 48)).toThrow(/alignOffset: align must be a power of two, got 48/);
+    expect(() => b.alignOffset(new ArrayBuffer(8), 8192)).toThrow(/align/);
   });
 
   it('reshape is a view over the same storage; -1 infers a dim', () => {
