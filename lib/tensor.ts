@@ -45,7 +45,7 @@ function hostAlignOffset(buffer: ArrayBuffer): number {
   if (alignOffsetFn === undefined) {
     try {
       const b = native();
-      alignOffsetFn = (buf, align) => b.alignOffset(buf, align);
+      alignOffsetFn = typeof b.alignOffset === 'function' ? (buf, align) => b.alignOffset(buf, align) : null;
     } catch {
       alignOffsetFn = null; // no native build: plain arrays (ops will report the load error themselves)
     }
