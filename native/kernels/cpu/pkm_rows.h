@@ -27,7 +27,8 @@ namespace {
 // prefetchnta within ±2%, prefetching only every 2nd or 4th line (leaving the rest to the hardware prefetchers)
 // 13-15% slower; the backward dx pass is best at 8 (4: +25%, 16: +4%, 32: +20%), and the row pass's V row 1 / 4 /
 // 8 / 12 / 16 rows ahead and its x / dout hints were all within ±2%. The kernels are bound per core by
-// outstanding misses: one thread takes 85 ms where two take 43 ms, ~13 GB/s per core for random 1 KiB rows over
+// outstanding misses (measured before the constant-width kernels below): one thread takes 85 ms where two take
+// 43 ms, ~13 GB/s per core for random 1 KiB rows over
 // the 2 GiB of U and V.
 constexpr int64_t kPrefetch = 8;
 
@@ -403,7 +404,10 @@ static inline void peer_backward_tokens_range_d(int64_t t0, int64_t t1, int64_t 
   }
 }
 
-// Entry points with the row width D as a compile-time constant for the common widths (see with_row_width).
+// Entry points with the row width D as a compile-time constant for the common widths (see with_row_width), except
+// the two row-centric backward passes: with D constant their two D-float stack accumulators and the unrolled
+// inner loops ran slower (same-process A/B at D = 256, T = 4096: PEER backward 0.90×, embedding-bag backward
+// 0.85× the generic build), so they keep the runtime width.
 static void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   with_row_width(D, [&](auto d) { eb_forward_range_d(t0, t1, J, d, idx, w, V, out); });
@@ -425,16 +429,14 @@ static void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int64_t D, 
 static void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
                                    const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
                                    const float* dout, float* dw, float* dV) {
-  with_row_width(D, [&](auto d) { eb_backward_rows_range_d(u0, u1, J, d, rows, offsets, pos, w, V, dout, dw, dV); });
+  eb_backward_rows_range_d(u0, u1, J, D, rows, offsets, pos, w, V, dout, dw, dV);
 }
 
 static void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
                                      const int64_t* offsets, const int64_t* pos, const float* g, const float* av,
                                      const float* ag, const float* V, const float* x, const float* dout, float* dg,
                                      float* dh, float* dU, float* dV) {
-  with_row_width(D, [&](auto d) {
-    peer_backward_rows_range_d(u0, u1, J, d, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU, dV);
-  });
+  peer_backward_rows_range_d(u0, u1, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU, dV);
 }
 
 static void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
