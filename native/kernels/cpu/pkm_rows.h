@@ -28,8 +28,7 @@ namespace {
 // 13-15% slower; the backward dx pass is best at 8 (4: +25%, 16: +4%, 32: +20%), and the row pass's V row 1 / 4 /
 // 8 / 12 / 16 rows ahead and its x / dout hints were all within ±2%. The kernels are bound per core by
 // outstanding misses (measured before the constant-width kernels below): one thread takes 85 ms where two take
-// 43 ms, ~13 GB/s per core for random 1 KiB rows over
-// the 2 GiB of U and V.
+// 43 ms, ~13 GB/s per core for random 1 KiB rows over the 2 GiB of U and V.
 constexpr int64_t kPrefetch = 8;
 
 // Calls f with the row width as a compile-time constant (std::integral_constant) for the common widths and as a
