@@ -53,33 +53,25 @@ function hostAlignOffset(buffer: ArrayBuffer): number {
   return alignOffsetFn ? alignOffsetFn(buffer, HOST_ALIGN) : 0;
 }
 
+type HostArrayCtor = {
+  new (n: number): HostData;
+  new (buffer: ArrayBuffer, byteOffset: number, length: number): HostData;
+};
+const HOST_CTOR: Record<DType, HostArrayCtor> = {
+  f32: Float32Array,
+  i32: Int32Array,
+  i64: BigInt64Array,
+  bf16: Uint16Array,
+};
+
 function allocHost(dtype: DType, n: number): HostData {
   const bytes = n * BYTES[dtype];
-  if (bytes < HOST_ALIGN_MIN_BYTES) {
-    switch (dtype) {
-      case 'f32':
-        return new Float32Array(n);
-      case 'i32':
-        return new Int32Array(n);
-      case 'i64':
-        return new BigInt64Array(n);
-      case 'bf16':
-        return new Uint16Array(n);
-    }
-  }
+  const Ctor = HOST_CTOR[dtype];
+  if (bytes < HOST_ALIGN_MIN_BYTES) return new Ctor(n);
   const buffer = new ArrayBuffer(bytes + HOST_ALIGN);
   let off = hostAlignOffset(buffer);
   if (off % BYTES[dtype] !== 0) off = 0; // never happens with a 16-byte-aligned allocator; stay correct if it does
-  switch (dtype) {
-    case 'f32':
-      return new Float32Array(buffer, off, n);
-    case 'i32':
-      return new Int32Array(buffer, off, n);
-    case 'i64':
-      return new BigInt64Array(buffer, off, n);
-    case 'bf16':
-      return new Uint16Array(buffer, off, n);
-  }
+  return new Ctor(buffer, off, n);
 }
 
 /** The dtype a typed array stores, or undefined for kinds we do not support (Float64Array, ...). */
