@@ -74,6 +74,31 @@ function disposeSparse(...s: SparseRows[]) {
   }
 }
 
+type PeerFwd = { out: Tensor; h: Tensor };
+type PeerBwd = { dx: Tensor; dGates: Tensor; dU: SparseRows; dV: SparseRows };
+
+// A fast forward/backward pair against the reference pair: the same touched rows, close values; then disposes
+// the fast pair.
+function expectPeerMatches(
+  f: PeerFwd,
+  b: PeerBwd,
+  ref: PeerFwd,
+  rb: PeerBwd,
+  tol: { atol: number; rtol: number } | undefined,
+  what: string,
+) {
+  expectClose(f.out.data() as Float32Array, ref.out.data() as Float32Array, tol, `${what} out`);
+  expectClose(f.h.data() as Float32Array, ref.h.data() as Float32Array, tol, `${what} h`);
+  expect(Array.from(b.dU.rows.data() as Int32Array)).toEqual(Array.from(rb.dU.rows.data() as Int32Array));
+  expect(Array.from(b.dV.rows.data() as Int32Array)).toEqual(Array.from(rb.dV.rows.data() as Int32Array));
+  expectClose(b.dx.data() as Float32Array, rb.dx.data() as Float32Array, tol, `${what} dx`);
+  expectClose(b.dGates.data() as Float32Array, rb.dGates.data() as Float32Array, tol, `${what} dg`);
+  expectClose(b.dU.values.data() as Float32Array, rb.dU.values.data() as Float32Array, tol, `${what} dU`);
+  expectClose(b.dV.values.data() as Float32Array, rb.dV.values.data() as Float32Array, tol, `${what} dV`);
+  for (const t of [f.out, f.h, b.dx, b.dGates]) t.dispose();
+  disposeSparse(b.dU, b.dV);
+}
+
 describe('peerExperts', () => {
   guardLeaks();
   const T = 7;
@@ -112,17 +137,8 @@ describe('peerExperts', () => {
       expectClose(dVd.data() as Float32Array, finiteDiff((v) => L(xs, Us, v, gs), Float64Array.from(Vs)), tol, 'dV vs FD');
       for (const isa of await cpuIsas()) {
         const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act }));
-        expectClose(f.out.data() as Float32Array, ref.out.data() as Float32Array, undefined, `${isa} out`);
-        expectClose(f.h.data() as Float32Array, ref.h.data() as Float32Array, undefined, `${isa} h`);
         const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act }));
-        expect(Array.from(b.dU.rows.data() as Int32Array)).toEqual(Array.from(rb.dU.rows.data() as Int32Array));
-        expect(Array.from(b.dV.rows.data() as Int32Array)).toEqual(Array.from(rb.dV.rows.data() as Int32Array));
-        expectClose(b.dx.data() as Float32Array, rb.dx.data() as Float32Array, undefined, `${isa} dx`);
-        expectClose(b.dGates.data() as Float32Array, rb.dGates.data() as Float32Array, undefined, `${isa} dg`);
-        expectClose(b.dU.values.data() as Float32Array, rb.dU.values.data() as Float32Array, undefined, `${isa} dU`);
-        expectClose(b.dV.values.data() as Float32Array, rb.dV.values.data() as Float32Array, undefined, `${isa} dV`);
-        for (const t of [f.out, f.h, b.dx, b.dGates]) t.dispose();
-        disposeSparse(b.dU, b.dV);
+        expectPeerMatches(f, b, ref, rb, undefined, isa);
       }
       for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
       disposeSparse(rb.dU, rb.dV);
@@ -223,17 +239,9 @@ describe('peerExperts', () => {
       const rb = peerExpertsBackward(dOut, x, U, V, idx, g, ref.h, { act: 'gelu', impl: 'ref' });
       const tol = { atol: 1e-4, rtol: 1e-4 };
       for (const isa of await cpuIsas()) {
-        const what = `D = ${DD}, ${isa}`;
         const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act: 'gelu' }));
-        expectClose(f.out.data() as Float32Array, ref.out.data() as Float32Array, tol, `${what} out`);
-        expectClose(f.h.data() as Float32Array, ref.h.data() as Float32Array, tol, `${what} h`);
         const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'gelu' }));
-        expectClose(b.dx.data() as Float32Array, rb.dx.data() as Float32Array, tol, `${what} dx`);
-        expectClose(b.dGates.data() as Float32Array, rb.dGates.data() as Float32Array, tol, `${what} dg`);
-        expectClose(b.dU.values.data() as Float32Array, rb.dU.values.data() as Float32Array, tol, `${what} dU`);
-        expectClose(b.dV.values.data() as Float32Array, rb.dV.values.data() as Float32Array, tol, `${what} dV`);
-        for (const t of [f.out, f.h, b.dx, b.dGates]) t.dispose();
-        disposeSparse(b.dU, b.dV);
+        expectPeerMatches(f, b, ref, rb, tol, `D = ${DD}, ${isa}`);
       }
       for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
       disposeSparse(rb.dU, rb.dV);
