@@ -100,8 +100,8 @@ Status embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const 
   const int64_t M = T * J;
   Status s;
   if (M > 0) {
-    eb_dw_kernel<<<warp_grid(M), 256>>>(T, J, N, D, idx, V, dout, dw);
-    s = launch_status("eb_dw_kernel");
+    pk_row_dot_kernel<<<warp_grid(M), 256>>>(T, J, N, D, idx, V, dout, dw);
+    s = launch_status("pk_row_dot_kernel (dw)");
   }
   if (!s.ok() || cap == 0) return s;
   DevRowIndex ri;
@@ -117,8 +117,8 @@ Status peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const f
                     const float* g, const float* U, const float* V, float* out, float* h) {
   Status s;
   if (T * J > 0) {
-    peer_h_kernel<<<warp_grid(T * J), 256>>>(T, J, N, D, x, idx, U, h);
-    s = launch_status("peer_h_kernel");
+    pk_row_dot_kernel<<<warp_grid(T * J), 256>>>(T, J, N, D, idx, U, x, h);
+    s = launch_status("pk_row_dot_kernel (h)");
   }
   if (s.ok() && T > 0) {
     peer_fwd_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, act, idx, g, h, V, out);

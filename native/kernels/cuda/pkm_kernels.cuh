@@ -179,21 +179,21 @@ __global__ void eb_fwd_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const 
   }
 }
 
-// Warp per position p: dw[p] = ⟨dout[p / J], V[idx[p]]⟩ (lane-strided double partials, butterfly sum).
-__global__ void eb_dw_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* __restrict__ idx,
-                             const float* __restrict__ V, const float* __restrict__ dout, float* __restrict__ dw) {
+// Warp per position p: out[p] = ⟨table[idx[p]], tok[p / J]⟩ (lane-strided double partials, butterfly sum); NaN
+// where idx[p] is outside [0, N). The embedding bag's dw (table V, tok dout) and PEER's h (table U, tok x).
+__global__ void pk_row_dot_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* __restrict__ idx,
+                                  const float* __restrict__ table, const float* __restrict__ tok,
+                                  float* __restrict__ out) {
   const int lane = threadIdx.x % 32;
   const int64_t nwarps = (int64_t)gridDim.x * blockDim.x / 32;
   for (int64_t p = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; p < T * J; p += nwarps) {
     const int64_t r = idx[p];
     if (r < 0 || r >= N) {  // uniform across the warp
-      if (lane == 0) dw[p] = NAN;
+      if (lane == 0) out[p] = NAN;
       continue;
     }
-    const float* v = V + r * D;
-    const float* g = dout + (p / J) * D;
-    const double s = pk_warp_dot(g, v, D, lane);
-    if (lane == 0) dw[p] = (float)s;
+    const double s = pk_warp_dot(table + r * D, tok + (p / J) * D, D, lane);
+    if (lane == 0) out[p] = (float)s;
   }
 }
 
@@ -240,24 +240,6 @@ __device__ __forceinline__ double pk_act_grad(int act, double h) {
       return s * (1 + h * (1 - s));
     }
     default: return 1;
-  }
-}
-
-// Warp per position p: h[p] = U[idx[p]] · x[p / J].
-__global__ void peer_h_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const float* __restrict__ x,
-                              const int32_t* __restrict__ idx, const float* __restrict__ U, float* __restrict__ h) {
-  const int lane = threadIdx.x % 32;
-  const int64_t nwarps = (int64_t)gridDim.x * blockDim.x / 32;
-  for (int64_t p = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; p < T * J; p += nwarps) {
-    const int64_t r = idx[p];
-    if (r < 0 || r >= N) {
-      if (lane == 0) h[p] = NAN;
-      continue;
-    }
-    const float* u = U + r * D;
-    const float* xt = x + (p / J) * D;
-    const double s = pk_warp_dot(u, xt, D, lane);
-    if (lane == 0) h[p] = (float)s;
   }
 }
 

@@ -137,7 +137,7 @@ static bool embedding_bag(int64_t T, int64_t J, int64_t N, int64_t D, int64_t sp
   if (T > 0) launch(dim3{2, 1, 1}, 64, [&] { eb_fwd_kernel(T, J, N, D, idx.data(), w.data(), V.data(), out.data()); });
   std::vector<float> dw(M, -9.f), values(cap * D, -9.f);
   std::vector<int32_t> rows(cap, -9);
-  if (M > 0) launch(dim3{2, 1, 1}, 64, [&] { eb_dw_kernel(T, J, N, D, idx.data(), V.data(), dout.data(), dw.data()); });
+  if (M > 0) launch(dim3{2, 1, 1}, 64, [&] { pk_row_dot_kernel(T, J, N, D, idx.data(), V.data(), dout.data(), dw.data()); });
   EmuIndex ri;
   bool ok = true;
   if (cap > 0) {
@@ -176,7 +176,7 @@ static bool peer(int64_t T, int64_t J, int64_t N, int64_t D, int act, int64_t sp
       rh[p] = rdg[p] = NAN;
       for (int64_t d = 0; d < D; ++d) rout[(p / J) * D + d] = rdx[(p / J) * D + d] = NAN;
     }
-  if (M > 0) launch(dim3{2, 1, 1}, 64, [&] { peer_h_kernel(T, J, N, D, x.data(), idx.data(), U.data(), h.data()); });
+  if (M > 0) launch(dim3{2, 1, 1}, 64, [&] { pk_row_dot_kernel(T, J, N, D, idx.data(), U.data(), x.data(), h.data()); });
   if (T > 0)
     launch(dim3{2, 1, 1}, 64, [&] {
       peer_fwd_kernel(T, J, N, D, act, idx.data(), g.data(), h.data(), V.data(), out.data());
