@@ -20,10 +20,11 @@
  * Prints a table and writes bench/results/moe-cuda.json with the GPU's name. Where the CUDA flavor is not in use
  * it says why and exits.
  */
-import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moeRoute, moeRouteBackward } from '../lib/index.js';
+import { Tensor } from '../lib/index.js';
 import { native } from '../lib/native/loader.js';
 import { cudaUnavailable, deviceGiB, deviceUniform, gpuName, queueTime, sync, timeInterleaved } from './cuda.js';
 import { machine, median, parseArgs, printTable, writeResults } from './harness.js';
+import { denseFfnStep, moeLayerStep } from './moe.js';
 
 interface Point {
   name: string;
@@ -75,32 +76,14 @@ export async function run(argv: string[]): Promise<void> {
     sync();
     console.log(`\n[${p.name}] D=${D} G=${G} E=${E} K=${k} T=${T}: inputs on the device in ${((Date.now() - t0) / 1e3).toFixed(1)} s, ${deviceGiB().toFixed(2)} GiB`);
 
-    const route = () => moeRoute(z, { k, gate: 'sigmoid' });
+    const moe = moeLayerStep(x, z, dy, { w1, w2 }, k);
+    const ffn = denseFfnStep(x, dy, dense);
     const fns: Record<string, () => void> = {
-      route: () => route().dispose(),
-      'moe.fwd': () => {
-        const r = route();
-        const o = moeExperts(x, r, { w1, w2 });
-        for (const t of [o.y, o.saved.pre, o.saved.hs]) t.dispose();
-        r.dispose();
-      },
-      'moe.fb': () => {
-        const r = route();
-        const o = moeExperts(x, r, { w1, w2 });
-        const g = moeExpertsBackward(dy, x, r, { w1, w2 }, o.saved);
-        const dz = moeRouteBackward(z, r, g.dgates, { entropy: 1e-3 });
-        for (const t of [o.y, o.saved.pre, o.saved.hs, g.dx, g.dw1, g.dw2, g.dgates, dz]) t.dispose();
-        r.dispose();
-      },
-      'dense.fwd': () => {
-        const f = ffnDense(x, dense);
-        for (const t of [f.y, f.saved.pre, f.saved.h]) t.dispose();
-      },
-      'dense.fb': () => {
-        const f = ffnDense(x, dense);
-        const g = ffnDenseBackward(dy, x, dense, f.saved);
-        for (const t of [f.y, f.saved.pre, f.saved.h, g.dx, g.dw1, g.dw2]) t.dispose();
-      },
+      route: () => moe.route().dispose(),
+      'moe.fwd': moe.fwd,
+      'moe.fb': moe.fb,
+      'dense.fwd': ffn.fwd,
+      'dense.fb': ffn.fb,
     };
     const s = timeInterleaved(fns, rounds);
     // No device-to-host synchronisation inside a step: the host returns from a whole forward+backward long before

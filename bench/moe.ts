@@ -17,6 +17,47 @@ import { Tensor, ffnDense, ffnDenseBackward, moeExperts, moeExpertsBackward, moe
 import { moeCombine, moeExpertDown, moeExpertUp } from '../lib/ops/moe.js';
 import { machine, parseArgs, printTable, timeInterleaved, writeResults } from './harness.js';
 
+/**
+ * One σ-MoE layer step as a training loop runs it, on the tensors given (any device): `route`; `fwd`, route and
+ * experts forward; `fb`, forward then the experts' and the router's backward. Results are disposed. Shared by the
+ * CPU and CUDA MoE benchmarks.
+ */
+export function moeLayerStep(x: Tensor, z: Tensor, dy: Tensor, w: { w1: Tensor; w2: Tensor }, k: number) {
+  const route = () => moeRoute(z, { k, gate: 'sigmoid' });
+  return {
+    route,
+    fwd: () => {
+      const r = route();
+      const o = moeExperts(x, r, w);
+      for (const t of [o.y, o.saved.pre, o.saved.hs]) t.dispose();
+      r.dispose();
+    },
+    fb: () => {
+      const r = route();
+      const o = moeExperts(x, r, w);
+      const g = moeExpertsBackward(dy, x, r, w, o.saved);
+      const dz = moeRouteBackward(z, r, g.dgates, { entropy: 1e-3 });
+      for (const t of [o.y, o.saved.pre, o.saved.hs, g.dx, g.dw1, g.dw2, g.dgates, dz]) t.dispose();
+      r.dispose();
+    },
+  };
+}
+
+/** The dense FFN's forward (`fwd`) and forward + backward (`fb`) with weights `p`; results disposed. */
+export function denseFfnStep(x: Tensor, dy: Tensor, p: { w1: Tensor; w2: Tensor }) {
+  return {
+    fwd: () => {
+      const f = ffnDense(x, p);
+      for (const t of [f.y, f.saved.pre, f.saved.h]) t.dispose();
+    },
+    fb: () => {
+      const f = ffnDense(x, p);
+      const g = ffnDenseBackward(dy, x, p, f.saved);
+      for (const t of [f.y, f.saved.pre, f.saved.h, g.dx, g.dw1, g.dw2]) t.dispose();
+    },
+  };
+}
+
 interface Config {
   name: string;
   D: number;
@@ -106,21 +147,16 @@ export async function run(argv: string[]): Promise<void> {
       // the MoE and the dense rows alike; medians over the rounds.
       const fns: Record<string, () => void> = {};
       const dense = (name: string, p: { w1: Tensor; w2: Tensor }) => {
-        fns[`${name}.fwd`] = () => {
-          const f = ffnDense(x, p);
-          for (const t of [f.y, f.saved.pre, f.saved.h]) t.dispose();
-        };
-        fns[`${name}.fb`] = () => {
-          const f = ffnDense(x, p);
-          const g = ffnDenseBackward(dy, x, p, f.saved);
-          for (const t of [f.y, f.saved.pre, f.saved.h, g.dx, g.dw1, g.dw2]) t.dispose();
-        };
+        const d = denseFfnStep(x, dy, p);
+        fns[`${name}.fwd`] = d.fwd;
+        fns[`${name}.fb`] = d.fb;
       };
       dense('dF', eqFlops);
       dense('dP', eqParams);
       const perRouting = routings.map((kind) => {
         const z = logits(T, E, k, kind, 11);
-        const route = () => moeRoute(z, { k, gate: 'sigmoid' });
+        const step = moeLayerStep(x, z, dy, { w1, w2 }, k);
+        const route = step.route;
         const r = route();
         const f = moeExperts(x, r, { w1, w2 });
         const g = moeExpertsBackward(dy, x, r, { w1, w2 }, f.saved);
@@ -146,20 +182,8 @@ export async function run(argv: string[]): Promise<void> {
         };
         fns[`${kind}.routeBwd`] = () => moeRouteBackward(z, r, g.dgates, { entropy: 1e-3 }).dispose();
         // One whole layer step, as a training loop runs it.
-        fns[`${kind}.fwd`] = () => {
-          const rr = route();
-          const o = moeExperts(x, rr, { w1, w2 });
-          for (const t of [o.y, o.saved.pre, o.saved.hs]) t.dispose();
-          rr.dispose();
-        };
-        fns[`${kind}.fb`] = () => {
-          const rr = route();
-          const o = moeExperts(x, rr, { w1, w2 });
-          const gg = moeExpertsBackward(dy, x, rr, { w1, w2 }, o.saved);
-          const dz = moeRouteBackward(z, rr, gg.dgates, { entropy: 1e-3 });
-          for (const t of [o.y, o.saved.pre, o.saved.hs, gg.dx, gg.dw1, gg.dw2, gg.dgates, dz]) t.dispose();
-          rr.dispose();
-        };
+        fns[`${kind}.fwd`] = step.fwd;
+        fns[`${kind}.fb`] = step.fb;
         const counts = Array.from(r.counts.data() as Int32Array);
         const release = () => {
           for (const t of [f.y, f.saved.pre, f.saved.hs, g.dx, g.dw1, g.dw2, g.dgates, z]) t.dispose();
