@@ -90,8 +90,8 @@ struct DevRowIndex {
 Status embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   if (T == 0) return Status{};
-  eb_fwd_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, w, V, out);
-  return launch_status("eb_fwd_kernel");
+  pk_weighted_rows_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, w, V, out);
+  return launch_status("pk_weighted_rows_kernel (out)");
 }
 
 Status embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
@@ -143,8 +143,8 @@ Status peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, int act, const 
     s = launch_status("peer_bwd_pos_kernel");
   }
   if (s.ok() && T > 0) {
-    peer_dx_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, U, dh, dx);
-    s = launch_status("peer_dx_kernel");
+    pk_weighted_rows_kernel<<<grid_for(T * D, 256), 256>>>(T, J, N, D, idx, dh, U, dx);
+    s = launch_status("pk_weighted_rows_kernel (dx)");
   }
   if (s.ok() && cap > 0) {
     peer_duv_kernel<<<grid_for(cap * D, 256), 256>>>(J, D, cap, ri.nU, ri.starts, ri.pos, dh, gv, x, dout, rows, dU, dV);

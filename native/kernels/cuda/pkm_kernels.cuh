@@ -166,14 +166,18 @@ __global__ void pk_rows_kernel(int64_t M, int64_t N, const int32_t* __restrict__
 
 // ---- embedding bag ----------------------------------------------------------------------------------------------
 
-__global__ void eb_fwd_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* __restrict__ idx,
-                              const float* __restrict__ w, const float* __restrict__ V, float* __restrict__ out) {
+// Thread per (t, column): out[t, d] = Σ_j coef[t, j] · table[idx[t, j], d], j in order, in double (NaN when a
+// position of t is out of range). The embedding bag's forward (coef w, table V) and PEER's dx (coef dh, table U).
+template <class C>
+__global__ void pk_weighted_rows_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* __restrict__ idx,
+                                        const C* __restrict__ coef, const float* __restrict__ table,
+                                        float* __restrict__ out) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = i / D, d = i % D;
     double s = 0;
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t r = idx[t * J + j];
-      s += r >= 0 && r < N ? (double)w[t * J + j] * V[r * D + d] : NAN;
+      const int64_t p = t * J + j, r = idx[p];
+      s += r >= 0 && r < N ? (double)coef[p] * table[r * D + d] : NAN;
     }
     out[i] = (float)s;
   }
@@ -284,20 +288,6 @@ __global__ void peer_bwd_pos_kernel(int64_t T, int64_t J, int64_t N, int64_t D, 
       dh[p] = (double)g[p] * c * pk_act_grad(act, hv);
       gv[p] = (double)g[p] * pk_act(act, hv);
     }
-  }
-}
-
-// Thread per (t, column): dx[t, d] = Σ_j dh · U[i, d], j in order (NaN when a position of t is out of range).
-__global__ void peer_dx_kernel(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* __restrict__ idx,
-                               const float* __restrict__ U, const double* __restrict__ dh, float* __restrict__ dx) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t t = i / D, d = i % D;
-    double s = 0;
-    for (int64_t j = 0; j < J; ++j) {
-      const int64_t p = t * J + j, r = idx[p];
-      s += r >= 0 && r < N ? dh[p] * U[r * D + d] : NAN;
-    }
-    dx[i] = (float)s;
   }
 }
 

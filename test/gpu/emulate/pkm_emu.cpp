@@ -134,7 +134,8 @@ static bool embedding_bag(int64_t T, int64_t J, int64_t N, int64_t D, int64_t sp
       rdw[p] = NAN;
       for (int64_t d = 0; d < D; ++d) rout[(p / J) * D + d] = NAN;
     }
-  if (T > 0) launch(dim3{2, 1, 1}, 64, [&] { eb_fwd_kernel(T, J, N, D, idx.data(), w.data(), V.data(), out.data()); });
+  if (T > 0)
+    launch(dim3{2, 1, 1}, 64, [&] { pk_weighted_rows_kernel(T, J, N, D, idx.data(), w.data(), V.data(), out.data()); });
   std::vector<float> dw(M, -9.f), values(cap * D, -9.f);
   std::vector<int32_t> rows(cap, -9);
   if (M > 0) launch(dim3{2, 1, 1}, 64, [&] { pk_row_dot_kernel(T, J, N, D, idx.data(), V.data(), dout.data(), dw.data()); });
@@ -192,7 +193,8 @@ static bool peer(int64_t T, int64_t J, int64_t N, int64_t D, int act, int64_t sp
       peer_bwd_pos_kernel(T, J, N, D, act, idx.data(), g.data(), V.data(), h.data(), dout.data(), dg.data(), dh.data(),
                           gv.data());
     });
-  if (T > 0) launch(dim3{2, 1, 1}, 64, [&] { peer_dx_kernel(T, J, N, D, idx.data(), U.data(), dh.data(), dx.data()); });
+  if (T > 0)
+    launch(dim3{2, 1, 1}, 64, [&] { pk_weighted_rows_kernel(T, J, N, D, idx.data(), dh.data(), U.data(), dx.data()); });
   if (cap > 0)
     launch(dim3{2, 1, 1}, 64, [&] {
       peer_duv_kernel(J, D, cap, &ri.nU, ri.starts.data(), ri.pos, dh.data(), gv.data(), x.data(), dout.data(),
