@@ -1,8 +1,8 @@
 // Weighted row gather (EmbeddingBag, sum mode) on the CPU. Spec: kernels/ref/embedding_bag.cpp.
 //   out[t] = Σ_j w[t, j] · V[idx[t, j]];   dw[t, j] = ⟨dout[t], V[idx[t, j]]⟩;   dV sparse over the touched rows.
 // Forward: one owner per token (threads split tokens). Backward: one owner per unique row over the reverse index
-// (row_index.cpp) reads the row once, writes dw of every position that selected it and sums dV in position order
-// (for D > 1024: dw per token, then dV per row): deterministic for any thread count, no N×D buffer.
+// (row_index.cpp) reads the row once, writes dw of every position that selected it and sums dV in position order:
+// deterministic for any thread count, no N×D buffer.
 // Bandwidth-bound (each token reads J rows of D floats); the row loops live in pkm_rows.h, compiled per ISA.
 // Shapes: idx, w, dw [T, J]; V [N, D]; out, dout [T, D]; dV_rows [U, D].
 #include "pkm_isa.h"
@@ -22,20 +22,11 @@ void embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const in
                             const float* V, const float* dout, float* dw, int64_t U, const int32_t* rows,
                             const int64_t* offsets, const int64_t* pos, float* dV_rows) {
   (void)N;
+  (void)idx;  // the reverse index (rows, offsets, pos) carries the positions
   const PkmRowKernels& kern = pkm_row_kernels();
-  if (D <= kPkmFusedMaxD) {
-    // Row-centric: each touched row of V is read once for all its hits (dw and dV in one pass).
-    parallel_for(
-        U, [&](int64_t b, int64_t e, int) { kern.eb_backward_rows(b, e, J, D, rows, offsets, pos, w, V, dout, dw, dV_rows); },
-        16);
-    return;
-  }
-  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.eb_backward_dw(b, e, J, D, idx, V, dout, dw); }, 4);
+  // Row-centric: each touched row of V is read once for all its hits (dw and dV in one pass).
   parallel_for(
-      U,
-      [&](int64_t b, int64_t e, int) {
-        kern.rows_accumulate(b, e, J, D, offsets, pos, w, dout, dV_rows, nullptr, nullptr, nullptr);
-      },
+      U, [&](int64_t b, int64_t e, int) { kern.eb_backward_rows(b, e, J, D, rows, offsets, pos, w, V, dout, dw, dV_rows); },
       16);
 }
 

@@ -2,7 +2,7 @@
 //   forward:  per token, h_j = U[i_j] · x, out = Σ_j g_j · act(h_j) · V[i_j]  (J = H·k rows of U and of V read)
 //   backward: per unique row i (reverse index, one owner, V[i] read once for all its hits): c = ⟨V[i], dout[t]⟩,
 //             dg = act(h) c, dh = g c act'(h), dU[i] = Σ dh · x[t], dV[i] = Σ g act(h) · dout[t]; then per token
-//             dx = Σ_j dh_j U[i_j]. (D > 1024: the token pass computes c, dg, dh, dx and the row pass dU, dV.)
+//             dx = Σ_j dh_j U[i_j].
 // Token-centric is the right order at N = 1024² where a row is hit ~T·J/N < 1 times per batch: there is no reuse
 // to win by sorting by expert. Deterministic for any thread count (fixed orders, no atomics).
 // Shapes: x, out, dout, dx [T, D]; idx, g, h, dg [T, J]; U, V [N, D]; dU_rows, dV_rows [nrows, D].
@@ -30,45 +30,29 @@ void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, cons
                    float* dU_rows, float* dV_rows, void* work) {
   (void)N;
   const PkmRowKernels& kern = pkm_row_kernels();
+  // act(h) and act'(h) in token order (vectorised), then the row-centric pass (V read once per touched row: dg,
+  // dh, dU, dV), then dx per token from U and dh.
   float* dh = static_cast<float*>(work);
-  float* gv = dh + T * J;
-  if (D <= kPkmFusedMaxD) {
-    // act(h) and act'(h) in token order (vectorised), then the row-centric pass (V read once per touched row:
-    // dg, dh, dU, dV), then dx per token from U and dh.
-    float* av = gv;
-    float* ag = gv + T * J;
-    // Split in whole blocks of 64 values: peer_act_rows runs a vector loop plus a scalar tail, and the two can
-    // round differently in the last bit, so where a split falls must not depend on the thread count (it did:
-    // dx and dU at T = 512, N = 1024² with 3 threads differed from 1, 2 and 4 threads).
-    constexpr int64_t kActBlock = 64;
-    const int64_t n = T * J;
-    parallel_for((n + kActBlock - 1) / kActBlock,
-                 [&](int64_t b, int64_t e, int) {
-                   const int64_t i0 = b * kActBlock, i1 = std::min(e * kActBlock, n);
-                   kern.peer_act_rows((int)act, h + i0, av + i0, ag + i0, i1 - i0);
-                 },
-                 64);
-    parallel_for(
-        nrows,
-        [&](int64_t b, int64_t e, int) {
-          kern.peer_backward_rows(b, e, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU_rows, dV_rows);
-        },
-        16);
-    parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);
-    return;
-  }
-  parallel_for(
-      T,
-      [&](int64_t b, int64_t e, int) {
-        kern.peer_backward_tokens(b, e, J, D, (int)act, idx, g, U, V, h, dout, dx, dg, dh, gv);
-      },
-      2);
+  float* av = dh + T * J;
+  float* ag = av + T * J;
+  // Split in whole blocks of 64 values: peer_act_rows runs a vector loop plus a scalar tail, and the two can
+  // round differently in the last bit, so where a split falls must not depend on the thread count (it did:
+  // dx and dU at T = 512, N = 1024² with 3 threads differed from 1, 2 and 4 threads).
+  constexpr int64_t kActBlock = 64;
+  const int64_t n = T * J;
+  parallel_for((n + kActBlock - 1) / kActBlock,
+               [&](int64_t b, int64_t e, int) {
+                 const int64_t i0 = b * kActBlock, i1 = std::min(e * kActBlock, n);
+                 kern.peer_act_rows((int)act, h + i0, av + i0, ag + i0, i1 - i0);
+               },
+               64);
   parallel_for(
       nrows,
       [&](int64_t b, int64_t e, int) {
-        kern.rows_accumulate(b, e, J, D, offsets, pos, dh, x, dU_rows, gv, dout, dV_rows);
+        kern.peer_backward_rows(b, e, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU_rows, dV_rows);
       },
       16);
+  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);
 }
 
 }  // namespace sffn

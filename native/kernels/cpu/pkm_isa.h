@@ -8,22 +8,11 @@
 
 namespace sffn {
 
-// Widest rows the fused row-centric backward passes handle (their accumulators live on the stack).
-constexpr int64_t kPkmFusedMaxD = 1024;
-
 struct PkmRowKernels {
   void (*eb_forward)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
                      const float* V, float* out);
-  void (*eb_backward_dw)(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* V,
-                         const float* dout, float* dw);
-  void (*rows_accumulate)(int64_t u0, int64_t u1, int64_t J, int64_t D, const int64_t* offsets, const int64_t* pos,
-                          const float* coef, const float* src, float* out, const float* coef2, const float* src2,
-                          float* out2);
   void (*peer_forward)(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const float* x, const int32_t* idx,
                        const float* g, const float* U, const float* V, float* out, float* h);
-  void (*peer_backward_tokens)(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const int32_t* idx,
-                               const float* g, const float* U, const float* V, const float* h, const float* dout,
-                               float* dx, float* dg, float* dh, float* gv);
   void (*pkm_bwd_tokens)(int64_t t0, int64_t t1, const PkmDims& d, int act, const float* keys, const int32_t* idx,
                          const float* scores, const float* weights, const float* dweights, float* dq,
                          int32_t* ent_row, float* ent_g, float* ds);

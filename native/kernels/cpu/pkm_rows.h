@@ -263,49 +263,10 @@ static inline void eb_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, 
   }
 }
 
-// dw[t, j] = ⟨dout[t], V[idx[t, j]]⟩ for t in [t0, t1).
-template <class Dim>
-static inline void eb_backward_dw_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx, const float* V,
-                                 const float* dout, float* dw) {
-  const int64_t end = t1 * J;
-  for (int64_t t = t0; t < t1; ++t)
-    for (int64_t p = t * J; p < (t + 1) * J; ++p) {
-      if (p + kPrefetch < end) prefetch_row(V + (int64_t)idx[p + kPrefetch] * D, D);
-      dw[p] = row_dot(dout + t * D, V + (int64_t)idx[p] * D, D);
-    }
-}
-
-// out[u] = Σ_{o in [offsets[u], offsets[u+1])} coef[pos[o]] · src[pos[o] / J] for u in [u0, u1), summed in
-// position order; optionally a second (coef2, src2) → out2 over the same index (PEER's dU and dV in one pass).
-// Each output row is summed in registers and streamed out once (stream_row_sums).
-template <class Dim>
-static inline void rows_accumulate_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int64_t* offsets,
-                                         const int64_t* pos, const float* coef, const float* src, float* out,
-                                         const float* coef2, const float* src2, float* out2) {
-  const int64_t oend = offsets[u1];
-  const TokenOf tok(J);
-  for (int64_t u = u0; u < u1; ++u) {
-    const int64_t q0 = offsets[u], q1 = offsets[u + 1];
-    for (int64_t q = q0; q < q1; ++q)
-      if (q + kPrefetch < oend) {
-        const int64_t tf = tok(pos[q + kPrefetch]);
-        prefetch_row(src + tf * D, D);
-        if (out2) prefetch_row(src2 + tf * D, D);
-      }
-    if (out2)
-      stream_row_sums<2>(D, tok, pos, q0, q1, [&](int64_t p, int k) { return k == 0 ? coef[p] : coef2[p]; },
-                         {src, src2}, {out + u * D, out2 + u * D});
-    else
-      stream_row_sums<1>(D, tok, pos, q0, q1, [&](int64_t p, int) { return coef[p]; }, {src}, {out + u * D});
-  }
-  stream_fence();
-}
-
 // Row-centric backward passes: one owner per unique table row reads that row ONCE and serves all positions that
 // selected it (the per-position reads of a token-centric pass would fetch it again for every hit), writing the
 // per-position results (dw / dg, dh; each position has exactly one row, so no conflicts) and streaming out the
-// row's gradient. Rows of width D <= kFusedMaxD only (the accumulators live on the stack).
-constexpr int64_t kFusedMaxD = kPkmFusedMaxD;
+// row's gradient. Any row width: the gradient sums live in registers a column block at a time (stream_row_sums).
 
 // Unique rows ahead of the one being served whose table row is prefetched. PEER row pass at D = 256, J = 128,
 // N = 1024², T = 4096 (2 threads, AVX-512 EPYC VM, C++ harness, variants interleaved): 1 / 2 / 4 / 8 rows ahead
@@ -420,55 +381,13 @@ static inline void peer_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D
   }
 }
 
-// PEER backward, token part, for tokens [t0, t1): c = ⟨V[i], dout[t]⟩, dg = act(h) · c, dh = g · c · act'(h),
-// dx[t] = Σ_j dh · U[i]; keeps dh and g · act(h) per position for the row part.
-template <class Dim>
-static inline void peer_backward_tokens_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, int act, const int32_t* idx,
-                                       const float* g, const float* U, const float* V, const float* h,
-                                       const float* dout, float* dx, float* dg, float* dh, float* gv) {
-  for (int64_t t = t0; t < t1; ++t) {
-    const int32_t* it = idx + t * J;
-    const float* dot = dout + t * D;
-    for (int64_t j = 0; j < J; ++j) {
-      if (j + kPrefetch < J) prefetch_row(V + (int64_t)it[j + kPrefetch] * D, D);
-      else if (j + kPrefetch - J < J) prefetch_row(U + (int64_t)it[j + kPrefetch - J] * D, D);
-      const int64_t p = t * J + j;
-      const float c = row_dot(V + (int64_t)it[j] * D, dot, D);
-      const float a = peer_act(act, h[p]);
-      dg[p] = a * c;
-      dh[p] = g[p] * c * peer_act_grad(act, h[p]);
-      gv[p] = g[p] * a;
-    }
-    float* dxt = dx + t * D;
-    row_zero(dxt, D);
-    for (int64_t j = 0; j < J; ++j) {
-      if (j + kPrefetch < J) prefetch_row(U + (int64_t)it[j + kPrefetch] * D, D);
-      else if (t + 1 < t1 && j + kPrefetch - J < J) prefetch_row(V + (int64_t)it[J + j + kPrefetch - J] * D, D);
-      row_axpy(dxt, dh[t * J + j], U + (int64_t)it[j] * D, D);
-    }
-  }
-}
-
 // Entry points with the row width D as a compile-time constant for the common widths (see with_row_width), except
-// the two row-centric backward passes: with D constant their two D-float stack accumulators and the unrolled
-// inner loops ran slower (same-process A/B at D = 256, T = 4096: PEER backward 0.90×, embedding-bag backward
-// 0.85× the generic build), so they keep the runtime width.
+// the two row-centric backward passes, which keep the runtime width: with their old L1 accumulator rows a constant
+// D made them slower (PEER backward 0.90×, embedding-bag backward 0.85×), and with the sums in registers it makes
+// no difference we can measure (PEER row pass 30.3 vs 31.5 ms, C++ harness, within the noise).
 static void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   with_row_width(D, [&](auto d) { eb_forward_range_d(t0, t1, J, d, idx, w, V, out); });
-}
-
-static void eb_backward_dw_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* V,
-                                 const float* dout, float* dw) {
-  with_row_width(D, [&](auto d) { eb_backward_dw_range_d(t0, t1, J, d, idx, V, dout, dw); });
-}
-
-static void rows_accumulate_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int64_t* offsets,
-                                  const int64_t* pos, const float* coef, const float* src, float* out,
-                                  const float* coef2, const float* src2, float* out2) {
-  with_row_width(D, [&](auto d) {
-    rows_accumulate_range_d(u0, u1, J, d, offsets, pos, coef, src, out, coef2, src2, out2);
-  });
 }
 
 static void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
@@ -493,14 +412,6 @@ static void peer_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int
                                const int32_t* idx, const float* g, const float* U, const float* V, float* out,
                                float* h) {
   with_row_width(D, [&](auto d) { peer_forward_range_d(t0, t1, J, d, act, x, idx, g, U, V, out, h); });
-}
-
-static void peer_backward_tokens_range(int64_t t0, int64_t t1, int64_t J, int64_t D, int act, const int32_t* idx,
-                                       const float* g, const float* U, const float* V, const float* h,
-                                       const float* dout, float* dx, float* dg, float* dh, float* gv) {
-  with_row_width(D, [&](auto d) {
-    peer_backward_tokens_range_d(t0, t1, J, d, act, idx, g, U, V, h, dout, dx, dg, dh, gv);
-  });
 }
 
 // ---- product-key top-k ---------------------------------------------------------------------------------------
