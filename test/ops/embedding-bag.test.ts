@@ -91,6 +91,27 @@ describe('embeddingBag', () => {
     ref.dWeights.dispose();
   });
 
+  // dV is summed in registers one column block at a time (pkm_rows.h stream_row_sums): D = 1100 takes many full
+  // blocks, then single vectors, then a scalar tail.
+  it('backward with wide rows (D = 1100) matches the reference on every ISA', async () => {
+    const DD = 1100;
+    using V = Tensor.from(randn(10 * DD, 1), { shape: [10, DD] });
+    using idx = Tensor.from(randIdx(4 * 3, 10, 2), { shape: [4, 3] });
+    using w = Tensor.from(randn(4 * 3, 3), { shape: [4, 3] });
+    using dOut = Tensor.from(randn(4 * DD, 4), { shape: [4, DD] });
+    const ref = embeddingBagBackward(dOut, V, idx, w, { impl: 'ref' });
+    for (const isa of await cpuIsas()) {
+      const got = await withIsa(isa, () => embeddingBagBackward(dOut, V, idx, w));
+      expect(Array.from(got.dV.rows.data() as Int32Array)).toEqual(Array.from(ref.dV.rows.data() as Int32Array));
+      expectClose(got.dV.values.data() as Float32Array, ref.dV.values.data() as Float32Array, undefined, `${isa} dV`);
+      expectClose(got.dWeights.data() as Float32Array, ref.dWeights.data() as Float32Array, undefined, `${isa} dW`);
+      disposeSparse(got.dV);
+      got.dWeights.dispose();
+    }
+    disposeSparse(ref.dV);
+    ref.dWeights.dispose();
+  });
+
   it('is deterministic: bit-identical across runs and for 1 vs 2 threads', async () => {
     const TT = 500;
     using V = Tensor.from(randn(300 * 32, 1), { shape: [300, 32] });

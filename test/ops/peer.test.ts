@@ -7,6 +7,7 @@ import {
   DTypeError,
   ShapeError,
   Tensor,
+  embeddingBagBackward,
   peerExperts,
   peerExpertsBackward,
   pkmTopk,
@@ -14,6 +15,7 @@ import {
   type PeerAct,
   type SparseRows,
 } from '../../lib/index.js';
+import { native } from '../../lib/native/loader.js';
 import { cpuIsas, expectBitIdentical, expectClose, finiteDiff, guardLeaks, randn, rng, withIsa, withThreads } from '../helpers.js';
 
 const ACTS: PeerAct[] = ['relu', 'gelu', 'silu', 'identity'];
@@ -248,7 +250,9 @@ describe('peerExperts', () => {
     }
   });
 
-  it('wide rows (D > 1024: token pass + row pass) agree with the reference', () => {
+  // The backward row passes sum each gradient row in registers, one column block at a time (pkm_rows.h
+  // stream_row_sums): D = 1100 takes many full blocks, then single vectors, then a scalar tail, on every ISA.
+  it('wide rows (D = 1100: register column blocks and tails) agree with the reference on every ISA', async () => {
     const DD = 1100;
     using x = Tensor.from(randn(4 * DD, 1, 0.1), { shape: [4, DD] });
     using U = Tensor.from(randn(10 * DD, 2, 0.1), { shape: [10, DD] });
@@ -257,15 +261,41 @@ describe('peerExperts', () => {
     using g = Tensor.from(randn(12, 5), { shape: [4, 3] });
     using dOut = Tensor.from(randn(4 * DD, 6), { shape: [4, DD] });
     const f = peerExperts(x, U, V, idx, g, { act: 'silu' });
-    const b = peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu' });
     const r = peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu', impl: 'ref' });
     const tol = { atol: 1e-4, rtol: 1e-4 };
-    expectClose(b.dx.data() as Float32Array, r.dx.data() as Float32Array, tol, 'dx');
-    expectClose(b.dGates.data() as Float32Array, r.dGates.data() as Float32Array, tol, 'dg');
-    expectClose(b.dU.values.data() as Float32Array, r.dU.values.data() as Float32Array, tol, 'dU');
-    expectClose(b.dV.values.data() as Float32Array, r.dV.values.data() as Float32Array, tol, 'dV');
-    for (const t of [f.out, f.h, b.dx, b.dGates, r.dx, r.dGates]) t.dispose();
-    disposeSparse(b.dU, b.dV, r.dU, r.dV);
+    for (const isa of await cpuIsas()) {
+      const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu' }));
+      expectClose(b.dx.data() as Float32Array, r.dx.data() as Float32Array, tol, `${isa} dx`);
+      expectClose(b.dGates.data() as Float32Array, r.dGates.data() as Float32Array, tol, `${isa} dg`);
+      expectClose(b.dU.values.data() as Float32Array, r.dU.values.data() as Float32Array, tol, `${isa} dU`);
+      expectClose(b.dV.values.data() as Float32Array, r.dV.values.data() as Float32Array, tol, `${isa} dV`);
+      b.dx.dispose();
+      b.dGates.dispose();
+      disposeSparse(b.dU, b.dV);
+    }
+    for (const t of [f.out, f.h, r.dx, r.dGates]) t.dispose();
+    disposeSparse(r.dU, r.dV);
+  });
+
+  // The row passes stream gradient rows out with aligned non-temporal stores; the sparse value arrays the binding
+  // allocates start on a 64-byte boundary so they can (at a V8 buffer's own start they could not).
+  it('returns sparse gradient values that start on a 64-byte boundary', () => {
+    const DD = 64;
+    using x = Tensor.from(randn(8 * DD, 1), { shape: [8, DD] });
+    using U = Tensor.from(randn(300 * DD, 2), { shape: [300, DD] });
+    using V = Tensor.from(randn(300 * DD, 3), { shape: [300, DD] });
+    using idx = Tensor.from(randIdx(8 * 16, 300, 4), { shape: [8, 16] });
+    using g = Tensor.from(randn(8 * 16, 5), { shape: [8, 16] });
+    using dOut = Tensor.from(randn(8 * DD, 6), { shape: [8, DD] });
+    const f = peerExperts(x, U, V, idx, g);
+    const b = peerExpertsBackward(dOut, x, U, V, idx, g, f.h);
+    const e = embeddingBagBackward(dOut, V, idx, g);
+    for (const [name, t] of [['dU', b.dU.values], ['dV', b.dV.values], ['embedding bag dV', e.dV.values]] as const) {
+      const d = t.data() as Float32Array;
+      expect(d.byteOffset, name).toBe(native().alignOffset(d.buffer as ArrayBuffer, 64));
+    }
+    for (const t of [f.out, f.h, b.dx, b.dGates, e.dWeights]) t.dispose();
+    disposeSparse(b.dU, b.dV, e.dV);
   });
 
   it('works with 1024² experts (small D): sparse gradients only for the rows touched', () => {

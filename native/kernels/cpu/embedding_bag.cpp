@@ -21,8 +21,7 @@ void embedding_bag_forward(int64_t T, int64_t J, int64_t N, int64_t D, const int
 void embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const int32_t* idx, const float* w,
                             const float* V, const float* dout, float* dw, int64_t U, const int32_t* rows,
                             const int64_t* offsets, const int64_t* pos, float* dV_rows) {
-  (void)N;
-  (void)idx;  // the reverse index (rows, offsets, pos) carries the positions
+  (void)T, (void)N, (void)idx;  // the reverse index (rows, offsets, pos) carries the positions
   const PkmRowKernels& kern = pkm_row_kernels();
   // Row-centric: each touched row of V is read once for all its hits (dw and dV in one pass).
   parallel_for(
