@@ -89,14 +89,23 @@ interface Row {
 }
 
 // Ratio of a kernel's time to its memory floor (bytes that must move / bandwidth). The dev boxes are shared VMs
-// whose memory bandwidth swings with the neighbours' load, so rounds alternate a bandwidth probe (best of 2 over
-// 128 MiB buffers) with one kernel call, and the ratios take the best kernel time over the best probe (the STREAM
-// convention: what the machine does when nobody else is using it); the median of the per-round copy ratios is
-// kept too. Two references: STREAM copy (the target's definition) and scattered 1 KiB row reads (the access
-// pattern of these kernels, the practical ceiling of a gather).
+// whose memory bandwidth swings with the neighbours' load (the copy probe read 44-78 GB/s between runs minutes
+// apart on 2026-12-03), so rounds alternate a bandwidth probe (best of 2 over 128 MiB buffers) with one kernel
+// call and each round's ratio pairs the call with the probe next to it. The table shows the median of those
+// per-round ratios; the best kernel time over the best probe (the STREAM convention, which pairs a kernel call
+// and a probe from different moments) is kept in the JSON. Two references: STREAM copy (the target's
+// definition) and scattered 1 KiB row reads (the access pattern of these kernels, the practical ceiling of a
+// gather).
+function median(a: number[]): number {
+  return [...a].sort((x, y) => x - y)[a.length >> 1];
+}
+
 function floorRatio(fn: () => void, bytes: number, rounds = rounds_) {
   fn();
   const ratios: number[] = [];
+  const rowRatios: number[] = [];
+  const copies: number[] = [];
+  const rowBws: number[] = [];
   let copy = 0;
   let rowsBw = 0;
   let best = Infinity;
@@ -106,15 +115,20 @@ function floorRatio(fn: () => void, bytes: number, rounds = rounds_) {
     fn();
     const t = Number(process.hrtime.bigint() - t0) / 1e9;
     ratios.push(t / (bytes / (bw.copy * 1e9)));
+    rowRatios.push(t / (bytes / (bw.rows * 1e9)));
+    copies.push(bw.copy);
+    rowBws.push(bw.rows);
     copy = Math.max(copy, bw.copy);
     rowsBw = Math.max(rowsBw, bw.rows);
     best = Math.min(best, t);
   }
-  const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
   return {
     best: best / (bytes / (copy * 1e9)),
     bestRows: best / (bytes / (rowsBw * 1e9)),
-    median: med(ratios),
+    median: median(ratios),
+    medianRows: median(rowRatios),
+    copies,
+    rowBws,
     copy,
     rows: rowsBw,
     bestSeconds: best,
@@ -193,14 +207,14 @@ function benchPkm(tokens: number[], rows: Row[], json: unknown[]): void {
       'retr ms': ms(tRetr),
       'gather ms': ms(tGather),
       'gather GB/s': fwdBytes / tGather.median / 1e9,
-      'fwd ×copy': fr.best,
-      '×rows': fr.bestRows,
+      'fwd ×copy': fr.median,
+      '×rows': fr.medianRows,
       'bwd gather ms': ms(tGatherBwd),
       'bwd GB/s': bwdBytes / tGatherBwd.median / 1e9,
-      'bwd ×copy': br.best,
-      '×rows ': br.bestRows,
-      'copy GB/s': Math.max(fr.copy, br.copy),
-      'rows GB/s': Math.max(fr.rows, br.rows),
+      'bwd ×copy': br.median,
+      '×rows ': br.medianRows,
+      'copy GB/s': median([...fr.copies, ...br.copies]),
+      'rows GB/s': median([...fr.rowBws, ...br.rowBws]),
       'bwd retr ms': ms(tRetrBwd),
       'opt ms': ms(tOpt),
       'rows U': U,
@@ -298,14 +312,14 @@ function benchPeer(tokens: number[], rows: Row[], json: unknown[]): void {
       'retr ms': ms(tRetr),
       'gather ms': ms(tGather),
       'gather GB/s': fwdBytes / tGather.median / 1e9,
-      'fwd ×copy': fr.best,
-      '×rows': fr.bestRows,
+      'fwd ×copy': fr.median,
+      '×rows': fr.medianRows,
       'bwd gather ms': ms(tGatherBwd),
       'bwd GB/s': bwdBytes / tGatherBwd.median / 1e9,
-      'bwd ×copy': br.best,
-      '×rows ': br.bestRows,
-      'copy GB/s': Math.max(fr.copy, br.copy),
-      'rows GB/s': Math.max(fr.rows, br.rows),
+      'bwd ×copy': br.median,
+      '×rows ': br.medianRows,
+      'copy GB/s': median([...fr.copies, ...br.copies]),
+      'rows GB/s': median([...fr.rowBws, ...br.rowBws]),
       'bwd retr ms': ms(tRetrBwd),
       'opt ms': ms(tOpt),
       'rows U': nu,
@@ -374,9 +388,9 @@ export async function run(args: string[]): Promise<void> {
   if (!only || only === 'peer') benchPeer(tokens, rows, json);
   if (rows.length) printTable(rows, 'PKM (Dk=256, H=4, k=32, N=512², D=256) and PEER (D=256, Dk=256, H=8, k=16, N=1024²); ms are medians');
   console.log(
-    `\n×copy / ×rows = best kernel time / (bytes that must move / best STREAM-copy or scattered-1KiB-row bandwidth), ` +
-      `over rounds alternating a bandwidth probe with one kernel call (JSON: also the median per-round ratio); ` +
-      `other columns are medians. ` +
+    `\n×copy / ×rows = median over rounds of (kernel time / (bytes that must move / the STREAM-copy or ` +
+      `scattered-1KiB-row bandwidth probed just before it in the same round)); copy / rows GB/s = the probes' ` +
+      `medians (JSON: also best kernel time / best probe); other columns are medians. ` +
       `Peak memory ${maxRssGiB().toFixed(2)} GiB max RSS; load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
   );
   const optRows: Row[] = [];
