@@ -189,7 +189,7 @@ struct RowIndex {
   RowIndex(const int32_t* idx, int64_t M, int64_t N, size_t extra_bytes = 0) {
     const int64_t cap = std::min(M, N) + 1;
     auto round = [](size_t b) { return (b + 63) / 64 * 64; };
-    const size_t b_counts = round((size_t)(N + 1) * 8), b_off = round((size_t)cap * 8),
+    const size_t b_counts = round((size_t)row_index_counts_size(M, N) * 8), b_off = round((size_t)cap * 8),
                  b_pos = round((size_t)std::max<int64_t>(M, 1) * 8), b_rows = round((size_t)cap * 4);
     char* p = static_cast<char*>(scratch(0, kWorkSlot, b_counts + b_off + b_pos + b_rows + extra_bytes + 64));
     counts = (int64_t*)p;

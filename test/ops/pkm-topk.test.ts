@@ -272,6 +272,33 @@ describe('pkmTopk', () => {
     keys.dispose();
   });
 
+  // 2·32768 sub-key rows and 2·T·H·k = 4096 entries: the backward's reverse index over the entries takes the radix
+  // sort (row_index.cpp: N >= 2^16), with the unused entries (row -1, where a half's rows repeat) skipped.
+  it('backward over 65,536 sub-key rows (radix reverse index) matches the reference, for 1, 2 and 3 threads', async () => {
+    const c: Cfg = { name: '', T: 64, H: 4, Hq: 4, Hk: 1, Dk: 4, n: 32768, k: 8 };
+    const { q, keys } = inputs(c, 6);
+    const sel = pkmTopk(q, keys, c.k, { act: 'softmax' });
+    using dw = Tensor.from(randn(c.T * c.H * c.k, 7), { shape: [c.T, c.H, c.k] });
+    const ref = pkmTopkBackward(dw, q, keys, sel, { impl: 'ref' });
+    const run = () => {
+      const g = pkmTopkBackward(dw, q, keys, sel);
+      const out = { dq: (g.dq.data() as Float32Array).slice(), dk: (g.dkeys.data() as Float32Array).slice() };
+      g.dq.dispose();
+      g.dkeys.dispose();
+      return out;
+    };
+    const one = await withThreads(1, run);
+    expectClose(one.dq, ref.dq.data() as Float32Array, undefined, 'dq');
+    expectClose(one.dk, ref.dkeys.data() as Float32Array, undefined, 'dkeys');
+    for (const n of [2, 3]) {
+      const got = await withThreads(n, run);
+      expectBitIdentical(got.dq, one.dq, `dq 1 vs ${n} threads`);
+      expectBitIdentical(got.dk, one.dk, `dkeys 1 vs ${n} threads`);
+    }
+    for (const t of [ref.dq, ref.dkeys, q, keys]) t.dispose();
+    disposeSel(sel);
+  });
+
   it('rejects bad input with typed errors', () => {
     const q = Tensor.zeros([3, 2, 8]);
     const keys = Tensor.zeros([2, 2, 4, 4]);

@@ -57,7 +57,9 @@ void pkm_topk_backward_ref(const PkmDims& d, PkmAct act, const float* q, const f
 // ---- reverse index: which positions of a list of row ids hold each row ------------------------------------
 // ids [M] with values in [0, N) (a negative id is skipped). On return rows[0..U) are the distinct ids ascending;
 // positions offsets[u] .. offsets[u+1] of pos hold the positions p (ascending) with ids[p] == rows[u]. Capacities:
-// counts N + 1, rows and offsets min(M, N) + 1, pos M. Returns U. Deterministic, O(M + N).
+// counts row_index_counts_size(M, N) (N + 1, or M where a radix sort uses it for pairs), rows and offsets
+// min(M, N) + 1, pos M. Returns U. Deterministic: the same index for any thread count.
+int64_t row_index_counts_size(int64_t M, int64_t N);
 int64_t row_index_build(const int32_t* ids, int64_t M, int64_t N, int64_t* counts, int32_t* rows, int64_t* offsets,
                         int64_t* pos);
 

@@ -162,7 +162,7 @@ size_t pkm_topk_backward_work_bytes(const PkmDims& d) {
   size_t b = 0;
   b += (size_t)M * 4;            // entry rows
   b += (size_t)M * 4;            // entry gradients
-  b += (size_t)(R + 1) * 8;      // counts
+  b += (size_t)row_index_counts_size(M, R) * 8;  // counts
   b += (size_t)(U + 1) * 4;      // unique rows
   b += (size_t)(U + 1) * 8;      // offsets
   b += (size_t)M * 8;            // positions
@@ -185,7 +185,7 @@ void pkm_topk_backward(const PkmDims& d, PkmAct act, const float* q, const float
   // and its merged gradient; unused positions hold row -1.
   int32_t* ent_row = (int32_t*)take((size_t)M * 4);
   float* ent_g = (float*)take((size_t)M * 4);
-  int64_t* counts = (int64_t*)take((size_t)(R + 1) * 8);
+  int64_t* counts = (int64_t*)take((size_t)row_index_counts_size(M, R) * 8);
   int32_t* urows = (int32_t*)take((size_t)(U + 1) * 4);
   int64_t* offsets = (int64_t*)take((size_t)(U + 1) * 8);
   int64_t* pos = (int64_t*)take((size_t)M * 8);
