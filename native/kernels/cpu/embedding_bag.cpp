@@ -25,7 +25,8 @@ void embedding_bag_backward(int64_t T, int64_t J, int64_t N, int64_t D, const in
   const PkmRowKernels& kern = pkm_row_kernels();
   // Row-centric: each touched row of V is read once for all its hits (dw and dV in one pass).
   parallel_for(
-      U, [&](int64_t b, int64_t e, int) { kern.eb_backward_rows(b, e, J, D, rows, offsets, pos, w, V, dout, dw, dV_rows); },
+      U,
+      [&](int64_t b, int64_t e, int) { kern.eb_backward_rows(b, e, J, D, rows, offsets, pos, w, V, dout, dw, dV_rows); },
       16);
 }
 

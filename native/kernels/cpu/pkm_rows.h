@@ -83,16 +83,16 @@ static inline void prefetch_row(const float* r, int64_t D) {
 }
 
 // t = p / J, the token of position p, by a multiply-high instead of a 64-bit division (~3 per hit in the row
-// passes, ~10% of the PEER row pass when divided): with M = ⌈2^64 / J⌉, ⌊M·p / 2^64⌋ = ⌊p / J⌋ for every
+// passes, ~10% of the PEER row pass when divided): with m = ⌈2^64 / J⌉, ⌊m·p / 2^64⌋ = ⌊p / J⌋ for every
 // p < 2^32 and 2 <= J <= 2^32 (Lemire, Kaser & Kurz 2019, "Faster remainder by direct computation", Thm. 1).
 // Larger positions and J = 1 take the division.
 struct TokenOf {
   int64_t J;
-  uint64_t M;
-  explicit TokenOf(int64_t J) : J(J), M(J > 1 ? ~uint64_t(0) / (uint64_t)J + 1 : 0) {}
+  uint64_t m;  // 0: divide
+  explicit TokenOf(int64_t J) : J(J), m(J > 1 ? ~uint64_t(0) / (uint64_t)J + 1 : 0) {}
   int64_t operator()(int64_t p) const {
-    if (M == 0 || ((uint64_t)p >> 32) != 0) return p / J;
-    return (int64_t)(((unsigned __int128)M * (uint64_t)p) >> 64);
+    if (m == 0 || ((uint64_t)p >> 32) != 0) return p / J;
+    return (int64_t)(((unsigned __int128)m * (uint64_t)p) >> 64);
   }
 };
 
@@ -138,8 +138,8 @@ static inline void vec_stream(float* p, vecf v) {
 constexpr int kSumVecs = 4;
 
 template <int K, class Dim, class Coef>
-static inline void stream_row_sums(Dim D, const TokenOf& tok, const int64_t* pos, int64_t q0, int64_t q1, const Coef& coef,
-                                   const float* const (&src)[K], float* const (&out)[K]) {
+static inline void stream_row_sums(Dim D, const TokenOf& tok, const int64_t* pos, int64_t q0, int64_t q1,
+                                   const Coef& coef, const float* const (&src)[K], float* const (&out)[K]) {
   int64_t c0 = 0;
   auto block = [&](auto nv) {  // columns [c0, c0 + nv·kVecW)
     constexpr int NV = decltype(nv)::value;
