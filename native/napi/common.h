@@ -93,6 +93,9 @@ bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op);
 
 // Registration: each napi/<group>.cpp holds `static Registrar reg([](Napi::Env env, Napi::Object exports) {
 // def(env, exports, "gemm", JS_gemm); ... });` so adding a group never edits addon.cpp.
+// Bytes to skip from p so that what follows is aligned to `align` (a power of two).
+inline size_t align_offset(const void* p, size_t align) { return (align - ((uintptr_t)p & (align - 1))) & (align - 1); }
+
 using JsFn = Napi::Value (*)(const Napi::CallbackInfo&);
 void def(Napi::Env env, Napi::Object exports, const char* name, JsFn fn);
 struct Registrar {

@@ -63,8 +63,7 @@ Napi::Value JS_alignOffset(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsArrayBuffer()) fail(ErrKind::Type, op, ": buffer must be an ArrayBuffer");
   const int64_t align = arg_int(info, 1, op, "align", 1, 4096);
   if ((align & (align - 1)) != 0) fail(ErrKind::Range, op, ": align must be a power of two, got ", align);
-  const uintptr_t p = (uintptr_t)info[0].As<Napi::ArrayBuffer>().Data();
-  return Napi::Number::New(info.Env(), (double)((align - (int64_t)(p & (uintptr_t)(align - 1))) & (align - 1)));
+  return Napi::Number::New(info.Env(), (double)align_offset(info[0].As<Napi::ArrayBuffer>().Data(), (size_t)align));
 }
 
 #ifndef SFFN_WITH_CUDA

@@ -207,8 +207,7 @@ struct RowIndex {
 // D = 256, T = 4096 took ~1.15x as long.
 Napi::Float32Array aligned_floats(Napi::Env env, size_t n) {
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, n * sizeof(float) + 64);
-  const size_t off = (64 - ((uintptr_t)ab.Data() & 63)) & 63;
-  return Napi::Float32Array::New(env, n, ab, off);
+  return Napi::Float32Array::New(env, n, ab, align_offset(ab.Data(), 64));
 }
 
 // Output arrays of a sparse gradient: the caller's (positions `i`.. of info) when given and large enough, else
