@@ -274,10 +274,9 @@ static inline void eb_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, 
 constexpr int64_t kRowsAhead = 4;
 
 // Embedding bag: dw[p] = ⟨dout[p / J], V[row]⟩ and dV[u] = Σ_p w[p] · dout[p / J] for unique rows [u0, u1).
-template <class Dim>
-static inline void eb_backward_rows_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int32_t* rows,
-                                          const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
-                                          const float* dout, float* dw, float* dV) {
+static void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                                   const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
+                                   const float* dout, float* dw, float* dV) {
   const int64_t oend = offsets[u1];
   const TokenOf tok(J);
   for (int64_t u = u0; u < u1; ++u) {
@@ -303,11 +302,10 @@ static inline void eb_backward_rows_range_d(int64_t u0, int64_t u1, int64_t J, D
 // PEER: for unique rows [u0, u1) with c = ⟨V[row], dout[t]⟩: dg[p] = act(h)·c, dh[p] = g·c·act'(h),
 // dU[u] = Σ_p dh[p]·x[t], dV[u] = Σ_p g·act(h)·dout[t]  (t = p / J).
 // av, ag: act(h) and act'(h) per position (peer_act_rows in token order beforehand).
-template <class Dim>
-static inline void peer_backward_rows_range_d(int64_t u0, int64_t u1, int64_t J, Dim D, const int32_t* rows,
-                                            const int64_t* offsets, const int64_t* pos, const float* g,
-                                            const float* av, const float* ag, const float* V, const float* x,
-                                            const float* dout, float* dg, float* dh, float* dU, float* dV) {
+static void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
+                                     const int64_t* offsets, const int64_t* pos, const float* g, const float* av,
+                                     const float* ag, const float* V, const float* x, const float* dout, float* dg,
+                                     float* dh, float* dU, float* dV) {
   const int64_t oend = offsets[u1];
   const TokenOf tok(J);
   for (int64_t u = u0; u < u1; ++u) {
@@ -381,26 +379,13 @@ static inline void peer_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D
   }
 }
 
-// Entry points with the row width D as a compile-time constant for the common widths (see with_row_width), except
-// the two row-centric backward passes, which keep the runtime width: with their old L1 accumulator rows a constant
-// D made them slower (PEER backward 0.90×, embedding-bag backward 0.85×), and with the sums in registers it makes
-// no difference we can measure (PEER row pass 30.3 vs 31.5 ms, C++ harness, within the noise).
+// Entry points with the row width D as a compile-time constant for the common widths (see with_row_width). The
+// two row-centric backward passes above are not specialised: with their old L1 accumulator rows a constant D made
+// them slower (PEER backward 0.90×, embedding-bag backward 0.85×), and with the sums in registers it makes no
+// difference we can measure (PEER row pass 30.3 vs 31.5 ms, C++ harness, within the noise).
 static void eb_forward_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   with_row_width(D, [&](auto d) { eb_forward_range_d(t0, t1, J, d, idx, w, V, out); });
-}
-
-static void eb_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
-                                   const int64_t* offsets, const int64_t* pos, const float* w, const float* V,
-                                   const float* dout, float* dw, float* dV) {
-  eb_backward_rows_range_d(u0, u1, J, D, rows, offsets, pos, w, V, dout, dw, dV);
-}
-
-static void peer_backward_rows_range(int64_t u0, int64_t u1, int64_t J, int64_t D, const int32_t* rows,
-                                     const int64_t* offsets, const int64_t* pos, const float* g, const float* av,
-                                     const float* ag, const float* V, const float* x, const float* dout, float* dg,
-                                     float* dh, float* dU, float* dV) {
-  peer_backward_rows_range_d(u0, u1, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU, dV);
 }
 
 static void peer_backward_dx_range(int64_t t0, int64_t t1, int64_t J, int64_t D, const int32_t* idx, const float* U,
