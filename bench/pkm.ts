@@ -33,7 +33,7 @@ import {
   SparseGradWorkspace,
   type SparseRows,
 } from '../lib/index.js';
-import { machine, parseArgs, printTable, time, type Timing } from './harness.js';
+import { machine, median, parseArgs, printTable, time, type Timing } from './harness.js';
 import { writeResults } from './harness.js';
 
 const GiB = 2 ** 30;
@@ -96,10 +96,6 @@ interface Row {
 // and a probe from different moments) is kept in the JSON. Two references: STREAM copy (the target's
 // definition) and scattered 1 KiB row reads (the access pattern of these kernels, the practical ceiling of a
 // gather).
-function median(a: number[]): number {
-  return [...a].sort((x, y) => x - y)[a.length >> 1];
-}
-
 function floorRatio(fn: () => void, bytes: number, rounds = rounds_) {
   fn();
   const ratios: number[] = [];
