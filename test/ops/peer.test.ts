@@ -250,6 +250,31 @@ describe('peerExperts', () => {
     }
   });
 
+  // The forward weights the V rows 256 coefficients at a time; at D = 256 its running sums live in registers
+  // (pkm_rows.h weighted_row_sum), stored after each block of 256 and reloaded for the next. J = 300 crosses it.
+  it('more than 256 experts per token (J = 300, D = 256) match the reference on every ISA', async () => {
+    const TT = 3;
+    const JJ = 300;
+    const DD = 256;
+    const NN = 97;
+    using x = Tensor.from(randn(TT * DD, 11, 0.2), { shape: [TT, DD] });
+    using U = Tensor.from(randn(NN * DD, 12, 0.2), { shape: [NN, DD] });
+    using V = Tensor.from(randn(NN * DD, 13), { shape: [NN, DD] });
+    using idx = Tensor.from(randIdx(TT * JJ, NN, 14), { shape: [TT, JJ] });
+    using g = Tensor.from(randn(TT * JJ, 15, 0.1), { shape: [TT, JJ] });
+    using dOut = Tensor.from(randn(TT * DD, 16), { shape: [TT, DD] });
+    const ref = peerExperts(x, U, V, idx, g, { act: 'silu', impl: 'ref' });
+    const rb = peerExpertsBackward(dOut, x, U, V, idx, g, ref.h, { act: 'silu', impl: 'ref' });
+    const tol = { atol: 1e-4, rtol: 1e-4 };
+    for (const isa of await cpuIsas()) {
+      const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act: 'silu' }));
+      const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu' }));
+      expectPeerMatches(f, b, ref, rb, tol, `J = ${JJ}, ${isa}`);
+    }
+    for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
+    disposeSparse(rb.dU, rb.dV);
+  });
+
   // The backward row passes sum each gradient row in registers, one column block at a time (pkm_rows.h
   // stream_row_sums): D = 1100 takes many full blocks, then single vectors, then a scalar tail, on every ISA.
   it('wide rows (D = 1100: register column blocks and tails) agree with the reference on every ISA', async () => {

@@ -127,6 +127,87 @@ static inline void vec_stream(float* p, vecf v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// Token-centric row loops (PEER forward, embedding-bag forward, PEER dx) walk one token's J rows and either dot
+// each with the token's row or sum them with a weight each. When the token's row fits in half the vector register
+// file (row_in_registers: D a compile-time width, a multiple of 16, and D / kVecW <= kRegRowVecs, i.e. D <= 256
+// with AVX-512, D <= 64 with AVX2) it lives in registers for the whole walk: the dot products load x once, not
+// once per row, and the weighted sum keeps its running sums in registers instead of loading and storing an L1
+// row per table row. Same FMAs in the same order as row_dot / row_axpy, so bit-identical. Measured on the PEER
+// forward (D = 256, J = 128, N = 1024², T = 4096, 2 threads, AVX-512 EPYC VM, C++ harness, variants interleaved
+// over 12 rounds): 1.22× faster with both, 1.12-1.17× with the sums alone; two column blocks of 8 vectors (the
+// rows read twice) 1.02-1.08×, and an L1 row updated once per 4 or 8 rows 1.00-1.07×.
+#if defined(__AVX512F__)
+constexpr int64_t kRegRowVecs = 16;
+#else
+constexpr int64_t kRegRowVecs = 8;
+#endif
+
+template <class Dim>
+static constexpr bool row_in_registers() {
+  if constexpr (std::is_integral_v<Dim>) {
+    return false;
+  } else {
+    return Dim::value % 16 == 0 && Dim::value / kVecW <= kRegRowVecs;
+  }
+}
+
+// Both helpers take row(j), the table row of step j, and ahead(j), the row to prefetch before step j (nullptr for
+// none). ahead returns a pointer rather than prefetching itself: GCC 12 finds a lambda whose only effect is
+// __builtin_prefetch free of side effects and deletes the calls to it, prefetches and all.
+
+// h[j] = ⟨row(j), x⟩ for j in [j0, j1), in row_dot's order (16 lane sums, reduced pairwise).
+template <class Dim, class Row, class Ahead>
+static inline void rows_dot(Dim D, int64_t j0, int64_t j1, const Row& row, const Ahead& ahead, const float* x,
+                            float* h) {
+  if constexpr (row_in_registers<Dim>()) {
+    constexpr int NV = (int)(Dim::value / kVecW), L = 16 / kVecW;  // L vectors hold the 16 lane sums
+    vecf xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = vec_load(x + v * kVecW);
+    for (int64_t j = j0; j < j1; ++j) {
+      if (const float* pf = ahead(j)) prefetch_row(pf, D);
+      const float* r = row(j);
+      vecf acc[L] = {};
+      for (int v = 0; v < NV; ++v) acc[v % L] += vec_load(r + v * kVecW) * xv[v];
+      float a[16];
+      std::memcpy(a, acc, sizeof a);
+      for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) a[l] += a[l + w];
+      h[j] = a[0];
+    }
+  } else {
+    for (int64_t j = j0; j < j1; ++j) {
+      if (const float* pf = ahead(j)) prefetch_row(pf, D);
+      h[j] = row_dot(row(j), x, D);
+    }
+  }
+}
+
+// out = Σ_{j ∈ [j0, j1)} coef(j) · row(j), every column summed in j order, starting from out's values when
+// `accumulate` and from zero otherwise.
+template <class Dim, class Row, class Coef, class Ahead>
+static inline void weighted_row_sum(Dim D, int64_t j0, int64_t j1, const Row& row, const Coef& coef,
+                                    const Ahead& ahead, float* out, bool accumulate) {
+  if constexpr (row_in_registers<Dim>()) {
+    constexpr int NV = (int)(Dim::value / kVecW);
+    vecf acc[NV] = {};
+    if (accumulate)
+      for (int v = 0; v < NV; ++v) acc[v] = vec_load(out + v * kVecW);
+    for (int64_t j = j0; j < j1; ++j) {
+      if (const float* pf = ahead(j)) prefetch_row(pf, D);
+      const float* r = row(j);
+      const float c = coef(j);
+      for (int v = 0; v < NV; ++v) acc[v] += c * vec_load(r + v * kVecW);
+    }
+    for (int v = 0; v < NV; ++v) std::memcpy(out + v * kVecW, &acc[v], sizeof(vecf));
+  } else {
+    if (!accumulate) row_zero(out, D);
+    for (int64_t j = j0; j < j1; ++j) {
+      if (const float* pf = ahead(j)) prefetch_row(pf, D);
+      row_axpy(out, coef(j), row(j), D);
+    }
+  }
+}
+
 // The gradient row of one unique table row from its hits q in [q0, q1) of a reverse index (p = pos[q], token
 // t = tok(p)), streamed out once: out_k[c] = Σ_q coef(p, k) · src_k[t·D + c] for k < K, summed in q order for
 // every column c. The sums live in registers, kSumVecs vectors per output at a time, and each column block is
@@ -253,14 +334,11 @@ template <class Dim>
 static inline void eb_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx, const float* w,
                              const float* V, float* out) {
   const int64_t end = t1 * J;
-  for (int64_t t = t0; t < t1; ++t) {
-    float* o = out + t * D;
-    row_zero(o, D);
-    for (int64_t p = t * J; p < (t + 1) * J; ++p) {
-      if (p + kPrefetch < end) prefetch_row(V + (int64_t)idx[p + kPrefetch] * D, D);
-      row_axpy(o, w[p], V + (int64_t)idx[p] * D, D);
-    }
-  }
+  for (int64_t t = t0; t < t1; ++t)
+    weighted_row_sum(
+        D, t * J, (t + 1) * J, [&](int64_t p) { return V + (int64_t)idx[p] * D; }, [&](int64_t p) { return w[p]; },
+        [&](int64_t p) { return p + kPrefetch < end ? V + (int64_t)idx[p + kPrefetch] * D : nullptr; }, out + t * D,
+        false);
 }
 
 // Row-centric backward passes: one owner per unique table row reads that row ONCE and serves all positions that
@@ -339,14 +417,11 @@ template <class Dim>
 static inline void peer_backward_dx_range_d(int64_t t0, int64_t t1, int64_t J, Dim D, const int32_t* idx,
                                           const float* U, const float* dh, float* dx) {
   const int64_t end = t1 * J;
-  for (int64_t t = t0; t < t1; ++t) {
-    float* dxt = dx + t * D;
-    row_zero(dxt, D);
-    for (int64_t p = t * J; p < (t + 1) * J; ++p) {
-      if (p + kPrefetch < end) prefetch_row(U + (int64_t)idx[p + kPrefetch] * D, D);
-      row_axpy(dxt, dh[p], U + (int64_t)idx[p] * D, D);
-    }
-  }
+  for (int64_t t = t0; t < t1; ++t)
+    weighted_row_sum(
+        D, t * J, (t + 1) * J, [&](int64_t p) { return U + (int64_t)idx[p] * D; }, [&](int64_t p) { return dh[p]; },
+        [&](int64_t p) { return p + kPrefetch < end ? U + (int64_t)idx[p + kPrefetch] * D : nullptr; }, dx + t * D,
+        false);
 }
 
 // PEER forward for tokens [t0, t1): h[t, j] = U[i] · x[t]; out[t] = Σ_j g · act(h) · V[i].
@@ -356,26 +431,34 @@ static inline void peer_forward_range_d(int64_t t0, int64_t t1, int64_t J, Dim D
                                float* h) {
   for (int64_t t = t0; t < t1; ++t) {
     const int32_t* it = idx + t * J;
-    const float* xt = x + t * D;
     float* ht = h + t * J;
-    for (int64_t j = 0; j < J; ++j) {
-      if (j + kPrefetch < J) prefetch_row(U + (int64_t)it[j + kPrefetch] * D, D);
-      else if (j + kPrefetch - J < J) prefetch_row(V + (int64_t)it[j + kPrefetch - J] * D, D);
-      ht[j] = row_dot(U + (int64_t)it[j] * D, xt, D);
-    }
-    float* o = out + t * D;
-    row_zero(o, D);
+    // h: the U rows, prefetching the first V rows at the end.
+    rows_dot(
+        D, 0, J, [&](int64_t j) { return U + (int64_t)it[j] * D; },
+        [&](int64_t j) -> const float* {
+          if (j + kPrefetch < J) return U + (int64_t)it[j + kPrefetch] * D;
+          if (j + kPrefetch - J < J) return V + (int64_t)it[j + kPrefetch - J] * D;
+          return nullptr;
+        },
+        x + t * D, ht);
+    // out: the V rows weighted by g · act(h), 256 coefficients at a time, prefetching the next token's U rows at
+    // the end (it[j] for j >= J is the next token's).
     alignas(64) float coef[256];
-    for (int64_t j0 = 0; j0 < J; j0 += 256) {
+    int64_t j0 = 0;
+    do {
       const int64_t w = J - j0 < 256 ? J - j0 : 256;
       peer_act_rows(act, ht + j0, coef, nullptr, w);
       for (int64_t i = 0; i < w; ++i) coef[i] *= g[t * J + j0 + i];
-      for (int64_t j = j0; j < j0 + w; ++j) {
-        if (j + kPrefetch < J) prefetch_row(V + (int64_t)it[j + kPrefetch] * D, D);
-        else if (t + 1 < t1 && j + kPrefetch - J < J) prefetch_row(U + (int64_t)it[j + kPrefetch] * D, D);
-        row_axpy(o, coef[j - j0], V + (int64_t)it[j] * D, D);
-      }
-    }
+      weighted_row_sum(
+          D, j0, j0 + w, [&](int64_t j) { return V + (int64_t)it[j] * D; }, [&](int64_t j) { return coef[j - j0]; },
+          [&](int64_t j) -> const float* {
+            if (j + kPrefetch < J) return V + (int64_t)it[j + kPrefetch] * D;
+            if (t + 1 < t1 && j + kPrefetch - J < J) return U + (int64_t)it[j + kPrefetch] * D;
+            return nullptr;
+          },
+          out + t * D, j0 > 0);
+      j0 += 256;
+    } while (j0 < J);
   }
 }
 
