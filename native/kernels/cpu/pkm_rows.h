@@ -128,26 +128,35 @@ static inline void vec_stream(float* p, vecf v) {
 }
 
 // Token-centric row loops (PEER forward, embedding-bag forward, PEER dx) walk one token's J rows and either dot
-// each with the token's row or sum them with a weight each. When the token's row fits in half the vector register
-// file (row_in_registers: D a compile-time width, a multiple of 16, and D / kVecW <= kRegRowVecs, i.e. D <= 256
-// with AVX-512, D <= 64 with AVX2) it lives in registers for the whole walk: the dot products load x once, not
-// once per row, and the weighted sum keeps its running sums in registers instead of loading and storing an L1
-// row per table row. Same FMAs in the same order as row_dot / row_axpy, so bit-identical. Measured on the PEER
-// forward (D = 256, J = 128, N = 1024², T = 4096, 2 threads, AVX-512 EPYC VM, C++ harness, variants interleaved
-// over 12 rounds): 1.22× faster with both, 1.12-1.17× with the sums alone; two column blocks of 8 vectors (the
-// rows read twice) 1.02-1.08×, and an L1 row updated once per 4 or 8 rows 1.00-1.07×.
+// each with the token's row or sum them with a weight each. With D a compile-time width (a multiple of 16) the
+// token's row lives in registers for the whole walk, in column blocks of kRegRowVecs vectors (half the vector
+// register file): the dot products load x once, not once per row (one block only: D <= 256 with AVX-512, D <= 64
+// with AVX2), and the weighted sum keeps its running sums in registers instead of loading and storing an L1 row
+// per table row (any number of blocks: the first pass over the rows prefetches them and reads them from memory,
+// the others from L2, so it is used while the walk's rows fit in kRegBlockBytes, a quarter of this L2). Same FMAs
+// in the same order as row_dot / row_axpy, so bit-identical. Measured on the PEER forward (J = 128, N = 1024²,
+// T = 4096, 2 threads, AVX-512 EPYC VM, C++ harness, variants interleaved): at D = 256 1.22× faster with both,
+// 1.12-1.17× with the sums alone, an L1 row updated once per 4 or 8 rows 1.00-1.07×; at D = 512 (two blocks)
+// 1.07-1.13×. At D = 1024 (512 KiB of rows per token) the blocks gained nothing measurable in Node.
 #if defined(__AVX512F__)
 constexpr int64_t kRegRowVecs = 16;
 #else
 constexpr int64_t kRegRowVecs = 8;
 #endif
+constexpr int64_t kRegBlockBytes = 256 << 10;
 
+// Column blocks of kRegRowVecs vectors (one narrower block when D fits in one) a row of width Dim is held in; 0
+// where it is not held in registers: a runtime width, D not a multiple of 16 or of the block, or several blocks
+// of SSE vectors (the baseline build's embedding-bag forward ran 2× slower with 8 blocks at D = 256).
 template <class Dim>
-static constexpr bool row_in_registers() {
+static constexpr int64_t register_blocks() {
   if constexpr (std::is_integral_v<Dim>) {
-    return false;
+    return 0;
   } else {
-    return Dim::value % 16 == 0 && Dim::value / kVecW <= kRegRowVecs;
+    constexpr int64_t nv = Dim::value / kVecW;
+    if (Dim::value % 16 != 0) return 0;
+    if (nv <= kRegRowVecs) return 1;
+    return kVecW >= 8 && nv % kRegRowVecs == 0 ? nv / kRegRowVecs : 0;
   }
 }
 
@@ -159,7 +168,7 @@ static constexpr bool row_in_registers() {
 template <class Dim, class Row, class Ahead>
 static inline void rows_dot(Dim D, int64_t j0, int64_t j1, const Row& row, const Ahead& ahead, const float* x,
                             float* h) {
-  if constexpr (row_in_registers<Dim>()) {
+  if constexpr (register_blocks<Dim>() == 1) {
     constexpr int NV = (int)(Dim::value / kVecW), L = 16 / kVecW;  // L vectors hold the 16 lane sums
     vecf xv[NV];
     for (int v = 0; v < NV; ++v) xv[v] = vec_load(x + v * kVecW);
@@ -187,24 +196,31 @@ static inline void rows_dot(Dim D, int64_t j0, int64_t j1, const Row& row, const
 template <class Dim, class Row, class Coef, class Ahead>
 static inline void weighted_row_sum(Dim D, int64_t j0, int64_t j1, const Row& row, const Coef& coef,
                                     const Ahead& ahead, float* out, bool accumulate) {
-  if constexpr (row_in_registers<Dim>()) {
-    constexpr int NV = (int)(Dim::value / kVecW);
-    vecf acc[NV] = {};
-    if (accumulate)
-      for (int v = 0; v < NV; ++v) acc[v] = vec_load(out + v * kVecW);
-    for (int64_t j = j0; j < j1; ++j) {
-      if (const float* pf = ahead(j)) prefetch_row(pf, D);
-      const float* r = row(j);
-      const float c = coef(j);
-      for (int v = 0; v < NV; ++v) acc[v] += c * vec_load(r + v * kVecW);
+  constexpr int64_t B = register_blocks<Dim>();
+  if constexpr (B > 0) {
+    if (B == 1 || (j1 - j0) * Dim::value * (int64_t)sizeof(float) <= kRegBlockBytes) {
+      constexpr int NV = (int)(B == 1 ? Dim::value / kVecW : kRegRowVecs);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t c0 = b * NV * kVecW;
+        vecf acc[NV] = {};
+        if (accumulate)
+          for (int v = 0; v < NV; ++v) acc[v] = vec_load(out + c0 + v * kVecW);
+        for (int64_t j = j0; j < j1; ++j) {
+          if (b == 0)
+            if (const float* pf = ahead(j)) prefetch_row(pf, D);
+          const float* r = row(j) + c0;
+          const float c = coef(j);
+          for (int v = 0; v < NV; ++v) acc[v] += c * vec_load(r + v * kVecW);
+        }
+        for (int v = 0; v < NV; ++v) std::memcpy(out + c0 + v * kVecW, &acc[v], sizeof(vecf));
+      }
+      return;
     }
-    for (int v = 0; v < NV; ++v) std::memcpy(out + v * kVecW, &acc[v], sizeof(vecf));
-  } else {
-    if (!accumulate) row_zero(out, D);
-    for (int64_t j = j0; j < j1; ++j) {
-      if (const float* pf = ahead(j)) prefetch_row(pf, D);
-      row_axpy(out, coef(j), row(j), D);
-    }
+  }
+  if (!accumulate) row_zero(out, D);
+  for (int64_t j = j0; j < j1; ++j) {
+    if (const float* pf = ahead(j)) prefetch_row(pf, D);
+    row_axpy(out, coef(j), row(j), D);
   }
 }
 
