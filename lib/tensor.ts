@@ -35,22 +35,34 @@ export function dtypeBytes(dtype: DType): number {
 
 // Host arrays of HOST_ALIGN_MIN_BYTES or more start on a 64-byte (cache-line) boundary. V8 puts a large
 // ArrayBuffer 16 bytes past a page boundary, so a 1 KiB table row would span 17 cache lines and every 64-byte
-// vector load would split across two: the PEER forward at D = 256 ran 15-25% slower on such tables. The array
-// is a view at the aligned offset of a buffer 64 bytes longer; its byteOffset is then non-zero.
+// vector load would split across two: the PEER forward at D = 256 ran 15-25% slower on such tables. Arrays of
+// HOST_PAGE_ALIGN_MIN_BYTES or more (tables) start on a page boundary, so that rows of up to 4 KiB whose size is
+// a power of two never straddle a multiple of their size: with 1 KiB rows 64 bytes off that boundary the PEER
+// forward ran 1.16× slower on one thread (C++ harness, N = 1024², same process; rows 1 KiB or 4 KiB off it and
+// 64 bytes off were at parity on two threads in a bandwidth-bound period). The array is a view at the aligned
+// offset of a buffer `align` bytes longer; its byteOffset is then non-zero.
 const HOST_ALIGN = 64;
 const HOST_ALIGN_MIN_BYTES = 4096;
+const HOST_PAGE_ALIGN = 4096;
+const HOST_PAGE_ALIGN_MIN_BYTES = 1 << 20;
 let alignOffsetFn: ((buffer: ArrayBuffer, align: number) => number) | null | undefined;
 
-function hostAlignOffset(buffer: ArrayBuffer): number {
+function hostAlignOffset(buffer: ArrayBuffer, align: number): number {
   if (alignOffsetFn === undefined) {
     try {
       const b = native();
-      alignOffsetFn = typeof b.alignOffset === 'function' ? (buf, align) => b.alignOffset(buf, align) : null;
+      alignOffsetFn = typeof b.alignOffset === 'function' ? (buf, a) => b.alignOffset(buf, a) : null;
     } catch {
       alignOffsetFn = null; // no native build: plain arrays (ops will report the load error themselves)
     }
   }
-  return alignOffsetFn ? alignOffsetFn(buffer, HOST_ALIGN) : 0;
+  return alignOffsetFn ? alignOffsetFn(buffer, align) : 0;
+}
+
+// The byte alignment allocHost gives an array of `bytes` bytes (1: a plain array).
+function hostAlignment(bytes: number): number {
+  if (bytes >= HOST_PAGE_ALIGN_MIN_BYTES) return HOST_PAGE_ALIGN;
+  return bytes >= HOST_ALIGN_MIN_BYTES ? HOST_ALIGN : 1;
 }
 
 type HostArrayCtor = {
@@ -67,9 +79,10 @@ const HOST_CTOR: Record<DType, HostArrayCtor> = {
 function allocHost(dtype: DType, n: number): HostData {
   const bytes = n * BYTES[dtype];
   const Ctor = HOST_CTOR[dtype];
-  if (bytes < HOST_ALIGN_MIN_BYTES) return new Ctor(n);
-  const buffer = new ArrayBuffer(bytes + HOST_ALIGN);
-  let off = hostAlignOffset(buffer);
+  const align = hostAlignment(bytes);
+  if (align === 1) return new Ctor(n);
+  const buffer = new ArrayBuffer(bytes + align);
+  let off = hostAlignOffset(buffer, align);
   if (off % BYTES[dtype] !== 0) off = 0; // never happens with a 16-byte-aligned allocator; stay correct if it does
   return new Ctor(buffer, off, n);
 }
@@ -333,8 +346,8 @@ export class Tensor {
 
   /**
    * The host typed array. On the CPU this is the live storage (writes are visible to the tensor); for a
-   * CUDA tensor it is a fresh copy. Arrays of 4 KiB or more are cache-line aligned views into a slightly longer
-   * buffer: read raw bytes with `byteOffset` and `byteLength`, not the whole `.buffer`.
+   * CUDA tensor it is a fresh copy. Arrays of 4 KiB or more are cache-line aligned (1 MiB or more: page aligned)
+   * views into a slightly longer buffer: read raw bytes with `byteOffset` and `byteLength`, not the whole `.buffer`.
    */
   data(): HostData {
     const s = this.#live('Tensor.data');

@@ -55,7 +55,7 @@ describe('Tensor', () => {
     expect(Math.abs(back[2] - 0.1)).toBeLessThan(1e-3);
   });
 
-  it('allocates host arrays of 4 KiB or more on a 64-byte boundary; smaller ones as plain arrays', () => {
+  it('allocates host arrays of 4 KiB or more on a 64-byte boundary, of 1 MiB or more on a page; smaller ones as plain arrays', () => {
     const b = native();
     for (const dtype of ['f32', 'i32', 'i64', 'bf16'] as const) {
       using big = Tensor.zeros([1024, 3], { dtype });
@@ -69,6 +69,12 @@ describe('Tensor', () => {
       expect(full.data().byteOffset).toBe(b.alignOffset(full.data().buffer as ArrayBuffer, 64));
       using small = Tensor.zeros([8], { dtype });
       expect(small.data().byteOffset).toBe(0);
+      // 1 MiB or more (tables): on a page boundary, so power-of-two rows up to 4 KiB never straddle their size.
+      using table = Tensor.zeros([1024, dtype === 'i64' ? 128 : dtype === 'bf16' ? 512 : 256], { dtype });
+      const t = table.data();
+      expect(t.byteLength).toBe(1 << 20);
+      expect(t.byteOffset).toBe(b.alignOffset(t.buffer as ArrayBuffer, 4096));
+      expect(t.buffer.byteLength).toBe(t.byteLength + 4096);
     }
     expect(b.alignOffset(new ArrayBuffer(8), 1)).toBe(0);
     expect(() => b.alignOffset(new Float32Array(4) as never, 64)).toThrow(/alignOffset: buffer must be an ArrayBuffer/);
