@@ -38,9 +38,9 @@ export function dtypeBytes(dtype: DType): number {
 // vector load would split across two: the PEER forward at D = 256 ran 15-25% slower on such tables. Arrays of
 // HOST_PAGE_ALIGN_MIN_BYTES or more (tables) start on a page boundary, so that rows of up to 4 KiB whose size is
 // a power of two never straddle a multiple of their size: with 1 KiB rows 64 bytes off that boundary the PEER
-// forward ran 1.16× slower on one thread (C++ harness, N = 1024², same process; rows 1 KiB or 4 KiB off it and
-// 64 bytes off were at parity on two threads in a bandwidth-bound period). The array is a view at the aligned
-// offset of a buffer `align` bytes longer; its byteOffset is then non-zero.
+// forward ran 1.16× slower on one thread (C++ harness, N = 1024², same process; on two threads, in a period
+// when the host's bandwidth was the limit, every offset ran at the same speed). The array is a view at the
+// aligned offset of a buffer `align` bytes longer; its byteOffset is then non-zero.
 const HOST_ALIGN = 64;
 const HOST_ALIGN_MIN_BYTES = 4096;
 const HOST_PAGE_ALIGN = 4096;
