@@ -101,6 +101,31 @@ function expectPeerMatches(
   disposeSparse(b.dU, b.dV);
 }
 
+// Random inputs of shape T, J, D, N (seeds seed ... seed + 5), the reference forward and backward, and every ISA's
+// fast pair checked against them.
+async function expectEveryIsaMatchesRef(
+  s: { T: number; J: number; D: number; N: number; seed: number; gScale?: number },
+  act: PeerAct,
+  what: string,
+) {
+  using x = Tensor.from(randn(s.T * s.D, s.seed, 0.2), { shape: [s.T, s.D] });
+  using U = Tensor.from(randn(s.N * s.D, s.seed + 1, 0.2), { shape: [s.N, s.D] });
+  using V = Tensor.from(randn(s.N * s.D, s.seed + 2), { shape: [s.N, s.D] });
+  using idx = Tensor.from(randIdx(s.T * s.J, s.N, s.seed + 3), { shape: [s.T, s.J] });
+  using g = Tensor.from(randn(s.T * s.J, s.seed + 4, s.gScale ?? 1), { shape: [s.T, s.J] });
+  using dOut = Tensor.from(randn(s.T * s.D, s.seed + 5), { shape: [s.T, s.D] });
+  const ref = peerExperts(x, U, V, idx, g, { act, impl: 'ref' });
+  const rb = peerExpertsBackward(dOut, x, U, V, idx, g, ref.h, { act, impl: 'ref' });
+  const tol = { atol: 1e-4, rtol: 1e-4 };
+  for (const isa of await cpuIsas()) {
+    const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act }));
+    const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act }));
+    expectPeerMatches(f, b, ref, rb, tol, `${what}, ${isa}`);
+  }
+  for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
+  disposeSparse(rb.dU, rb.dV);
+}
+
 describe('peerExperts', () => {
   guardLeaks();
   const T = 7;
@@ -227,52 +252,14 @@ describe('peerExperts', () => {
   // The row kernels are compiled with D as a constant for 64, 128, 256, 512 and 1024 (pkm_rows.h with_row_width);
   // the tests above run the generic width. Each specialised width against the reference, forward and backward.
   it('the specialised row widths (D = 64 ... 1024) match the reference on every ISA, forward and backward', async () => {
-    for (const DD of [64, 128, 256, 512, 1024]) {
-      const TT = 6;
-      const JJ = 4;
-      const NN = 13;
-      using x = Tensor.from(randn(TT * DD, 1, 0.2), { shape: [TT, DD] });
-      using U = Tensor.from(randn(NN * DD, 2, 0.2), { shape: [NN, DD] });
-      using V = Tensor.from(randn(NN * DD, 3), { shape: [NN, DD] });
-      using idx = Tensor.from(randIdx(TT * JJ, NN, 4), { shape: [TT, JJ] });
-      using g = Tensor.from(randn(TT * JJ, 5), { shape: [TT, JJ] });
-      using dOut = Tensor.from(randn(TT * DD, 6), { shape: [TT, DD] });
-      const ref = peerExperts(x, U, V, idx, g, { act: 'gelu', impl: 'ref' });
-      const rb = peerExpertsBackward(dOut, x, U, V, idx, g, ref.h, { act: 'gelu', impl: 'ref' });
-      const tol = { atol: 1e-4, rtol: 1e-4 };
-      for (const isa of await cpuIsas()) {
-        const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act: 'gelu' }));
-        const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'gelu' }));
-        expectPeerMatches(f, b, ref, rb, tol, `D = ${DD}, ${isa}`);
-      }
-      for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
-      disposeSparse(rb.dU, rb.dV);
-    }
+    for (const D of [64, 128, 256, 512, 1024])
+      await expectEveryIsaMatchesRef({ T: 6, J: 4, D, N: 13, seed: 1 }, 'gelu', `D = ${D}`);
   });
 
   // The forward weights the V rows 256 coefficients at a time; at D = 256 its running sums live in registers
   // (pkm_rows.h weighted_row_sum), stored after each block of 256 and reloaded for the next. J = 300 crosses it.
   it('more than 256 experts per token (J = 300, D = 256) match the reference on every ISA', async () => {
-    const TT = 3;
-    const JJ = 300;
-    const DD = 256;
-    const NN = 97;
-    using x = Tensor.from(randn(TT * DD, 11, 0.2), { shape: [TT, DD] });
-    using U = Tensor.from(randn(NN * DD, 12, 0.2), { shape: [NN, DD] });
-    using V = Tensor.from(randn(NN * DD, 13), { shape: [NN, DD] });
-    using idx = Tensor.from(randIdx(TT * JJ, NN, 14), { shape: [TT, JJ] });
-    using g = Tensor.from(randn(TT * JJ, 15, 0.1), { shape: [TT, JJ] });
-    using dOut = Tensor.from(randn(TT * DD, 16), { shape: [TT, DD] });
-    const ref = peerExperts(x, U, V, idx, g, { act: 'silu', impl: 'ref' });
-    const rb = peerExpertsBackward(dOut, x, U, V, idx, g, ref.h, { act: 'silu', impl: 'ref' });
-    const tol = { atol: 1e-4, rtol: 1e-4 };
-    for (const isa of await cpuIsas()) {
-      const f = await withIsa(isa, () => peerExperts(x, U, V, idx, g, { act: 'silu' }));
-      const b = await withIsa(isa, () => peerExpertsBackward(dOut, x, U, V, idx, g, f.h, { act: 'silu' }));
-      expectPeerMatches(f, b, ref, rb, tol, `J = ${JJ}, ${isa}`);
-    }
-    for (const t of [ref.out, ref.h, rb.dx, rb.dGates]) t.dispose();
-    disposeSparse(rb.dU, rb.dV);
+    await expectEveryIsaMatchesRef({ T: 3, J: 300, D: 256, N: 97, seed: 11, gScale: 0.1 }, 'silu', 'J = 300');
   });
 
   // The backward row passes sum each gradient row in registers, one column block at a time (pkm_rows.h
