@@ -751,8 +751,9 @@ export function adviseHugePages(t: Tensor): boolean {
 /**
  * Measures this machine's memory bandwidth with a STREAM-like copy, triad and read over three buffers of `bytes`
  * each (default 256 MiB) on `threads` threads (default: the pool size), best of `reps` repetitions (default 5),
- * the read being a plain sum, and `rows`: 1 KiB rows read in a scattered order (the PKM/PEER gather pattern).
- * GB/s = 10⁹ bytes moved per second (copy counts reads and writes).
+ * the read being a plain sum, and `rows`: 1 KiB rows of one buffer read in a scattered order, with the vector
+ * width of the active ISA (see setIsa), as the PKM/PEER gathers read them. GB/s = 10⁹ bytes moved per second (copy
+ * counts reads and writes).
  *
  * @example
  * ```ts

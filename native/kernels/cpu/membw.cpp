@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "pkm_isa.h"
 #include "sffn/core.h"
 #include "sffn/pkm.h"
 
@@ -38,26 +39,15 @@ MemBandwidth mem_bandwidth(float* a, float* b, float* c, int64_t n, int reps) {
     best_triad = std::min(best_triad, std::chrono::duration<double>(t2 - t1).count());
   }
   const double bytes = (double)n * sizeof(float);
-  // Random rows: 1 KiB rows of `a` in a scattered order (multiplicative hash of the row number), read with the
-  // same 8-rows-ahead prefetch as the gather kernels: the access pattern of PKM/PEER, at its simplest.
+  // Random rows: 1 KiB rows of `a` in a scattered order, read by the active ISA's probe kernel (pkm_rows.h
+  // scattered_rows_sum): the access pattern of PKM/PEER at its simplest.
+  const PkmRowKernels& kern = pkm_row_kernels();
   const int64_t rows = n / 256;
   double best_rows = 1e30;
   for (int r = 0; r < reps && rows > 0; ++r) {
     auto t0 = clock::now();
-    parallel_for(rows, [&](int64_t s, int64_t e, int tid) {
-      float acc[16] = {0};
-      auto row_of = [&](int64_t i) { return (int64_t)(((uint64_t)i * 2654435761u) % (uint64_t)rows); };
-      for (int64_t i = s; i < e; ++i) {
-        if (i + 8 < e) {
-          const float* pf = a + row_of(i + 8) * 256;
-          for (int l = 0; l < 256; l += 16) __builtin_prefetch(pf + l, 0, 3);
-        }
-        const float* row = a + row_of(i) * 256;
-        for (int l = 0; l < 256; l += 16)
-          for (int m = 0; m < 16; ++m) acc[m] += row[l + m];
-      }
-      for (int l = 0; l < 16; ++l) sink[tid & 255] += acc[l];
-    });
+    parallel_for(rows,
+                 [&](int64_t s, int64_t e, int tid) { sink[tid & 255] += kern.scattered_rows_sum(a, rows, s, e); });
     best_rows = std::min(best_rows, std::chrono::duration<double>(clock::now() - t0).count());
   }
   volatile float keep = sink[0];

@@ -31,6 +31,8 @@ struct PkmRowKernels {
   void (*topk_half)(const float* s, int64_t n, int64_t k, float* v, int32_t* ix);
   // AdamW update of n elements; the coefficients are (decay, β1, 1−β1, β2, 1−β2, step size, 1/√bc2, ε).
   void (*adamw_update)(int64_t n, float* p, const float* g, float* m, float* v, const float* coef8);
+  // The bandwidth probe's scattered 1 KiB row reads (membw.cpp): the sum of rows [s, e) of a [rows, 256] array.
+  float (*scattered_rows_sum)(const float* a, int64_t rows, int64_t s, int64_t e);
 };
 
 // The table for the ISA kernels run with now.

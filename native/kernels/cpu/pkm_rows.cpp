@@ -9,7 +9,7 @@ const PkmRowKernels& pkm_row_kernels() {
   static const PkmRowKernels scalar{eb_forward_range,       peer_forward_range,       pkm_bwd_tokens_range,
                                   pkm_bwd_rows_range,     eb_backward_rows_range,   peer_backward_rows_range,
                                   peer_act_rows,          peer_backward_dx_range,   topk_half_range,
-                                  adamw_update_range};
+                                  adamw_update_range,     scattered_rows_sum};
 #if defined(__x86_64__)
   // The ISA libraries exist only on x64 (binding.gyp); elsewhere active_isa() is always Scalar.
   static const PkmRowKernels k_avx2 = avx2::pkm_row_kernels_avx2();

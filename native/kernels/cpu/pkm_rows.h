@@ -694,6 +694,27 @@ static inline void pkm_bwd_rows_range(int64_t u0, int64_t u1, const PkmDims& d, 
   }
 }
 
+// ---- Bandwidth probe (kernels/cpu/membw.cpp) -------------------------------------------------------------------
+// Reads rows [s, e) of a [rows, 256] array in a scattered order (row i at position (i · 2654435761) mod rows),
+// prefetching kPrefetch rows ahead like the gather kernels, and sums them into 4 vector accumulators: the access
+// pattern of PKM/PEER at its simplest, the yardstick of their "× rows" figures. It is compiled per ISA like the
+// kernels it measures: built for baseline SSE (64 loads per row) it read 42-45 GB/s on the AVX-512 dev VM while the
+// copy probe read 63-73 GB/s, against 61-68 GB/s built for AVX-512.
+static float scattered_rows_sum(const float* a, int64_t rows, int64_t s, int64_t e) {
+  constexpr int64_t kRow = 256;
+  const auto row_of = [rows](int64_t i) { return (int64_t)(((uint64_t)i * 2654435761u) % (uint64_t)rows); };
+  vecf acc[4] = {};
+  for (int64_t i = s; i < e; ++i) {
+    if (i + kPrefetch < e) prefetch_row(a + row_of(i + kPrefetch) * kRow, kRow);
+    const float* r = a + row_of(i) * kRow;
+    for (int64_t v = 0; v < kRow / kVecW; ++v) acc[v % 4] += vec_load(r + v * kVecW);
+  }
+  const vecf t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  float sum = 0;
+  for (int l = 0; l < kVecW; ++l) sum += t[l];
+  return sum;
+}
+
 // ---- AdamW element update (kernels/cpu/adamw.cpp; math in sffn/optim.h) ---------------------------------------
 // c = (1 − lr·wd, β1, 1 − β1, β2, 1 − β2, lr / (1 − β1^t), 1 / √(1 − β2^t), ε). IEEE sqrt and divide: the result
 // of an element does not depend on how the loop is split or vectorised (only on the ISA's FMA contraction).
