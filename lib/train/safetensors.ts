@@ -8,7 +8,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, write
 import path from 'node:path';
 
 import { DTypeError, ShapeError } from '../errors.js';
-import { Tensor, type DType, type HostData } from '../tensor.js';
+import { Tensor, type DType } from '../tensor.js';
 
 const TO_ST: Record<DType, string> = { f32: 'F32', i32: 'I32', i64: 'I64', bf16: 'BF16' };
 const FROM_ST: Record<string, DType> = { F32: 'f32', I32: 'i32', I64: 'i64', BF16: 'bf16' };
@@ -76,17 +76,12 @@ export function decodeSafetensors(buf: Uint8Array, what = 'safetensors'): Safete
     const bpe = dtype === 'bf16' ? 2 : dtype === 'i64' ? 8 : 4;
     if (eo - b !== count * bpe || base + eo > buf.length || b < 0)
       throw new ShapeError(`${what}: tensor ${name} [${shape.join(', ')}] ${st} has a bad byte range [${b}, ${eo})`);
-    const bytes = Uint8Array.prototype.slice.call(buf, base + b, base + eo); // a real copy (Buffer.slice is a view), aligned at 0
-    const ab = bytes.buffer;
-    const data: HostData =
-      dtype === 'f32'
-        ? new Float32Array(ab)
-        : dtype === 'i32'
-          ? new Int32Array(ab)
-          : dtype === 'i64'
-            ? new BigInt64Array(ab)
-            : new Uint16Array(ab);
-    tensors.set(name, Tensor.fromHost(data, shape, dtype));
+    // A copy into a fresh tensor, so that it gets the alignment of any other host tensor (a page for tables of 1 MiB
+    // or more: a 1 KiB row never straddles a 1 KiB boundary; see tensor.ts).
+    const t = Tensor.zeros(shape, { dtype });
+    const d = t.data();
+    new Uint8Array(d.buffer, d.byteOffset, d.byteLength).set(buf.subarray(base + b, base + eo));
+    tensors.set(name, t);
   }
   return { tensors, metadata };
 }

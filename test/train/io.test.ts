@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { Tensor } from '../../lib/index.js';
+import { native } from '../../lib/native/loader.js';
 import { Module } from '../../lib/nn/module.js';
 import { Batcher, DataError, enwik8Split, evalBatches, loadCorpus, splitBytes } from '../../lib/data/corpus.js';
 import { decodeSafetensors, encodeSafetensors, loadSafetensors, saveSafetensors } from '../../lib/train/safetensors.js';
@@ -80,6 +81,16 @@ describe('safetensors', () => {
       expect(u.toArray()).toEqual(t.toArray());
     }
     expect(encodeSafetensors(back.tensors, back.metadata).equals(buf)).toBe(true);
+    for (const t of [...ts.values(), ...back.tensors.values()]) t.dispose();
+  });
+  it('loads tables into page-aligned tensors like any other host tensor of 1 MiB or more', () => {
+    const init = Float32Array.from({ length: 1024 * 256 }, (_, i) => (i % 97) - 48);
+    const ts = new Map<string, Tensor>([['table', Tensor.from(init, { shape: [1024, 256] })]]);
+    const back = decodeSafetensors(encodeSafetensors(ts));
+    const d = back.tensors.get('table')!.data() as Float32Array;
+    expect(d.byteOffset).toBe(native().alignOffset(d.buffer as ArrayBuffer, 4096));
+    expect(Array.from(d.subarray(0, 4))).toEqual([-48, -47, -46, -45]);
+    expect(d).toEqual(init);
     for (const t of [...ts.values(), ...back.tensors.values()]) t.dispose();
   });
   it('rejects truncated or corrupt files with a clear error', () => {
