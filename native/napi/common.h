@@ -91,11 +91,11 @@ void host_only(const char* op, std::initializer_list<std::pair<const char*, cons
 // The optional trailing `ref` flag of an op (run the float64-accumulating reference): absent/undefined/null = false.
 bool opt_ref(const Napi::CallbackInfo& info, size_t i, const char* op);
 
-// Registration: each napi/<group>.cpp holds `static Registrar reg([](Napi::Env env, Napi::Object exports) {
-// def(env, exports, "gemm", JS_gemm); ... });` so adding a group never edits addon.cpp.
 // Bytes to skip from p so that what follows is aligned to `align` (a power of two).
 inline size_t align_offset(const void* p, size_t align) { return (align - ((uintptr_t)p & (align - 1))) & (align - 1); }
 
+// Registration: each napi/<group>.cpp holds `static Registrar reg([](Napi::Env env, Napi::Object exports) {
+// def(env, exports, "gemm", JS_gemm); ... });` so adding a group never edits addon.cpp.
 using JsFn = Napi::Value (*)(const Napi::CallbackInfo&);
 void def(Napi::Env env, Napi::Object exports, const char* name, JsFn fn);
 struct Registrar {
