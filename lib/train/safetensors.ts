@@ -8,7 +8,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, write
 import path from 'node:path';
 
 import { DTypeError, ShapeError } from '../errors.js';
-import { Tensor, type DType } from '../tensor.js';
+import { Tensor, dtypeBytes, type DType } from '../tensor.js';
 
 const TO_ST: Record<DType, string> = { f32: 'F32', i32: 'I32', i64: 'I64', bf16: 'BF16' };
 const FROM_ST: Record<string, DType> = { F32: 'f32', I32: 'i32', I64: 'i64', BF16: 'bf16' };
@@ -73,8 +73,7 @@ export function decodeSafetensors(buf: Uint8Array, what = 'safetensors'): Safete
     if (!dtype) throw new DTypeError(`${what}: tensor ${name} has unsupported dtype ${st}`);
     const [b, eo] = data_offsets;
     const count = shape.reduce((a, d) => a * d, 1);
-    const bpe = dtype === 'bf16' ? 2 : dtype === 'i64' ? 8 : 4;
-    if (eo - b !== count * bpe || base + eo > buf.length || b < 0)
+    if (eo - b !== count * dtypeBytes(dtype) || base + eo > buf.length || b < 0)
       throw new ShapeError(`${what}: tensor ${name} [${shape.join(', ')}] ${st} has a bad byte range [${b}, ${eo})`);
     // A copy into a fresh tensor, so that it gets the alignment of any other host tensor (a page for tables of 1 MiB
     // or more: a 1 KiB row never straddles a 1 KiB boundary; see tensor.ts).
