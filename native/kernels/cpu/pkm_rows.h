@@ -78,7 +78,10 @@ static inline void stream_fence() {
 #endif
 }
 
-static inline void prefetch_row(const float* r, int64_t D) {
+// Always inlined: GCC 12 finds a function whose only effect is __builtin_prefetch free of side effects and deletes
+// the calls to it that it does not inline, prefetches and all (a helper that prefetched a row into L2 and another
+// into L1 lost both that way; see also the lambdas below).
+static inline __attribute__((always_inline)) void prefetch_row(const float* r, int64_t D) {
   for (int64_t i = 0; i < D; i += 16) __builtin_prefetch(r + i, 0, 3);
 }
 
