@@ -112,10 +112,34 @@ export {
 } from './data/corpus.js';
 export { saveSafetensors, loadSafetensors, encodeSafetensors, decodeSafetensors, type SafetensorsFile } from './train/safetensors.js';
 export { JsonlLog, Progress } from './train/log.js';
-export * from './nn/config.js';
+export {
+  FFN_KINDS,
+  ConfigError,
+  layerFfn,
+  isMoe,
+  validateModelConfig,
+  validateFfnConfig,
+  ffnParams,
+  modelParams,
+  ffnFlopsPerToken,
+  modelFlopsPerToken,
+  parameterEqual,
+  type FfnKind,
+  type DenseFfnConfig,
+  type TopKFfnConfig,
+  type MoeFfnConfig,
+  type PkmFfnConfig,
+  type PeerFfnConfig,
+  type FfnConfig,
+  type ModelConfig,
+  type SparseOptions,
+  type ParameterEqualPair,
+} from './nn/config.js';
+export { Rng } from './data/random.js';
+export { type InitOptions } from './nn/init.js';
 export { Linear, Embedding, LayerNorm, CausalSelfAttention, DenseFFN, TopKFFN } from './nn/layers.js';
-export { SigmaMoE, SoftmaxMoE, MoEBase, Router, type FfnAux, type FfnContext } from './nn/moe.js';
-export { ProductKeyMemory, PEER } from './nn/pkm.js';
+export { SigmaMoE, SoftmaxMoE, MoEBase, Router, type FfnAux, type FfnContext, type MoeOptions } from './nn/moe.js';
+export { ProductKeyMemory, PEER, type PkmOptions } from './nn/pkm.js';
 export { TransformerLM, Block, buildFfn, type ForwardOptions, type ForwardResult } from './nn/transformer.js';
 export { AdamW, type AdamWOptions } from './optim/adamw.js';
 export { clipGradNorm } from './optim/clip.js';

@@ -95,7 +95,8 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-function posInt(v: unknown, what: string): number {
+/** `v` as a positive integer, or a ConfigError naming `what` (also used by the layers for their dimensions). */
+export function posInt(v: unknown, what: string): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new ConfigError(`${what} must be a positive integer, got ${String(v)}`);
   return v;
 }
@@ -132,60 +133,68 @@ export function validateModelConfig(cfg: ModelConfig): void {
     throw new ConfigError(`the head width dModel/nHeads must be even for rotary embeddings, got ${cfg.dModel / cfg.nHeads}`);
   if (Array.isArray(cfg.ffn) && cfg.ffn.length !== cfg.nLayers)
     throw new ConfigError(`ffn has ${cfg.ffn.length} entries, expected one per layer (nLayers=${cfg.nLayers})`);
-  const D = cfg.dModel;
   let moeExperts = -1;
   for (let l = 0; l < cfg.nLayers; l++) {
     const f = layerFfn(cfg, l);
     const at = Array.isArray(cfg.ffn) ? `ffn[${l}]` : 'ffn';
-    if (!f || typeof f !== 'object') throw new ConfigError(`${at} must be an object, got ${String(f)}`);
-    if (!(FFN_KINDS as readonly string[]).includes(f.kind))
-      throw new ConfigError(`${at}.kind: unknown FFN kind '${String((f as { kind: unknown }).kind)}', expected one of ${FFN_KINDS.join(', ')}`);
-    switch (f.kind) {
-      case 'dense':
-        posInt(f.dFF, `${at}.dFF`);
-        break;
-      case 'topk':
-        posInt(f.dFF, `${at}.dFF`);
-        posInt(f.k, `${at}.k`);
-        if (f.k > f.dFF) throw new ConfigError(`${at}.k must be in [1, dFF=${f.dFF}], got ${f.k}`);
-        break;
-      case 'sigma-moe':
-      case 'switch':
-      case 'softmax-moe':
-      case 'adaptive': {
-        const E = posInt(f.experts, `${at}.experts`);
-        posInt(f.k, `${at}.k`);
-        posInt(f.expertSize, `${at}.expertSize`);
-        if (f.k > E) throw new ConfigError(`${at}.k must be in [1, experts=${E}], got ${f.k}`);
-        if (f.kind === 'switch' && f.k !== 1) throw new ConfigError(`${at}.k must be 1 for switch, got ${f.k}`);
-        if (f.kind === 'adaptive' && f.k !== 2) throw new ConfigError(`${at}.k must be 2 for adaptive gating (top-1 or top-2), got ${f.k}`);
-        nonneg(f.gamma, `${at}.gamma`);
-        frac(f.expertDropout, `${at}.expertDropout`);
-        nonneg(f.balance, `${at}.balance`);
-        frac(f.threshold, `${at}.threshold`, 0, 1.0000001);
-        if (f.capacityFactor !== undefined && (typeof f.capacityFactor !== 'number' || !Number.isFinite(f.capacityFactor)))
-          throw new ConfigError(`${at}.capacityFactor must be a number, got ${String(f.capacityFactor)}`);
-        if (cfg.sharedRouter) {
-          if (moeExperts >= 0 && moeExperts !== E)
-            throw new ConfigError(`sharedRouter needs the same number of experts in every MoE layer, got ${moeExperts} and ${E}`);
-          moeExperts = E;
-        }
-        break;
-      }
-      case 'pkm':
-      case 'peer': {
-        posInt(f.heads, `${at}.heads`);
-        const n = posInt(f.subKeys, `${at}.subKeys`);
-        posInt(f.k, `${at}.k`);
-        if (f.k > n) throw new ConfigError(`${at}.k must be in [1, subKeys=${n}], got ${f.k}`);
-        if (f.kind === 'pkm' && f.variant !== undefined && f.variant !== 'csordas' && f.variant !== 'lample')
-          throw new ConfigError(`${at}.variant must be 'csordas' or 'lample', got '${String(f.variant)}'`);
-        const dk = f.kind === 'pkm' && (f.variant ?? 'csordas') === 'csordas' ? D : (f.queryDim ?? D);
-        posInt(dk, `${at}.queryDim`);
-        if (dk % 2 !== 0) throw new ConfigError(`${at}: the query width must be even (two halves), got ${dk}`);
-        nonneg(f.valueLr, `${at}.valueLr`);
-        break;
-      }
+    validateFfnConfig(cfg.dModel, f, at);
+    if (cfg.sharedRouter && isMoe(f)) {
+      if (moeExperts >= 0 && moeExperts !== f.experts)
+        throw new ConfigError(`sharedRouter needs the same number of experts in every MoE layer, got ${moeExperts} and ${f.experts}`);
+      moeExperts = f.experts;
+    }
+  }
+}
+
+/**
+ * Checks one FFN configuration for model width D; throws ConfigError naming the field (prefixed by `at`), the
+ * expected and the actual value. The FFN layers check their config with it when constructed on their own.
+ */
+export function validateFfnConfig(D: number, f: FfnConfig, at = 'ffn'): void {
+  posInt(D, `${at}: the model width D`);
+  if (!f || typeof f !== 'object') throw new ConfigError(`${at} must be an object, got ${String(f)}`);
+  if (!(FFN_KINDS as readonly string[]).includes(f.kind))
+    throw new ConfigError(`${at}.kind: unknown FFN kind '${String((f as { kind: unknown }).kind)}', expected one of ${FFN_KINDS.join(', ')}`);
+  switch (f.kind) {
+    case 'dense':
+      posInt(f.dFF, `${at}.dFF`);
+      break;
+    case 'topk':
+      posInt(f.dFF, `${at}.dFF`);
+      posInt(f.k, `${at}.k`);
+      if (f.k > f.dFF) throw new ConfigError(`${at}.k must be in [1, dFF=${f.dFF}], got ${f.k}`);
+      break;
+    case 'sigma-moe':
+    case 'switch':
+    case 'softmax-moe':
+    case 'adaptive': {
+      const E = posInt(f.experts, `${at}.experts`);
+      posInt(f.k, `${at}.k`);
+      posInt(f.expertSize, `${at}.expertSize`);
+      if (f.k > E) throw new ConfigError(`${at}.k must be in [1, experts=${E}], got ${f.k}`);
+      if (f.kind === 'switch' && f.k !== 1) throw new ConfigError(`${at}.k must be 1 for switch, got ${f.k}`);
+      if (f.kind === 'adaptive' && f.k !== 2) throw new ConfigError(`${at}.k must be 2 for adaptive gating (top-1 or top-2), got ${f.k}`);
+      nonneg(f.gamma, `${at}.gamma`);
+      frac(f.expertDropout, `${at}.expertDropout`);
+      nonneg(f.balance, `${at}.balance`);
+      frac(f.threshold, `${at}.threshold`, 0, 1.0000001);
+      if (f.capacityFactor !== undefined && (typeof f.capacityFactor !== 'number' || !Number.isFinite(f.capacityFactor)))
+        throw new ConfigError(`${at}.capacityFactor must be a number, got ${String(f.capacityFactor)}`);
+      break;
+    }
+    case 'pkm':
+    case 'peer': {
+      posInt(f.heads, `${at}.heads`);
+      const n = posInt(f.subKeys, `${at}.subKeys`);
+      posInt(f.k, `${at}.k`);
+      if (f.k > n) throw new ConfigError(`${at}.k must be in [1, subKeys=${n}], got ${f.k}`);
+      if (f.kind === 'pkm' && f.variant !== undefined && f.variant !== 'csordas' && f.variant !== 'lample')
+        throw new ConfigError(`${at}.variant must be 'csordas' or 'lample', got '${String(f.variant)}'`);
+      const dk = f.kind === 'pkm' && (f.variant ?? 'csordas') === 'csordas' ? D : (f.queryDim ?? D);
+      posInt(dk, `${at}.queryDim`);
+      if (dk % 2 !== 0) throw new ConfigError(`${at}: the query width must be even (two halves), got ${dk}`);
+      nonneg(f.valueLr, `${at}.valueLr`);
+      break;
     }
   }
 }

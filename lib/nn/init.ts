@@ -6,6 +6,35 @@
  */
 import { Tensor } from '../tensor.js';
 import { Rng } from '../data/random.js';
+import { ConfigError } from './config.js';
+
+/**
+ * Where a layer's initial weights come from: `rng`, a generator the caller shares across layers (TransformerLM
+ * passes one to all of its layers), or else a fresh generator seeded with `seed` (default 0), so a layer built
+ * on its own is a function of its arguments.
+ */
+export interface InitOptions {
+  rng?: Rng;
+  seed?: number;
+}
+
+/** The generator `opts` names (see InitOptions); `layer` prefixes the errors. */
+export function initRng(layer: string, opts: InitOptions | undefined): Rng {
+  if (opts?.rng !== undefined) {
+    if (!(opts.rng instanceof Rng)) throw new ConfigError(`${layer}: opts.rng must be an Rng, got ${String(opts.rng)}`);
+    return opts.rng;
+  }
+  const seed = opts?.seed ?? 0;
+  if (!Number.isSafeInteger(seed)) throw new ConfigError(`${layer}: opts.seed must be an integer, got ${String(seed)}`);
+  return new Rng(seed);
+}
+
+/** `v` (default `dflt`) as a finite number > 0, or a ConfigError naming `what`. */
+export function positive(v: number | undefined, dflt: number, what: string): number {
+  const x = v ?? dflt;
+  if (typeof x !== 'number' || !(x > 0) || !Number.isFinite(x)) throw new ConfigError(`${what} must be a finite number > 0, got ${String(x)}`);
+  return x;
+}
 
 /** A tensor of truncated-normal draws with the given std. */
 export function truncNormal(shape: readonly number[], std: number, rng: Rng): Tensor {

@@ -3,28 +3,33 @@
  * softmax attention), DenseFFN and TopKFFN (methods.md §1.2). Activations are [T, D] row-major with
  * T = B·S tokens; every layer is a thin owner of parameters over one or two coarse tape ops.
  */
+import { ShapeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import { Variable } from '../autograd.js';
-import { Rng } from '../data/random.js';
+import { ConfigError, posInt } from './config.js';
 import * as F from './functional.js';
-import { Module, type Parameter } from './module.js';
-import { truncNormal, normal } from './init.js';
+import { Module, layerInput, type Parameter } from './module.js';
+import { initRng, normal, positive, truncNormal, type InitOptions } from './init.js';
 
-/** y = x·Wᵀ + b, W [Dout, Din]. Init: truncated normal, std = scale/√Din. */
+/** y = x·Wᵀ + b, W [Dout, Din]. Init: truncated normal, std = 1/√Din unless `std` is given. */
 export class Linear extends Module {
   readonly weight: Parameter;
   readonly bias: Parameter | null;
   constructor(
     readonly inFeatures: number,
     readonly outFeatures: number,
-    opts: { bias?: boolean; std?: number; rng: Rng },
+    opts: { bias?: boolean; std?: number } & InitOptions = {},
   ) {
     super();
-    this.weight = this.param('weight', truncNormal([outFeatures, inFeatures], opts.std ?? 1 / Math.sqrt(inFeatures), opts.rng));
+    posInt(inFeatures, 'Linear: inFeatures');
+    posInt(outFeatures, 'Linear: outFeatures');
+    const std = positive(opts.std, 1 / Math.sqrt(inFeatures), 'Linear: opts.std');
+    this.weight = this.param('weight', truncNormal([outFeatures, inFeatures], std, initRng('Linear', opts)));
     this.bias = opts.bias === false ? null : this.param('bias', Tensor.zeros([outFeatures]), { noDecay: true });
   }
-  forward(x: Variable): Variable {
-    return F.linear(x, this.weight, this.bias);
+  /** x [T, inFeatures] → [T, outFeatures]. */
+  forward(x: Variable | Tensor): Variable {
+    return F.linear(layerInput('Linear.forward', x, this.inFeatures), this.weight, this.bias);
   }
 }
 
@@ -34,17 +39,20 @@ export class Embedding extends Module {
   constructor(
     readonly num: number,
     readonly dim: number,
-    opts: { std?: number; rng: Rng },
+    opts: { std?: number } & InitOptions = {},
   ) {
     super();
-    this.weight = this.param('weight', normal([num, dim], opts.std ?? 1, opts.rng));
+    posInt(num, 'Embedding: num');
+    posInt(dim, 'Embedding: dim');
+    this.weight = this.param('weight', normal([num, dim], positive(opts.std, 1, 'Embedding: opts.std'), initRng('Embedding', opts)));
   }
-  /** ids [T] i32 → [T, D]. */
-  forward(ids: Tensor): Variable {
-    return F.embedding(this.weight, ids);
+  /** ids [T] (an i32 Tensor or an Int32Array, each in [0, num)) → [T, D]. */
+  forward(ids: Tensor | Int32Array): Variable {
+    return F.embedding(this.weight, ids instanceof Int32Array ? Tensor.fromHost(ids, [ids.length]) : ids);
   }
 }
 
+/** Normalises each row of x [T, dim] to zero mean and unit variance, then scales by weight and adds bias. */
 export class LayerNorm extends Module {
   readonly weight: Parameter;
   readonly bias: Parameter;
@@ -53,35 +61,54 @@ export class LayerNorm extends Module {
     readonly eps = 1e-5,
   ) {
     super();
+    posInt(dim, 'LayerNorm: dim');
+    positive(eps, 1e-5, 'LayerNorm: eps');
     this.weight = this.param('weight', Tensor.full([dim], 1), { noDecay: true });
     this.bias = this.param('bias', Tensor.zeros([dim]), { noDecay: true });
   }
-  forward(x: Variable): Variable {
-    return F.layerNorm(x, this.weight, this.bias, this.eps);
+  forward(x: Variable | Tensor): Variable {
+    return F.layerNorm(layerInput('LayerNorm.forward', x, this.dim), this.weight, this.bias, this.eps);
   }
 }
 
-/** Multi-head causal self-attention with rotary position embeddings (no learned positions). */
+/**
+ * Multi-head causal self-attention with rotary position embeddings (no learned positions). Init: both maps
+ * truncated normal with std 1/√dModel unless `std` is given.
+ */
 export class CausalSelfAttention extends Module {
   readonly qkv: Linear;
   readonly out: Linear;
   constructor(
     readonly dModel: number,
     readonly nHeads: number,
-    opts: { std: number; rng: Rng },
+    opts: { std?: number } & InitOptions = {},
   ) {
     super();
-    this.qkv = this.child('qkv', new Linear(dModel, 3 * dModel, { bias: true, std: opts.std, rng: opts.rng }));
-    this.out = this.child('out', new Linear(dModel, dModel, { bias: true, std: opts.std, rng: opts.rng }));
+    posInt(dModel, 'CausalSelfAttention: dModel');
+    posInt(nHeads, 'CausalSelfAttention: nHeads');
+    if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
+      throw new ConfigError(`CausalSelfAttention: dModel / nHeads must be an even integer (rotary embeddings), got ${dModel} / ${nHeads}`);
+    const rng = initRng('CausalSelfAttention', opts);
+    const std = positive(opts.std, 1 / Math.sqrt(dModel), 'CausalSelfAttention: opts.std');
+    this.qkv = this.child('qkv', new Linear(dModel, 3 * dModel, { bias: true, std, rng }));
+    this.out = this.child('out', new Linear(dModel, dModel, { bias: true, std, rng }));
   }
-  /** x [B·S, D] → [B·S, D]. */
-  forward(x: Variable, B: number, S: number): Variable {
-    const a = F.causalAttention(this.qkv.forward(x), { B, S, H: this.nHeads });
+  /** x [B·S, D], B sequences of S tokens each (row b·S + s) → [B·S, D]. */
+  forward(x: Variable | Tensor, B: number, S: number): Variable {
+    const op = 'CausalSelfAttention.forward';
+    const v = layerInput(op, x, this.dModel);
+    posInt(B, `${op}: B`);
+    posInt(S, `${op}: S`);
+    if (B * S !== v.shape[0]) throw new ShapeError(`${op}: x has ${v.shape[0]} rows, expected B·S = ${B}·${S} = ${B * S}`);
+    const a = F.causalAttention(this.qkv.forward(v), { B, S, H: this.nHeads });
     return this.out.forward(a);
   }
 }
 
-/** y = W2·act(W1·x + b1) + b2 with W1 [D, F], W2 [F, D] (the dense baseline). */
+/**
+ * y = W2·act(W1·x + b1) + b2 with W1 [D, F], W2 [F, D] (the dense baseline). Init (§1.7): truncated normal with
+ * std c/√fan_in for both maps; c = √(2/L) in an L-layer model, 1 by default.
+ */
 export class DenseFFN extends Module {
   readonly w1: Parameter;
   readonly b1: Parameter;
@@ -92,17 +119,23 @@ export class DenseFFN extends Module {
   constructor(
     readonly dModel: number,
     readonly dFF: number,
-    opts: { c: number; rng: Rng },
+    opts: { c?: number } & InitOptions = {},
   ) {
     super();
-    // §1.7: std c/√fan_in for both maps.
-    this.w1 = this.param('w1', truncNormal([dModel, dFF], opts.c / Math.sqrt(dModel), opts.rng));
+    const name = this.constructor.name;
+    posInt(dModel, `${name}: dModel`);
+    posInt(dFF, `${name}: dFF`);
+    const c = positive(opts.c, 1, `${name}: opts.c`);
+    const rng = initRng(name, opts);
+    this.w1 = this.param('w1', truncNormal([dModel, dFF], c / Math.sqrt(dModel), rng));
     this.b1 = this.param('b1', Tensor.zeros([dFF]), { noDecay: true });
-    this.w2 = this.param('w2', truncNormal([dFF, dModel], opts.c / Math.sqrt(dFF), opts.rng));
+    this.w2 = this.param('w2', truncNormal([dFF, dModel], c / Math.sqrt(dFF), rng));
     this.b2 = this.param('b2', Tensor.zeros([dModel]), { noDecay: true });
   }
-  forward(x: Variable): Variable {
-    return F.ffn(x, this.w1, this.b1, this.w2, this.b2, { topk: this.topk });
+  /** x [T, dModel] → [T, dModel]. */
+  forward(x: Variable | Tensor): Variable {
+    const v = layerInput(`${this.constructor.name}.forward`, x, this.dModel);
+    return F.ffn(v, this.w1, this.b1, this.w2, this.b2, { topk: this.topk });
   }
 }
 
@@ -111,7 +144,9 @@ export class DenseFFN extends Module {
  * (the mask is a constant in backward). With K = F it equals DenseFFN.
  */
 export class TopKFFN extends DenseFFN {
-  constructor(dModel: number, dFF: number, k: number, opts: { c: number; rng: Rng }) {
+  constructor(dModel: number, dFF: number, k: number, opts: { c?: number } & InitOptions = {}) {
+    posInt(k, 'TopKFFN: k');
+    if (k > dFF) throw new ConfigError(`TopKFFN: k must be in [1, dFF=${dFF}], got ${k}`);
     super(dModel, dFF, opts);
     this.topk = k;
   }

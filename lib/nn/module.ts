@@ -15,8 +15,20 @@
  * ```
  */
 import { ShapeError } from '../errors.js';
-import { Tensor, keep, shapeStr } from '../tensor.js';
+import { Tensor, describeValue, keep, shapeStr } from '../tensor.js';
 import { Variable } from '../autograd.js';
+
+/**
+ * A layer's input as the [T, width] Variable its forward works on: a Tensor is taken as a constant (no
+ * gradient). Anything else, or another shape, is a clear error naming the layer, e.g.
+ * `SigmaMoE.forward: x must have shape [T, 128], got [32, 64]`.
+ */
+export function layerInput(op: string, x: Variable | Tensor, width: number): Variable {
+  const v = x instanceof Tensor ? new Variable(x) : x;
+  if (!(v instanceof Variable)) throw new TypeError(`${op}: x must be a Variable or a Tensor, got ${describeValue(x)}`);
+  if (v.shape.length !== 2 || v.shape[1] !== width) throw new ShapeError(`${op}: x must have shape [T, ${width}], got ${shapeStr(v.shape)}`);
+  return v;
+}
 
 export interface ParamOptions {
   /**

@@ -10,12 +10,12 @@
  * `softmax-moe` = top-K with the entropy regulariser; `adaptive` = top-1, or top-2 when p1 − p2 ≤ threshold.
  * Shapes: x [T, D], W_S [E, D], W1 [E, D, G], W2 [E, G, D].
  */
+import type { Tensor } from '../tensor.js';
 import { Variable } from '../autograd.js';
-import { Rng } from '../data/random.js';
 import * as F from './functional.js';
-import { Module, type Parameter } from './module.js';
-import { normal, selectorInit } from './init.js';
-import type { MoeFfnConfig } from './config.js';
+import { Module, layerInput, type Parameter } from './module.js';
+import { initRng, normal, positive, selectorInit, type InitOptions } from './init.js';
+import { ConfigError, isMoe, posInt, validateFfnConfig, type FfnConfig, type MoeFfnConfig } from './config.js';
 import { UsageCounter } from '../train/usage.js';
 
 /** What a sparse FFN returns besides its output: loss terms (Variables with their weights) for the model. */
@@ -23,17 +23,36 @@ export interface FfnAux {
   terms: { value: Variable; weight: number; name: string }[];
 }
 
-/** Per-call context from the model: the step's seed for stochastic parts (expert dropout). */
+/**
+ * Per-call context from the model: the step's seed for stochastic parts (expert dropout). Without one, a layer
+ * seeds call n with n (0, 1, 2, ... per layer), so repeated calls draw different masks, reproducibly.
+ */
 export interface FfnContext {
   seed: number;
 }
 
-/** A selector W_S [E, D] held in its own module so several MoE layers can share it (Omni-router). */
+/** Options of the MoE layers: init scale c (std c/√fan_in, §1.7; default 1), a shared router, the init source. */
+export interface MoeOptions extends InitOptions {
+  c?: number;
+  router?: Router;
+}
+
+/**
+ * A selector W_S [E, D] held in its own module so several MoE layers can share it (Omni-router). Init N(0, std²)
+ * (default std 1/√D), rows renormalised to equal norm unless `renormalize` is false (§1.7).
+ */
 export class Router extends Module {
   readonly weight: Parameter;
-  constructor(E: number, D: number, std: number, rng: Rng, renormalize: boolean) {
+  constructor(
+    readonly experts: number,
+    readonly dModel: number,
+    opts: { std?: number; renormalize?: boolean } & InitOptions = {},
+  ) {
     super();
-    this.weight = this.param('weight', selectorInit(E, D, std, rng, renormalize));
+    posInt(experts, 'Router: experts');
+    posInt(dModel, 'Router: dModel');
+    const std = positive(opts.std, 1 / Math.sqrt(dModel), 'Router: opts.std');
+    this.weight = this.param('weight', selectorInit(experts, dModel, std, initRng('Router', opts), opts.renormalize ?? true));
   }
 }
 
@@ -44,18 +63,26 @@ export class MoEBase extends Module {
   readonly usage: UsageCounter;
   /** Slots dropped by capacity in the last forward (Switch). */
   lastDropped = 0;
+  #calls = 0;
   constructor(
     readonly dModel: number,
     readonly cfg: MoeFfnConfig,
-    opts: { c: number; rng: Rng; router?: Router; expertStd?: [number, number]; routerStd?: number; renormalize?: boolean },
+    opts: MoeOptions & { expertStd?: [number, number]; routerStd?: number; renormalize?: boolean } = {},
   ) {
     super();
+    const name = this.constructor.name;
+    validateFfnConfig(dModel, cfg, `${name}: cfg`);
+    if (!isMoe(cfg)) throw new ConfigError(`${name}: cfg.kind must be 'sigma-moe', 'switch', 'softmax-moe' or 'adaptive', got '${(cfg as FfnConfig).kind}'`);
     const { experts: E, expertSize: G } = cfg;
     const D = dModel;
-    this.router = this.child('router', opts.router ?? new Router(E, D, opts.routerStd ?? opts.c / Math.sqrt(D), opts.rng, opts.renormalize ?? true));
-    const [s1, s2] = opts.expertStd ?? [opts.c / Math.sqrt(D), opts.c / Math.sqrt(E * G)];
-    this.w1 = this.param('w1', normal([E, D, G], s1, opts.rng));
-    this.w2 = this.param('w2', normal([E, G, D], s2, opts.rng));
+    const c = positive(opts.c, 1, `${name}: opts.c`);
+    const rng = initRng(name, opts);
+    if (opts.router !== undefined && !(opts.router instanceof Router && opts.router.experts === E && opts.router.dModel === D))
+      throw new ConfigError(`${name}: opts.router must be a Router of ${E} experts × ${D}, got ${describeRouter(opts.router)}`);
+    this.router = this.child('router', opts.router ?? new Router(E, D, { std: opts.routerStd ?? c / Math.sqrt(D), rng, renormalize: opts.renormalize ?? true }));
+    const [s1, s2] = opts.expertStd ?? [c / Math.sqrt(D), c / Math.sqrt(E * G)];
+    this.w1 = this.param('w1', normal([E, D, G], s1, rng));
+    this.w2 = this.param('w2', normal([E, G, D], s2, rng));
     this.usage = new UsageCounter(E);
   }
 
@@ -77,11 +104,19 @@ export class MoEBase extends Module {
     }
   }
 
-  /** x [T, D] → y [T, D] and the auxiliary loss terms of this layer. */
-  forward(x: Variable, ctx: FfnContext): { y: Variable; aux: FfnAux } {
-    const T = x.shape[0];
-    const z = F.linear(x, this.router.weight, null);
-    const r = F.moe(x, z, this.w1, this.w2, this.routeOptions(T, ctx));
+  /**
+   * x [T, D] → y [T, D] and the auxiliary loss terms of this layer (add Σ weight · value to the loss). `ctx` seeds
+   * expert dropout (see FfnContext).
+   */
+  forward(x: Variable | Tensor, ctx?: FfnContext): { y: Variable; aux: FfnAux } {
+    const op = `${this.constructor.name}.forward`;
+    const v = layerInput(op, x, this.dModel);
+    const seed = ctx === undefined ? this.#calls : ctx.seed;
+    if (!Number.isSafeInteger(seed)) throw new ConfigError(`${op}: ctx.seed must be an integer, got ${String(seed)}`);
+    this.#calls++;
+    const T = v.shape[0];
+    const z = F.linear(v, this.router.weight, null);
+    const r = F.moe(v, z, this.w1, this.w2, this.routeOptions(T, { seed }));
     this.usage.addCounts(r.counts);
     this.lastDropped = r.dropped;
     const y = r.y;
@@ -95,26 +130,42 @@ export class MoEBase extends Module {
   }
 }
 
-/** σ-MoE (§1.3–1.7). */
+function describeRouter(r: unknown): string {
+  return r instanceof Router ? `a Router of ${r.experts} experts × ${r.dModel}` : String(r);
+}
+
+/**
+ * σ-MoE (§1.3–1.7): sigmoid gates, top-K experts, entropy regulariser and expert dropout.
+ *
+ * @example
+ * ```ts
+ * const moe = new SigmaMoE(128, { kind: 'sigma-moe', experts: 16, k: 4, expertSize: 32 }, { seed: 1 });
+ * const { y, aux } = moe.forward(x);        // x [T, 128] → y [T, 128]; aux.terms: the entropy regulariser
+ * ```
+ */
 export class SigmaMoE extends MoEBase {
-  constructor(dModel: number, cfg: MoeFfnConfig, opts: { c: number; rng: Rng; router?: Router }) {
+  constructor(dModel: number, cfg: MoeFfnConfig, opts: MoeOptions = {}) {
+    if (cfg?.kind !== 'sigma-moe') throw new ConfigError(`SigmaMoE: cfg.kind must be 'sigma-moe', got '${String(cfg?.kind)}'`);
     super(dModel, cfg, { ...opts, renormalize: true });
   }
 }
 
 /** Switch top-1 with capacity, top-K softmax, or adaptive top-1/top-2 (§4, §6). */
 export class SoftmaxMoE extends MoEBase {
-  constructor(dModel: number, cfg: MoeFfnConfig, opts: { c: number; rng: Rng; router?: Router }) {
+  constructor(dModel: number, cfg: MoeFfnConfig, opts: MoeOptions = {}) {
+    if (cfg?.kind !== 'switch' && cfg?.kind !== 'softmax-moe' && cfg?.kind !== 'adaptive')
+      throw new ConfigError(`SoftmaxMoE: cfg.kind must be 'switch', 'softmax-moe' or 'adaptive', got '${String(cfg?.kind)}'`);
     const D = dModel;
     const G = cfg.expertSize;
+    const c = positive(opts.c, 1, 'SoftmaxMoE: opts.c');
     // Switch baseline (§1.8): "standard" G-based expert init, experts and selector std × √0.1, no row renorm.
     const sw = cfg.kind === 'switch';
     const k = sw ? Math.sqrt(0.1) : 1;
     super(dModel, cfg, {
       ...opts,
       renormalize: !sw,
-      routerStd: (k * opts.c) / Math.sqrt(D),
-      expertStd: sw ? [(k * opts.c) / Math.sqrt(D), (k * opts.c) / Math.sqrt(G)] : undefined,
+      routerStd: (k * c) / Math.sqrt(D),
+      expertStd: sw ? [(k * c) / Math.sqrt(D), (k * c) / Math.sqrt(G)] : undefined,
     });
   }
 }

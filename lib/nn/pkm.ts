@@ -13,14 +13,35 @@
  */
 import { Tensor } from '../tensor.js';
 import { Variable } from '../autograd.js';
-import { Rng } from '../data/random.js';
 import * as F from './functional.js';
-import { Module, type Parameter } from './module.js';
-import { normal, truncNormal, uniform } from './init.js';
-import type { PeerFfnConfig, PkmFfnConfig } from './config.js';
+import { Module, layerInput, type Parameter } from './module.js';
+import { initRng, normal, positive, truncNormal, uniform, type InitOptions } from './init.js';
+import { ConfigError, validateFfnConfig, type PeerFfnConfig, type PkmFfnConfig } from './config.js';
 import type { FfnAux } from './moe.js';
 import { UsageCounter } from '../train/usage.js';
 
+/** Options of the PKM and PEER layers: init scale c (§1.7; default 1) and the init source. */
+export interface PkmOptions extends InitOptions {
+  c?: number;
+}
+
+/** Checks a PKM / PEER layer's arguments before anything is allocated; returns c. */
+function checkPkmArgs(layer: string, kind: 'pkm' | 'peer', dModel: number, cfg: PkmFfnConfig | PeerFfnConfig, opts: PkmOptions): number {
+  if (cfg?.kind !== kind) throw new ConfigError(`${layer}: cfg.kind must be '${kind}', got '${String(cfg?.kind)}'`);
+  validateFfnConfig(dModel, cfg, `${layer}: cfg`);
+  return positive(opts.c, 1, `${layer}: opts.c`);
+}
+
+/**
+ * Product-Key Memory (§1.10 'csordas', §2 'lample'): H heads each pick k of N = subKeys² value rows by exact
+ * product-key search and sum them weighted.
+ *
+ * @example
+ * ```ts
+ * const pkm = new ProductKeyMemory(128, { kind: 'pkm', heads: 4, subKeys: 64, k: 16 }, { seed: 1 });
+ * const { y } = pkm.forward(x);            // x [T, 128] → y [T, 128]; values.sparseGrad after backward
+ * ```
+ */
 export class ProductKeyMemory extends Module {
   readonly keys: Parameter;
   readonly values: Parameter;
@@ -32,31 +53,35 @@ export class ProductKeyMemory extends Module {
   constructor(
     readonly dModel: number,
     readonly cfg: PkmFfnConfig,
-    opts: { c: number; rng: Rng },
+    opts: PkmOptions = {},
   ) {
     super();
+    const c = checkPkmArgs('ProductKeyMemory', 'pkm', dModel, cfg, opts);
+    const rng = initRng('ProductKeyMemory', opts);
     const D = dModel;
     const { heads: H, subKeys: n } = cfg;
     this.variant = cfg.variant ?? 'csordas';
     this.dk = this.variant === 'csordas' ? D : (cfg.queryDim ?? D);
     const dk = this.dk;
     if (this.variant === 'lample') {
-      this.query = this.param('query', truncNormal([H * dk, D], opts.c / Math.sqrt(D), opts.rng));
+      this.query = this.param('query', truncNormal([H * dk, D], c / Math.sqrt(D), rng));
       this.queryBias = this.param('query_bias', Tensor.zeros([H * dk]), { noDecay: true });
       // Lample: uniform sub-keys ±1/√(Dk/2), values N(0, 1/D).
-      this.keys = this.param('keys', uniform([H, 2, n, dk / 2], 1 / Math.sqrt(dk / 2), opts.rng));
-      this.values = this.param('values', normal([n * n, D], 1 / Math.sqrt(D), opts.rng), { sparse: true, noDecay: true });
+      this.keys = this.param('keys', uniform([H, 2, n, dk / 2], 1 / Math.sqrt(dk / 2), rng));
+      this.values = this.param('values', normal([n * n, D], 1 / Math.sqrt(D), rng), { sparse: true, noDecay: true });
     } else {
       this.query = null;
       this.queryBias = null;
       // Csordás: sub-keys N(0, c²/D); values dense-like N(0, c²/N) (the "value-count" init of §1.10 (v)).
-      this.keys = this.param('keys', normal([H, 2, n, dk / 2], opts.c / Math.sqrt(D), opts.rng));
-      this.values = this.param('values', normal([n * n, D], opts.c / Math.sqrt(n * n), opts.rng), { sparse: true, noDecay: true });
+      this.keys = this.param('keys', normal([H, 2, n, dk / 2], c / Math.sqrt(D), rng));
+      this.values = this.param('values', normal([n * n, D], c / Math.sqrt(n * n), rng), { sparse: true, noDecay: true });
     }
     this.usage = new UsageCounter(n * n);
   }
 
-  forward(x: Variable): { y: Variable; aux: FfnAux } {
+  /** x [T, dModel] → y [T, dModel] (aux has no loss terms). */
+  forward(x: Variable | Tensor): { y: Variable; aux: FfnAux } {
+    x = layerInput('ProductKeyMemory.forward', x, this.dModel);
     const { heads: H, k } = this.cfg;
     const q = this.query ? F.linear(x, this.query, this.queryBias) : x;
     const sel = F.pkmTopkSelect(q, this.keys, { H, Hq: this.query ? H : 1, Dk: this.dk, k, act: this.variant === 'csordas' ? 'relu' : 'softmax' });
@@ -66,6 +91,16 @@ export class ProductKeyMemory extends Module {
   }
 }
 
+/**
+ * PEER (§3): H heads each pick k of N = subKeys² single-neuron experts (rows of U and V) by product-key search;
+ * y = Σ g · ReLU(U[i]·x) · V[i].
+ *
+ * @example
+ * ```ts
+ * const peer = new PEER(128, { kind: 'peer', heads: 4, subKeys: 128, k: 8 }, { seed: 1 });
+ * const { y } = peer.forward(x);           // x [T, 128] → y [T, 128]
+ * ```
+ */
 export class PEER extends Module {
   readonly query: Parameter;
   readonly keys: Parameter;
@@ -76,22 +111,26 @@ export class PEER extends Module {
   constructor(
     readonly dModel: number,
     readonly cfg: PeerFfnConfig,
-    opts: { c: number; rng: Rng },
+    opts: PkmOptions = {},
   ) {
     super();
+    const c = checkPkmArgs('PEER', 'peer', dModel, cfg, opts);
+    const rng = initRng('PEER', opts);
     const D = dModel;
     const { heads: H, subKeys: n } = cfg;
     const dk = (this.dk = cfg.queryDim ?? D);
     const N = n * n;
-    this.query = this.param('query', truncNormal([H * dk, D], opts.c / Math.sqrt(D), opts.rng));
-    this.keys = this.param('keys', normal([1, 2, n, dk / 2], 1 / Math.sqrt(dk / 2), opts.rng));
+    this.query = this.param('query', truncNormal([H * dk, D], c / Math.sqrt(D), rng));
+    this.keys = this.param('keys', normal([1, 2, n, dk / 2], 1 / Math.sqrt(dk / 2), rng));
     // Singleton experts as rows of a width-N MLP: U like W1 (std c/√D), V like W2 (std c/√N).
-    this.down = this.param('down', normal([N, D], opts.c / Math.sqrt(D), opts.rng), { sparse: true, noDecay: true });
-    this.up = this.param('up', normal([N, D], opts.c / Math.sqrt(N), opts.rng), { sparse: true, noDecay: true });
+    this.down = this.param('down', normal([N, D], c / Math.sqrt(D), rng), { sparse: true, noDecay: true });
+    this.up = this.param('up', normal([N, D], c / Math.sqrt(N), rng), { sparse: true, noDecay: true });
     this.usage = new UsageCounter(N);
   }
 
-  forward(x: Variable): { y: Variable; aux: FfnAux } {
+  /** x [T, dModel] → y [T, dModel] (aux has no loss terms). */
+  forward(x: Variable | Tensor): { y: Variable; aux: FfnAux } {
+    x = layerInput('PEER.forward', x, this.dModel);
     const { heads: H, k } = this.cfg;
     const q = F.linear(x, this.query, null);
     const sel = F.pkmTopkSelect(q, this.keys, { H, Hq: H, Dk: this.dk, k, act: 'softmax' });

@@ -20,15 +20,19 @@ import { Rng, hash32 } from '../data/random.js';
 import * as F from './functional.js';
 import { Module } from './module.js';
 import { CausalSelfAttention, DenseFFN, Embedding, LayerNorm, Linear, TopKFFN } from './layers.js';
-import { MoEBase, Router, SigmaMoE, SoftmaxMoE, type FfnAux, type FfnContext } from './moe.js';
+import { MoEBase, Router, SigmaMoE, SoftmaxMoE, type FfnAux, type FfnContext, type MoeOptions } from './moe.js';
 import { PEER, ProductKeyMemory } from './pkm.js';
-import { type FfnConfig, type ModelConfig, ConfigError, isMoe, layerFfn, validateModelConfig } from './config.js';
+import { type FfnConfig, type ModelConfig, ConfigError, isMoe, layerFfn, validateFfnConfig, validateModelConfig } from './config.js';
 import type { UsageCounter } from '../train/usage.js';
 
 export type FfnModule = DenseFFN | MoEBase | ProductKeyMemory | PEER;
 
-/** Builds the FFN module of one layer. */
-export function buildFfn(D: number, f: FfnConfig, opts: { c: number; rng: Rng; router?: Router }): FfnModule {
+/**
+ * Builds the FFN module for model width D and config f (any kind; the model's layers are built with it). `opts`:
+ * init scale c (default 1), a router shared by MoE layers, and the init source (rng or seed).
+ */
+export function buildFfn(D: number, f: FfnConfig, opts: MoeOptions = {}): FfnModule {
+  validateFfnConfig(D, f, 'buildFfn: f');
   switch (f.kind) {
     case 'dense':
       return new DenseFFN(D, f.dFF, opts);
@@ -44,8 +48,6 @@ export function buildFfn(D: number, f: FfnConfig, opts: { c: number; rng: Rng; r
       return new ProductKeyMemory(D, f, opts);
     case 'peer':
       return new PEER(D, f, opts);
-    default:
-      throw new ConfigError(`unknown FFN kind '${String((f as { kind: unknown }).kind)}'`);
   }
 }
 
@@ -130,7 +132,7 @@ export class TransformerLM extends Module {
     let router: Router | null = null;
     if (config.sharedRouter) {
       const m = (Array.isArray(config.ffn) ? config.ffn : [config.ffn]).find(isMoe);
-      if (m) router = this.child('router', new Router(m.experts, D, Math.sqrt(2 / config.nLayers) / Math.sqrt(D), rng, m.kind !== 'switch'));
+      if (m) router = this.child('router', new Router(m.experts, D, { std: Math.sqrt(2 / config.nLayers) / Math.sqrt(D), rng, renormalize: m.kind !== 'switch' }));
     }
     this.router = router;
     this.blocks = [];
