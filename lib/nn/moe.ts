@@ -56,6 +56,10 @@ export class Router extends Module {
   }
 }
 
+/**
+ * An MoE FFN of any of the four MoE kinds: a router W_S [E, D], experts W1 [E, D, G] and W2 [E, G, D], routing
+ * and regularisers by cfg.kind. SigmaMoE and SoftmaxMoE are this with their kinds' initialisations (§1.7, §1.8).
+ */
 export class MoEBase extends Module {
   readonly router: Router;
   readonly w1: Parameter;

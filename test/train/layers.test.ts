@@ -27,6 +27,7 @@ import {
   Variable,
   buildFfn,
   noGrad,
+  validateFfnConfig,
   tidy,
   type FfnConfig,
 } from '../../lib/index.js';
@@ -258,6 +259,15 @@ describe('layers: bad arguments and inputs get clear errors', () => {
       expect((err as Error).message).toMatch(re);
     }
     other.dispose();
+  });
+
+  it('validateFfnConfig checks one FFN config for a model width, naming fields after its prefix', () => {
+    for (const [, cfg] of FFNS) expect(() => validateFfnConfig(D, cfg)).not.toThrow();
+    expect(() => validateFfnConfig(D, { kind: 'topk', dFF: 16, k: 0 })).toThrow(new ConfigError('ffn.k must be a positive integer, got 0'));
+    expect(() => validateFfnConfig(D, { ...moe, expertDropout: 1 }, 'layer 3')).toThrow(new ConfigError('layer 3.expertDropout must be in [0, 1), got 1'));
+    expect(() => validateFfnConfig(D, { kind: 'peer', heads: 2, subKeys: 4, k: 2, queryDim: 5 })).toThrow(/^ffn: the query width must be even \(two halves\), got 5$/);
+    expect(() => validateFfnConfig(-1, moe)).toThrow(new ConfigError('ffn: the model width D must be a positive integer, got -1'));
+    expect(() => validateFfnConfig(D, null as unknown as FfnConfig)).toThrow(new ConfigError('ffn must be an object, got null'));
   });
 
   it('forward checks its input: a Variable or a Tensor of shape [T, width]', () => {
