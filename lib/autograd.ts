@@ -19,7 +19,7 @@
  * loss.backward();                        // w.grad now holds dloss/dw; intermediates are freed
  * ```
  */
-import { ShapeError } from './errors.js';
+import { ShapeError, showValue } from './errors.js';
 import { Tensor, keep, shapeStr } from './tensor.js';
 
 let gradEnabled = true;
@@ -165,8 +165,23 @@ export class Variable {
   }
 }
 
-/** Whether an op over these inputs must record itself. */
+function checkInputs(fn: string, inputs: readonly unknown[]): void {
+  for (let i = 0; i < inputs.length; i++) {
+    const v = inputs[i];
+    if (v !== null && v !== undefined && !(v instanceof Variable))
+      throw new TypeError(`${fn}: inputs[${i}] must be a Variable, null or undefined, got ${showValue(v)}`);
+  }
+}
+
+function checkTensors(fn: string, what: string, ts: unknown): void {
+  if (!Array.isArray(ts)) throw new TypeError(`${fn}: ${what} must be an array of Tensors, got ${showValue(ts)}`);
+  for (let i = 0; i < ts.length; i++)
+    if (!(ts[i] instanceof Tensor)) throw new TypeError(`${fn}: ${what}[${i}] must be a Tensor, got ${showValue(ts[i])}`);
+}
+
+/** Whether an op over these inputs must record itself (inputs: Variables; null / undefined are skipped). */
 export function needsGrad(...inputs: (Variable | null | undefined)[]): boolean {
+  checkInputs('needsGrad', inputs);
   return gradEnabled && inputs.some((v) => v && (v.requiresGrad || v.node !== null));
 }
 
@@ -181,6 +196,12 @@ export function record(
   backward: BackwardFn,
   saved: Tensor[] = [],
 ): Variable[] {
+  if (typeof op !== 'string' || op.length === 0) throw new TypeError(`record: op must be a non-empty string (the op's name), got ${showValue(op)}`);
+  if (!Array.isArray(inputs)) throw new TypeError(`record(${op}): inputs must be an array of Variables (or null), got ${showValue(inputs)}`);
+  checkInputs(`record(${op})`, inputs);
+  checkTensors(`record(${op})`, 'outputs', outputs);
+  if (typeof backward !== 'function') throw new TypeError(`record(${op}): backward must be a function, got ${showValue(backward)}`);
+  checkTensors(`record(${op})`, 'saved', saved);
   const outs = outputs.map((t) => new Variable(t));
   if (!needsGrad(...inputs)) {
     for (const s of saved) s.dispose();
@@ -199,6 +220,7 @@ export function record1(
   backward: (g: Tensor) => (Tensor | null | undefined)[],
   saved: Tensor[] = [],
 ): Variable {
+  if (typeof backward !== 'function') throw new TypeError(`record1(${String(op)}): backward must be a function, got ${showValue(backward)}`);
   return record(op, inputs, [output], (gs) => (gs[0] ? backward(gs[0]) : inputs.map(() => null)), saved)[0];
 }
 

@@ -40,6 +40,22 @@ export class BackendUnavailableError extends Error {
   }
 }
 
+/**
+ * A value as error messages show it: numbers as they print (`-4`, `2.5`, `NaN`), strings quoted (`string '4'`),
+ * everything else by kind (`null`, `undefined`, `an array of length 3`, `a Float64Array`, `an object`).
+ */
+export function showValue(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === 'number') return String(v);
+  if (typeof v === 'string') return `string '${v.length > 40 ? `${v.slice(0, 40)}…` : v}'`;
+  if (typeof v === 'boolean' || typeof v === 'bigint') return `${typeof v} ${String(v)}`;
+  if (typeof v === 'function') return 'a function';
+  if (typeof v === 'symbol') return v.toString();
+  if (Array.isArray(v)) return `an array of length ${v.length}`;
+  const ctor = (v as { constructor?: { name?: string } }).constructor?.name;
+  return ctor && ctor !== 'Object' ? `a ${ctor}` : 'an object';
+}
+
 /** Shorthand used by the TS-side validators. */
 export function fail(kind: 'shape' | 'dtype' | 'device' | 'type' | 'range', message: string): never {
   switch (kind) {

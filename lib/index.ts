@@ -2,7 +2,7 @@
  * sparse-ffn: sparse feed-forward layers (σ-MoE, Switch/top-k MoE, Top-K, PKM, PEER) for Node.js.
  * @packageDocumentation
  */
-export * from './errors.js';
+export { ShapeError, DTypeError, DeviceError, DisposedError, BackendUnavailableError, type LoadAttempt } from './errors.js';
 export {
   Tensor,
   tidy,

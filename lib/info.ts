@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
+import { showValue } from './errors.js';
 import { backend, native, packageRoot } from './native/loader.js';
 import type { CudaDeviceInfo } from './native/binding.js';
 
@@ -65,8 +66,24 @@ export function info(): BackendInfo {
   };
 }
 
-/** Human-readable form of info(). */
+/** Checks that i has the shape formatInfo reads (it is normally what info() returned, possibly via JSON). */
+function checkBackendInfo(i: unknown): asserts i is BackendInfo {
+  const what = 'formatInfo: i must be a BackendInfo (the object info() returns)';
+  if (i === null || typeof i !== 'object' || Array.isArray(i)) throw new TypeError(`${what}, got ${showValue(i)}`);
+  const o = i as Record<string, unknown>;
+  const cpu = o.cpu as Record<string, unknown> | undefined;
+  if (cpu === null || typeof cpu !== 'object' || Array.isArray(cpu)) throw new TypeError(`${what}: i.cpu must be an object, got ${showValue(cpu)}`);
+  if (!Array.isArray(cpu.features)) throw new TypeError(`${what}: i.cpu.features must be an array of strings, got ${showValue(cpu.features)}`);
+  if (o.gpu !== undefined) {
+    const gpu = o.gpu as Record<string, unknown> | null;
+    if (gpu === null || typeof gpu !== 'object' || !Array.isArray(gpu.devices))
+      throw new TypeError(`${what}: i.gpu must be undefined or an object with a devices array, got ${showValue(gpu)}`);
+  }
+}
+
+/** Human-readable form of info() (or of an info() result passed in, e.g. one read back from JSON). */
 export function formatInfo(i: BackendInfo = info()): string {
+  checkBackendInfo(i);
   const lines = [
     `sparse-ffn ${i.version} (node ${i.node}, N-API ${i.napiVersion})`,
     `backend:  ${i.backend} — ${i.reason}`,

@@ -96,12 +96,10 @@ export function dtypeOfArray(a: unknown): DType | undefined {
   return undefined;
 }
 
-/** What `a` is, for error messages: 'null', 'Float64Array', 'Array', 'number', ... (the class name for objects). */
-export function describeValue(a: unknown): string {
+function describeValue(a: unknown): string {
   if (a === null) return 'null';
   if (ArrayBuffer.isView(a)) return a.constructor.name;
   if (Array.isArray(a)) return 'Array';
-  if (typeof a === 'object') return (a as object).constructor?.name ?? 'object';
   return typeof a;
 }
 

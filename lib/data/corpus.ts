@@ -18,6 +18,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
+import { showValue } from '../errors.js';
 import { hash32 } from './random.js';
 
 export const BYTE_VOCAB = 256;
@@ -187,12 +188,26 @@ export function* evalBatches(data: Uint8Array, batch: number, context: number, m
   }
 }
 
-/** Decodes bytes as UTF-8 text (invalid sequences become U+FFFD), for printing samples. */
+/**
+ * Decodes bytes as UTF-8 text (invalid sequences become U+FFFD), for printing samples. Every element must be
+ * a byte value (an integer in [0, 255]); anything else is a RangeError rather than a silently wrapped byte.
+ */
 export function decodeBytes(bytes: ArrayLike<number>): string {
-  return Buffer.from(Uint8Array.from(bytes)).toString('utf8');
+  if (bytes instanceof Uint8Array) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+  if (bytes === null || typeof bytes !== 'object' || !Number.isSafeInteger((bytes as { length?: unknown }).length) || bytes.length < 0)
+    throw new TypeError(`decodeBytes: bytes must be an array-like of byte values (a Uint8Array, Int32Array or number[]), got ${showValue(bytes)}`);
+  const out = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    if (!Number.isInteger(b) || b < 0 || b > 255)
+      throw new RangeError(`decodeBytes: bytes[${i}] must be an integer in [0, 255], got ${showValue(b)}`);
+    out[i] = b;
+  }
+  return Buffer.from(out.buffer, out.byteOffset, out.byteLength).toString('utf8');
 }
 
-/** Encodes a prompt as byte ids. */
+/** Encodes text as UTF-8 byte ids (a prompt for generation). */
 export function encodeText(text: string): Int32Array {
+  if (typeof text !== 'string') throw new TypeError(`encodeText: text must be a string, got ${showValue(text)}`);
   return Int32Array.from(Buffer.from(text, 'utf8'));
 }

@@ -90,6 +90,8 @@ export interface ModelConfig {
   sharedRouter?: boolean;
 }
 
+import { showValue } from '../errors.js';
+
 /** A configuration problem, raised before any tensor is allocated. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -97,24 +99,30 @@ export class ConfigError extends Error {
 
 /** `v` as a positive integer, or a ConfigError naming `what` (also used by the layers for their dimensions). */
 export function posInt(v: unknown, what: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new ConfigError(`${what} must be a positive integer, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new ConfigError(`${what} must be a positive integer, got ${showValue(v)}`);
   return v;
 }
 function frac(v: unknown, what: string, lo = 0, hi = 1): void {
   if (v === undefined) return;
-  if (typeof v !== 'number' || !(v >= lo && v < hi)) throw new ConfigError(`${what} must be in [${lo}, ${hi}), got ${String(v)}`);
+  if (typeof v !== 'number' || !(v >= lo && v < hi)) throw new ConfigError(`${what} must be in [${lo}, ${hi}), got ${showValue(v)}`);
 }
 function nonneg(v: unknown, what: string): void {
   if (v === undefined) return;
-  if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) throw new ConfigError(`${what} must be a finite number ≥ 0, got ${String(v)}`);
+  if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) throw new ConfigError(`${what} must be a finite number ≥ 0, got ${showValue(v)}`);
 }
 
-/** The FFN config of layer l. */
+/** The FFN config of layer l (0 ≤ l < nLayers) of a model config: its own entry of a per-layer list, or the one for all. */
 export function layerFfn(cfg: ModelConfig, l: number): FfnConfig {
+  if (!cfg || typeof cfg !== 'object') throw new ConfigError(`layerFfn: cfg must be a model config, got ${showValue(cfg)}`);
+  const layers = Array.isArray(cfg.ffn) ? cfg.ffn.length : cfg.nLayers;
+  if (typeof l !== 'number' || !Number.isInteger(l) || l < 0 || !(l < layers))
+    throw new ConfigError(`layerFfn: l must be an integer in [0, ${Array.isArray(cfg.ffn) ? `ffn.length=${layers}` : `nLayers=${layers}`}), got ${showValue(l)}`);
   return Array.isArray(cfg.ffn) ? cfg.ffn[l] : cfg.ffn;
 }
 
+/** Whether f is one of the four MoE kinds (sigma-moe, switch, softmax-moe, adaptive). */
 export function isMoe(f: FfnConfig): f is MoeFfnConfig {
+  if (!f || typeof f !== 'object') throw new ConfigError(`isMoe: f must be an FFN config, got ${showValue(f)}`);
   return f.kind === 'sigma-moe' || f.kind === 'switch' || f.kind === 'softmax-moe' || f.kind === 'adaptive';
 }
 
@@ -203,6 +211,7 @@ export function validateFfnConfig(D: number, f: FfnConfig, at = 'ffn'): void {
 
 /** Parameters of one FFN block of width D (closed form; the layers allocate exactly these). */
 export function ffnParams(D: number, f: FfnConfig): number {
+  validateFfnConfig(D, f, 'ffnParams: f');
   switch (f.kind) {
     case 'dense':
     case 'topk':
@@ -245,6 +254,7 @@ export function modelParams(cfg: ModelConfig): number {
 
 /** FLOPs of one FFN block per token, forward (multiply-adds × 2), selector and retrieval included. */
 export function ffnFlopsPerToken(D: number, f: FfnConfig): number {
+  validateFfnConfig(D, f, 'ffnFlopsPerToken: f');
   switch (f.kind) {
     case 'dense':
       return 4 * D * f.dFF;
@@ -303,6 +313,17 @@ export interface ParameterEqualPair {
   sparseParams: number;
 }
 
+const SPARSE_INTS = ['experts', 'k', 'pkmHeads', 'pkmK', 'peerHeads', 'peerK'] as const;
+
+/** Checks SparseOptions given as `at` (e.g. `parameterEqual: opts`): an object whose fields have their types. */
+export function checkSparseOptions(o: unknown, at: string): asserts o is SparseOptions {
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new ConfigError(`${at} must be an object (SparseOptions), got ${showValue(o)}`);
+  const r = o as Record<string, unknown>;
+  for (const f of SPARSE_INTS) if (r[f] !== undefined) posInt(r[f], `${at}.${f}`);
+  nonneg(r.gamma, `${at}.gamma`);
+  frac(r.expertDropout, `${at}.expertDropout`);
+}
+
 function withFfn(cfg: ModelConfig, ffn: FfnConfig): ModelConfig {
   return { ...cfg, ffn };
 }
@@ -327,6 +348,7 @@ export function parameterEqual(denseCfg: ModelConfig, kind: FfnKind, opts: Spars
     throw new ConfigError(`parameterEqual: the base config must have one dense FFN for every layer, got ${JSON.stringify(denseCfg.ffn)}`);
   if (!(FFN_KINDS as readonly string[]).includes(kind))
     throw new ConfigError(`parameterEqual: unknown FFN kind '${String(kind)}', expected one of ${FFN_KINDS.join(', ')}`);
+  checkSparseOptions(opts, 'parameterEqual: opts');
   const D = denseCfg.dModel;
   const F = denseCfg.ffn.dFF;
   let sparseFfn: FfnConfig;

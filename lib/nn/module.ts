@@ -14,8 +14,8 @@
  * m.eval();                // m.training === false (dropout off, expert dropout off)
  * ```
  */
-import { ShapeError } from '../errors.js';
-import { Tensor, describeValue, keep, shapeStr } from '../tensor.js';
+import { ShapeError, showValue } from '../errors.js';
+import { Tensor, keep, shapeStr } from '../tensor.js';
 import { Variable } from '../autograd.js';
 
 /**
@@ -25,7 +25,7 @@ import { Variable } from '../autograd.js';
  */
 export function layerInput(op: string, x: Variable | Tensor, width: number): Variable {
   const v = x instanceof Tensor ? new Variable(x) : x;
-  if (!(v instanceof Variable)) throw new TypeError(`${op}: x must be a Variable or a Tensor, got ${describeValue(x)}`);
+  if (!(v instanceof Variable)) throw new TypeError(`${op}: x must be a Variable or a Tensor, got ${showValue(x)}`);
   if (v.shape.length !== 2 || v.shape[1] !== width) throw new ShapeError(`${op}: x must have shape [T, ${width}], got ${shapeStr(v.shape)}`);
   return v;
 }

@@ -9,8 +9,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { getNumThreads } from '../info.js';
-import { type FfnKind, type ModelConfig, type SparseOptions, parameterEqual, modelFlopsPerToken, modelParams, ConfigError } from '../nn/config.js';
+import { type FfnKind, type ModelConfig, type SparseOptions, FFN_KINDS, checkSparseOptions, parameterEqual, modelFlopsPerToken, modelParams, ConfigError } from '../nn/config.js';
 import { loadCorpus, type Corpus } from '../data/corpus.js';
+import { showValue } from '../errors.js';
 import { Trainer, validateTrainConfig, type TrainConfig, type LayerUsage } from './trainer.js';
 import { Progress } from './log.js';
 import { compareSvg, type Histogram, type Series } from './plot.js';
@@ -76,8 +77,19 @@ export interface CompareOptions {
   log?: (line: string) => void;
 }
 
+/** Checks compareConfigs' kinds and sparse options (the base config is checked by parameterEqual). */
+function checkCompareArgs(kinds: unknown, sparse: unknown): void {
+  if (!Array.isArray(kinds)) throw new ConfigError(`compareConfigs: kinds must be an array of FFN kinds, got ${showValue(kinds)}`);
+  kinds.forEach((k, i) => {
+    if (!(FFN_KINDS as readonly unknown[]).includes(k))
+      throw new ConfigError(`compareConfigs: kinds[${i}] must be one of ${FFN_KINDS.join(', ')}, got ${showValue(k)}`);
+  });
+  checkSparseOptions(sparse, 'compareConfigs: sparse');
+}
+
 /** The model configs compare trains, in order: dense twin first, then each sparse kind at equal parameters. */
-export function compareConfigs(base: ModelConfig, kinds: FfnKind[], sparse: SparseOptions): { name: string; kind: FfnKind; config: ModelConfig }[] {
+export function compareConfigs(base: ModelConfig, kinds: FfnKind[], sparse: SparseOptions = {}): { name: string; kind: FfnKind; config: ModelConfig }[] {
+  checkCompareArgs(kinds, sparse);
   // The dense twin is the σ-MoE pair's (d_ff grown by the selector's parameters), as in the paper.
   const denseTwin = parameterEqual(base, 'sigma-moe', sparse).dense;
   return kinds.map((kind) => {
@@ -96,10 +108,12 @@ export function runCompare(opts: CompareOptions = {}): { rows: CompareRow[]; svg
   const train = { ...preset.train, ...(opts.data ? { data: opts.data } : {}), ...(opts.steps ? { steps: opts.steps } : {}), ...opts.train };
   const kinds = opts.kinds ?? DEFAULT_KINDS;
   const models = compareConfigs(base, kinds, preset.sparse);
+  if (!models.length) throw new ConfigError('compare: kinds must list at least one FFN kind, got an empty array');
   // Validate everything (configs and data) before the first step of the first model.
   for (const m of models) validateTrainConfig({ ...train, model: m.config });
   const corpus = opts.corpus ?? loadCorpus(train.data ?? 'moby-dick', { minBytes: base.context + 1 });
-  const denseFfn = modelFlopsPerToken(models[0].config).ffn;
+  // FLOPs relative to the dense twin's FFN, whether or not the dense model is among the kinds trained.
+  const denseFfn = modelFlopsPerToken(compareConfigs(base, ['dense'], preset.sparse)[0].config).ffn;
   log(
     `compare (${presetName}): ${corpus.name} (${(corpus.train.length / 1e6).toFixed(2)} MB train), D=${base.dModel}, ${base.nLayers} layers, context ${base.context}, ` +
       `${train.steps} steps × batch ${train.batch}, ${getNumThreads()} threads`,

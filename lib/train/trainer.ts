@@ -19,7 +19,8 @@ import path from 'node:path';
 import { Tensor, tidy, memory } from '../tensor.js';
 import { getNumThreads, setNumThreads } from '../info.js';
 import { noGrad } from '../autograd.js';
-import { Batcher, DataError, evalBatches, loadCorpus, encodeText, decodeBytes, type Corpus } from '../data/corpus.js';
+import { BYTE_VOCAB, Batcher, DataError, evalBatches, loadCorpus, encodeText, decodeBytes, type Corpus } from '../data/corpus.js';
+import { showValue } from '../errors.js';
 import { Rng, hash32 } from '../data/random.js';
 import { TransformerLM } from '../nn/transformer.js';
 import { ConfigError, validateModelConfig, modelParams, type ModelConfig } from '../nn/config.js';
@@ -66,8 +67,13 @@ export interface TrainConfig {
 export type ResolvedTrainConfig = Required<Omit<TrainConfig, 'checkpoint' | 'log' | 'threads' | 'sparseLr'>> &
   Pick<TrainConfig, 'checkpoint' | 'log' | 'threads' | 'sparseLr'>;
 
+/**
+ * Validates a training configuration (see validateTrainConfig) and fills in the defaults. A field given as
+ * `undefined` gets its default, as an absent one does.
+ */
 export function resolveTrainConfig(cfg: TrainConfig): ResolvedTrainConfig {
-  return {
+  validateTrainConfig(cfg);
+  const out: Record<string, unknown> = {
     data: 'moby-dick',
     minLr: 0,
     warmup: 0,
@@ -78,18 +84,25 @@ export function resolveTrainConfig(cfg: TrainConfig): ResolvedTrainConfig {
     evalBytes: 65536,
     evalBatch: cfg.batch,
     checkpointEvery: 0,
-    ...cfg,
-  } as ResolvedTrainConfig;
+  };
+  for (const [k, v] of Object.entries(cfg)) if (v !== undefined) out[k] = v;
+  return out as ResolvedTrainConfig;
 }
 
-function num(v: unknown, what: string, lo: number, int = false): void {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || (int && !Number.isInteger(v)))
-    throw new ConfigError(`${what} must be ${int ? 'an integer' : 'a number'} ≥ ${lo}, got ${String(v)}`);
+function num(v: unknown, what: string, lo: number, int = false, hi = Infinity): void {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi || (int && !Number.isInteger(v)))
+    throw new ConfigError(
+      `${what} must be ${int ? 'an integer' : 'a number'} ${hi === Infinity ? `≥ ${lo}` : `in [${lo}, ${hi}]`}, got ${showValue(v)}`,
+    );
+}
+
+function str(v: unknown, what: string): void {
+  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(`${what} must be a non-empty string, got ${showValue(v)}`);
 }
 
 /** Validates a training configuration (model included) without touching data or allocating tensors. */
 export function validateTrainConfig(cfg: TrainConfig): void {
-  if (!cfg || typeof cfg !== 'object') throw new ConfigError(`train config must be an object, got ${String(cfg)}`);
+  if (!cfg || typeof cfg !== 'object' || Array.isArray(cfg)) throw new ConfigError(`train config must be an object, got ${showValue(cfg)}`);
   validateModelConfig(cfg.model);
   num(cfg.steps, 'steps', 1, true);
   num(cfg.batch, 'batch', 1, true);
@@ -104,8 +117,11 @@ export function validateTrainConfig(cfg: TrainConfig): void {
   if (cfg.evalBytes !== undefined) num(cfg.evalBytes, 'evalBytes', 1, true);
   if (cfg.evalBatch !== undefined) num(cfg.evalBatch, 'evalBatch', 1, true);
   if (cfg.checkpointEvery !== undefined) num(cfg.checkpointEvery, 'checkpointEvery', 0, true);
-  if (cfg.threads !== undefined) num(cfg.threads, 'threads', 1, true);
-  if (cfg.model.vocab !== 256) throw new ConfigError(`model.vocab must be 256 for byte-level corpora, got ${cfg.model.vocab}`);
+  if (cfg.threads !== undefined) num(cfg.threads, 'threads', 1, true, 256); // setNumThreads' range
+  if (cfg.data !== undefined) str(cfg.data, 'data');
+  if (cfg.checkpoint !== undefined) str(cfg.checkpoint, 'checkpoint');
+  if (cfg.log !== undefined) str(cfg.log, 'log');
+  if (cfg.model.vocab !== BYTE_VOCAB) throw new ConfigError(`model.vocab must be ${BYTE_VOCAB} for byte-level corpora, got ${cfg.model.vocab}`);
   if (cfg.checkpoint !== undefined && !existsSync(path.dirname(path.resolve(cfg.checkpoint))))
     throw new ConfigError(`checkpoint directory does not exist: ${path.dirname(path.resolve(cfg.checkpoint))}`);
 }
@@ -331,10 +347,33 @@ export class Trainer {
   }
 }
 
-/** Autoregressive sampling from a model; returns the generated continuation (without the prompt). */
+/**
+ * Autoregressive sampling from a byte-level model: `n` bytes after `prompt` (an empty prompt stands for "\n"),
+ * each from the logits of the last `context` bytes (1 ≤ context ≤ model.config.context), with temperature /
+ * top-p and a seed (the same seed gives the same text). Returns the continuation (without the prompt),
+ * decoded as UTF-8.
+ */
 export function generateText(model: TransformerLM, prompt: string, n: number, context: number, opts: SampleOptions & { seed?: number } = {}): string {
-  const rng = new Rng(hash32(opts.seed ?? 0, 0x9e4));
+  if (!(model instanceof TransformerLM)) throw new TypeError(`generateText: model must be a TransformerLM, got ${showValue(model)}`);
+  if (typeof prompt !== 'string') throw new TypeError(`generateText: prompt must be a string, got ${showValue(prompt)}`);
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+    throw new RangeError(`generateText: n (bytes to generate) must be an integer ≥ 0, got ${showValue(n)}`);
+  const maxContext = model.config.context;
+  if (typeof context !== 'number' || !Number.isInteger(context) || context < 1 || context > maxContext)
+    throw new RangeError(`generateText: context must be an integer in [1, model.config.context=${maxContext}], got ${showValue(context)}`);
+  if (opts === null || typeof opts !== 'object') throw new TypeError(`generateText: opts must be an object, got ${showValue(opts)}`);
+  if (opts.seed !== undefined && (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed)))
+    throw new RangeError(`generateText: opts.seed must be an integer, got ${showValue(opts.seed)}`);
+  if (opts.temperature !== undefined && !(typeof opts.temperature === 'number' && opts.temperature >= 0))
+    throw new RangeError(`generateText: opts.temperature must be a number ≥ 0, got ${showValue(opts.temperature)}`);
+  if (opts.topP !== undefined && !(typeof opts.topP === 'number' && opts.topP > 0 && opts.topP <= 1))
+    throw new RangeError(`generateText: opts.topP must be a number in (0, 1], got ${showValue(opts.topP)}`);
+  const V = model.config.vocab;
+  if (V > BYTE_VOCAB) throw new ConfigError(`generateText: model.config.vocab must be ≤ ${BYTE_VOCAB} (byte ids), got ${V}`);
   const ids = Array.from(encodeText(prompt.length ? prompt : '\n'));
+  const bad = ids.findIndex((b) => b >= V);
+  if (bad >= 0) throw new RangeError(`generateText: prompt byte ${ids[bad]} at offset ${bad} is outside the model's vocabulary [0, ${V})`);
+  const rng = new Rng(hash32(opts.seed ?? 0, 0x9e4));
   const out: number[] = [];
   const wasTraining = model.training;
   model.eval();

@@ -296,7 +296,7 @@ describe('layers: bad arguments and inputs get clear errors', () => {
       expect(() => f(wrong)).toThrow(ShapeError);
       expect(() => f(wrong)).toThrow(`${name}.forward: x must have shape [T, 4], got [2, 5]`);
       expect(() => f(flat)).toThrow(`${name}.forward: x must have shape [T, 4], got [8]`);
-      expect(() => f([1, 2, 3, 4] as unknown as Tensor)).toThrow(new TypeError(`${name}.forward: x must be a Variable or a Tensor, got Array`));
+      expect(() => f([1, 2, 3, 4] as unknown as Tensor)).toThrow(new TypeError(`${name}.forward: x must be a Variable or a Tensor, got an array of length 4`));
     }
     const x = Tensor.zeros([4, 4]);
     expect(() => att.forward(x, 1, 3)).toThrow(new ShapeError('CausalSelfAttention.forward: x has 4 rows, expected B·S = 1·3 = 3'));
