@@ -19,7 +19,7 @@
  * loss.backward();                        // w.grad now holds dloss/dw; intermediates are freed
  * ```
  */
-import { ShapeError, showValue } from './errors.js';
+import { DisposedError, DTypeError, ShapeError, isObject, showValue } from './errors.js';
 import { Tensor, keep, shapeStr } from './tensor.js';
 
 let gradEnabled = true;
@@ -32,6 +32,7 @@ export function isGradEnabled(): boolean {
 
 /** Runs fn with recording switched off (evaluation, generation, optimiser updates). Nests; restores. */
 export function noGrad<T>(fn: () => T): T {
+  if (typeof fn !== 'function') throw new TypeError(`noGrad: fn must be a function, got ${showValue(fn)}`);
   const prev = gradEnabled;
   gradEnabled = false;
   try {
@@ -97,7 +98,11 @@ export class Variable {
   name: string | undefined;
 
   constructor(data: Tensor, opts: VariableOptions = {}) {
-    if (!(data instanceof Tensor)) throw new TypeError(`Variable: data must be a Tensor, got ${typeof data}`);
+    if (!(data instanceof Tensor)) throw new TypeError(`Variable: data must be a Tensor, got ${showValue(data)}`);
+    if (!isObject(opts)) throw new TypeError(`Variable: opts must be an object (VariableOptions), got ${showValue(opts)}`);
+    if (opts.requiresGrad !== undefined && typeof opts.requiresGrad !== 'boolean')
+      throw new TypeError(`Variable: opts.requiresGrad must be a boolean, got ${showValue(opts.requiresGrad)}`);
+    if (opts.name !== undefined && typeof opts.name !== 'string') throw new TypeError(`Variable: opts.name must be a string, got ${showValue(opts.name)}`);
     this.#data = data;
     this.requiresGrad = opts.requiresGrad ?? false;
     this.name = opts.name;
@@ -110,6 +115,7 @@ export class Variable {
 
   /** Replaces the value (optimisers and load_state_dict); shape and dtype must match. */
   set data(t: Tensor) {
+    if (!(t instanceof Tensor)) throw new TypeError(`Variable${this.name ? ` ${this.name}` : ''}: new value must be a Tensor, got ${showValue(t)}`);
     if (t.dtype !== this.#data.dtype || t.shape.length !== this.#data.shape.length || t.shape.some((d, i) => d !== this.#data.shape[i]))
       throw new ShapeError(
         `Variable${this.name ? ` ${this.name}` : ''}: new value must be ${this.#data.dtype} ${shapeStr(this.#data.shape)}, got ${t.dtype} ${shapeStr(t.shape)}`,
@@ -141,6 +147,7 @@ export class Variable {
 
   /** Adds g into the gradient (takes ownership of g). */
   accumulate(g: Tensor): void {
+    if (!(g instanceof Tensor)) throw new TypeError(`Variable.accumulate: g must be a Tensor, got ${showValue(g)}`);
     if (g.shape.length !== this.shape.length || g.shape.some((d, i) => d !== this.shape[i]))
       throw new ShapeError(
         `autograd: gradient for ${this.describe()} has shape ${shapeStr(g.shape)}, expected ${shapeStr(this.shape)}`,
@@ -252,6 +259,15 @@ function topo(root: Variable): TapeNode[] {
 }
 
 function backward(root: Variable, seed: Tensor | undefined, opts: { retainGraph?: boolean }): void {
+  const op = 'Variable.backward';
+  if (seed !== undefined) {
+    if (!(seed instanceof Tensor)) throw new TypeError(`${op}: seed must be a Tensor (or undefined for a scalar root), got ${showValue(seed)}`);
+    if (seed.isDisposed) throw new DisposedError(`${op}: seed is disposed`);
+    if (seed.dtype !== root.data.dtype) throw new DTypeError(`${op}: seed must be ${root.data.dtype} like the root, got ${seed.dtype}`);
+    if (seed.shape.length !== root.shape.length || seed.shape.some((d, i) => d !== root.shape[i]))
+      throw new ShapeError(`${op}: seed must have the root's shape ${shapeStr(root.shape)}, got ${shapeStr(seed.shape)}`);
+  }
+  if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object ({ retainGraph?: boolean }), got ${showValue(opts)}`);
   if (!root.node && !root.requiresGrad)
     throw new Error(`backward: ${root.describe()} does not require grad and was not produced by a recorded op`);
   if (!seed) {
@@ -306,6 +322,10 @@ function backward(root: Variable, seed: Tensor | undefined, opts: { retainGraph?
 
 /** Frees a graph without back-propagating (e.g. after an evaluation forward that recorded by mistake). */
 export function releaseGraph(order: TapeNode[] | Variable, keepValueOf?: Variable): void {
+  if (!(order instanceof Variable) && !(Array.isArray(order) && order.every(isTapeNode)))
+    throw new TypeError(`releaseGraph: order must be a Variable (the root of a graph) or an array of tape nodes, got ${showValue(order)}`);
+  if (keepValueOf !== undefined && !(keepValueOf instanceof Variable))
+    throw new TypeError(`releaseGraph: keepValueOf must be a Variable or undefined, got ${showValue(keepValueOf)}`);
   const nodes = order instanceof Variable ? topo(order) : order;
   const root = order instanceof Variable ? order : keepValueOf;
   for (const node of nodes) {
@@ -318,6 +338,12 @@ export function releaseGraph(order: TapeNode[] | Variable, keepValueOf?: Variabl
       o.node = null;
     }
   }
+}
+
+function isTapeNode(n: unknown): n is TapeNode {
+  if (!isObject(n)) return false;
+  const o = n as Record<string, unknown>;
+  return Array.isArray(o.inputs) && Array.isArray(o.outputs) && Array.isArray(o.saved);
 }
 
 // ---- glue -------------------------------------------------------------------------------------------------

@@ -56,6 +56,18 @@ export function showValue(v: unknown): string {
   return ctor && ctor !== 'Object' ? `a ${ctor}` : 'an object';
 }
 
+/** Whether `v` can be an options object: a non-null object that is not an array. */
+export function isObject(v: unknown): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Whether `v` is an array-like (an array, a typed array, ...): an object with a length that is an integer ≥ 0. */
+export function isArrayLike(v: unknown): v is ArrayLike<unknown> {
+  if (v === null || typeof v !== 'object') return false;
+  const n = (v as { length?: unknown }).length;
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+}
+
 /** Shorthand used by the TS-side validators. */
 export function fail(kind: 'shape' | 'dtype' | 'device' | 'type' | 'range', message: string): never {
   switch (kind) {

@@ -13,7 +13,7 @@
  * console.log(y.toArray(), memory());
  * ```
  */
-import { DeviceError, DisposedError, DTypeError, ShapeError, BackendUnavailableError } from './errors.js';
+import { DeviceError, DisposedError, DTypeError, ShapeError, BackendUnavailableError, isObject, showValue } from './errors.js';
 import type { HostArray, NativeDeviceBuffer } from './native/binding.js';
 import { backend, native } from './native/loader.js';
 
@@ -160,6 +160,7 @@ function collect(v: unknown, out: Set<Tensor>): void {
  * arrays and plain objects) and those passed to keep(). Scopes nest. `fn` must be synchronous.
  */
 export function tidy<T extends Tensors>(fn: () => T): T {
+  if (typeof fn !== 'function') throw new TypeError(`tidy: fn must be a function, got ${showValue(fn)}`);
   const scope = new Set<Tensor>();
   scopes.push(scope);
   let result: T;
@@ -184,6 +185,7 @@ export function tidy<T extends Tensors>(fn: () => T): T {
 
 /** Keeps a tensor alive past the enclosing tidy() scopes. */
 export function keep<T extends Tensor>(t: T): T {
+  if (!(t instanceof Tensor)) throw new TypeError(`keep: t must be a Tensor, got ${showValue(t)}`);
   t.kept = true;
   return t;
 }
@@ -223,6 +225,9 @@ function flatten(data: Nested, shape: number[], depth: number, out: (number | bi
   for (const x of data) flatten(x, shape, depth + 1, out, op);
 }
 
+// Only this module may call the Tensor constructor: it passes this token first.
+const INTERNAL: unique symbol = Symbol('Tensor.internal');
+
 export class Tensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
@@ -233,7 +238,12 @@ export class Tensor {
   kept = false;
   #storage: Storage | null;
 
-  private constructor(storage: Storage, dtype: DType, shape: readonly number[], device: Device) {
+  private constructor(token: typeof INTERNAL, storage: Storage, dtype: DType, shape: readonly number[], device: Device) {
+    if (token !== INTERNAL)
+      throw new TypeError(
+        `Tensor: the constructor is internal; create tensors with Tensor.from(data, opts), Tensor.fromHost(array, shape), ` +
+          `Tensor.zeros(shape, opts) or Tensor.full(shape, value, opts), got new Tensor(${showValue(token)}, ...)`,
+      );
     this.#storage = storage;
     storage.refs++;
     this.dtype = dtype;
@@ -246,16 +256,29 @@ export class Tensor {
 
   /** Wraps host storage (not copied). Internal: ops use this to return results. */
   static fromHost(data: HostData, shape: readonly number[], dtype: DType = dtypeOfArray(data)!): Tensor {
+    const op = 'Tensor.fromHost';
+    const kind = dtypeOfArray(data);
+    if (!kind)
+      throw new DTypeError(`${op}: data must be a Float32Array, Int32Array, BigInt64Array or Uint16Array, got ${showValue(data)}`);
+    checkDType(dtype, op);
+    if (kind !== dtype) throw new DTypeError(`${op}: dtype ${dtype} needs a ${ARRAY_NAME[dtype]}, got ${showValue(data)}`);
+    const n = checkShape(shape, op);
+    if (n !== data.length) throw new ShapeError(`${op}: shape ${shapeStr(shape)} needs ${n} elements, data has ${data.length}`);
     const storage: Storage = { host: data, bytes: data.byteLength, refs: 0 };
     counters.hostBytes += storage.bytes;
-    return new Tensor(storage, dtype, shape, 'cpu');
+    return new Tensor(INTERNAL, storage, dtype, shape, 'cpu');
   }
 
   /** Wraps a native device buffer (ownership passes to the tensor). Internal. */
   static fromDevice(buf: NativeDeviceBuffer, shape: readonly number[], dtype: DType): Tensor {
+    const op = 'Tensor.fromDevice';
+    if (!isObject(buf) || typeof buf.byteLength !== 'number' || typeof buf.dispose !== 'function')
+      throw new TypeError(`${op}: buf must be a native device buffer, got ${showValue(buf)}`);
+    checkShape(shape, op);
+    checkDType(dtype, op);
     const storage: Storage = { dev: buf, bytes: buf.byteLength, refs: 0 };
     counters.deviceBytes += storage.bytes;
-    return new Tensor(storage, dtype, shape, 'cuda');
+    return new Tensor(INTERNAL, storage, dtype, shape, 'cuda');
   }
 
   /**
@@ -265,12 +288,14 @@ export class Tensor {
    */
   static from(data: Nested | HostData | readonly number[], opts: TensorOptions = {}): Tensor {
     const op = 'Tensor.from';
+    checkOptions(opts, op);
     const device = opts.device ?? 'cpu';
     checkDevice(device, op);
     let host: HostData;
     let shape: number[];
     if (ArrayBuffer.isView(data)) {
       const kind = dtypeOfArray(data);
+      if (opts.dtype !== undefined) checkDType(opts.dtype, op);
       const dtype = opts.dtype ?? kind;
       if (!kind || !dtype)
         throw new DTypeError(
@@ -279,12 +304,15 @@ export class Tensor {
       if (kind !== dtype)
         throw new DTypeError(`${op}: dtype ${dtype} needs a ${ARRAY_NAME[dtype]}, got ${describeValue(data)}`);
       host = data as HostData;
+      checkShapeOption(opts.shape, op);
       shape = opts.shape ? [...opts.shape] : [host.length];
     } else if (Array.isArray(data) || typeof data === 'number' || typeof data === 'bigint') {
+      if (opts.dtype !== undefined) checkDType(opts.dtype, op);
       const dtype = opts.dtype ?? 'f32';
       const inferred = inferShape(data as Nested, op);
       const flat: (number | bigint)[] = [];
       flatten(data as Nested, inferred, 0, flat, op);
+      checkShapeOption(opts.shape, op);
       shape = opts.shape ? [...opts.shape] : inferred;
       host = allocHost(dtype, flat.length);
       if (dtype === 'i64') flat.forEach((v, i) => ((host as BigInt64Array)[i] = BigInt(v)));
@@ -307,6 +335,7 @@ export class Tensor {
   static zeros(shape: readonly number[], opts: Omit<TensorOptions, 'shape'> = {}): Tensor {
     const op = 'Tensor.zeros';
     const n = checkShape(shape, op);
+    checkOptions(opts, op);
     const dtype = opts.dtype ?? 'f32';
     checkDType(dtype, op);
     const device = opts.device ?? 'cpu';
@@ -319,6 +348,13 @@ export class Tensor {
 
   /** A tensor filled with `value`. */
   static full(shape: readonly number[], value: number, opts: Omit<TensorOptions, 'shape'> = {}): Tensor {
+    const op = 'Tensor.full';
+    checkShape(shape, op);
+    checkOptions(opts, op);
+    if (typeof value !== 'number') throw new TypeError(`${op}: value must be a number, got ${showValue(value)}`);
+    if (opts.dtype === 'i64' && !Number.isInteger(value))
+      throw new RangeError(`${op}: value must be an integer for dtype i64, got ${showValue(value)}`);
+    checkDevice(opts.device ?? 'cpu', op);
     const t = Tensor.zeros(shape, { ...opts, device: 'cpu' });
     const h = t.#live('Tensor.full').host!;
     if (h instanceof BigInt64Array) h.fill(BigInt(value));
@@ -413,6 +449,7 @@ export class Tensor {
   reshape(shape: readonly number[]): Tensor {
     const op = 'Tensor.reshape';
     const s = this.#live(op);
+    if (!Array.isArray(shape)) throw new ShapeError(`${op}: shape must be an array of dims, got ${showValue(shape)}`);
     const free = shape.indexOf(-1);
     let dims = [...shape];
     if (free >= 0) {
@@ -425,7 +462,7 @@ export class Tensor {
     const n = checkShape(dims, op);
     if (n !== this.size)
       throw new ShapeError(`${op}: cannot reshape ${shapeStr(this.shape)} (${this.size} elements) into ${shapeStr(shape)}`);
-    return new Tensor(s, this.dtype, dims, this.device);
+    return new Tensor(INTERNAL, s, this.dtype, dims, this.device);
   }
 
   /** Frees the storage (when no other view holds it). Idempotent. */
@@ -453,6 +490,14 @@ export class Tensor {
 }
 
 // ---- helpers shared by ops -------------------------------------------------------------------------------
+
+function checkShapeOption(shape: unknown, op: string): void {
+  if (shape !== undefined && !Array.isArray(shape)) throw new ShapeError(`${op}: opts.shape must be an array of dims, got ${showValue(shape)}`);
+}
+
+function checkOptions(opts: unknown, op: string): void {
+  if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object (TensorOptions), got ${showValue(opts)}`);
+}
 
 export function checkDType(dtype: unknown, op: string): asserts dtype is DType {
   if (dtype !== 'f32' && dtype !== 'i32' && dtype !== 'i64' && dtype !== 'bf16')

@@ -18,7 +18,8 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { showValue } from '../errors.js';
+import { isArrayLike, isObject, showValue } from '../errors.js';
+import { ConfigError, posInt } from '../nn/config.js';
 import { hash32 } from './random.js';
 
 export const BYTE_VOCAB = 256;
@@ -68,6 +69,10 @@ function sotu(): Uint8Array {
 
 /** Splits bytes into contiguous train/valid/test parts by fraction. */
 export function splitBytes(bytes: Uint8Array, valid = 0.05, test = 0.05): Pick<Corpus, 'train' | 'valid' | 'test'> {
+  checkBytes(bytes, 'splitBytes');
+  for (const [name, v] of [['valid', valid], ['test', test]] as const)
+    if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw new RangeError(`splitBytes: ${name} must be a fraction in [0, 1], got ${showValue(v)}`);
+  if (valid + test > 1) throw new RangeError(`splitBytes: valid + test must be ≤ 1, got ${valid} + ${test}`);
   const n = bytes.length;
   const nv = Math.floor(n * valid);
   const nt = Math.floor(n * test);
@@ -77,8 +82,13 @@ export function splitBytes(bytes: Uint8Array, valid = 0.05, test = 0.05): Pick<C
 
 const ENWIK8_BYTES = 100_000_000;
 
+function checkBytes(bytes: unknown, op: string, name = 'bytes'): asserts bytes is Uint8Array {
+  if (!(bytes instanceof Uint8Array)) throw new TypeError(`${op}: ${name} must be a Uint8Array, got ${showValue(bytes)}`);
+}
+
 /** The standard enwik8 split: first 90M bytes train, next 5M valid, last 5M test. */
 export function enwik8Split(bytes: Uint8Array): Pick<Corpus, 'train' | 'valid' | 'test'> {
+  checkBytes(bytes, 'enwik8Split');
   if (bytes.length !== ENWIK8_BYTES)
     throw new DataError(`corpus enwik8: the file must have ${ENWIK8_BYTES} bytes, got ${bytes.length}`);
   return {
@@ -102,6 +112,11 @@ export const CORPORA = ['moby-dick', 'sotu', 'enwik8:<file>', '<file>'] as const
  * local file. Throws DataError with a clear message when the source is missing.
  */
 export function loadCorpus(spec = 'moby-dick', opts: { minBytes?: number } = {}): Corpus {
+  if (typeof spec !== 'string' || spec.length === 0)
+    throw new TypeError(`loadCorpus: spec must be a non-empty string ('moby-dick', 'sotu', 'enwik8:<file>' or a file path), got ${showValue(spec)}`);
+  if (!isObject(opts)) throw new TypeError(`loadCorpus: opts must be an object ({ minBytes?: number }), got ${showValue(opts)}`);
+  if (opts.minBytes !== undefined && (typeof opts.minBytes !== 'number' || !Number.isSafeInteger(opts.minBytes) || opts.minBytes < 0))
+    throw new RangeError(`loadCorpus: opts.minBytes must be an integer ≥ 0, got ${showValue(opts.minBytes)}`);
   let name = spec;
   let parts: Pick<Corpus, 'train' | 'valid' | 'test'>;
   if (spec === 'moby-dick') parts = splitBytes(mobyDick());
@@ -141,6 +156,12 @@ export class Batcher {
   readonly data: Uint8Array;
   readonly opts: BatchOptions;
   constructor(data: Uint8Array, opts: BatchOptions) {
+    checkBytes(data, 'Batcher', 'data');
+    if (!isObject(opts)) throw new ConfigError(`Batcher: opts must be an object (BatchOptions), got ${showValue(opts)}`);
+    posInt(opts.batch, 'Batcher: opts.batch');
+    posInt(opts.context, 'Batcher: opts.context');
+    if (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed))
+      throw new ConfigError(`Batcher: opts.seed must be an integer, got ${showValue(opts.seed)}`);
     if (data.length < opts.context + 1)
       throw new DataError(`Batcher: the split has ${data.length} bytes, need at least context + 1 = ${opts.context + 1}`);
     this.data = data;
@@ -149,6 +170,8 @@ export class Batcher {
 
   /** The training batch of step `step`. */
   batch(step: number): Batch {
+    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
+      throw new RangeError(`Batcher.batch: step must be an integer ≥ 0, got ${showValue(step)}`);
     const { batch: B, context: S, seed } = this.opts;
     const span = this.data.length - S; // offsets 0 .. len-S-1, so off+S (the last target) is in range
     const x = new Int32Array(B * S);
@@ -170,7 +193,15 @@ export class Batcher {
  * Contiguous non-overlapping windows covering the first `maxBytes` of a split (all of it by default), in
  * batches of B windows: the deterministic evaluation set. The last batch may be smaller.
  */
-export function* evalBatches(data: Uint8Array, batch: number, context: number, maxBytes = Infinity): Generator<Batch> {
+export function evalBatches(data: Uint8Array, batch: number, context: number, maxBytes = Infinity): Generator<Batch> {
+  checkBytes(data, 'evalBatches', 'data');
+  for (const [name, v] of [['batch', batch], ['context', context]] as const)
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new RangeError(`evalBatches: ${name} must be an integer ≥ 1, got ${showValue(v)}`);
+  if (typeof maxBytes !== 'number' || !(maxBytes >= 0)) throw new RangeError(`evalBatches: maxBytes must be a number ≥ 0, got ${showValue(maxBytes)}`);
+  return evalBatchesOf(data, batch, context, maxBytes);
+}
+
+function* evalBatchesOf(data: Uint8Array, batch: number, context: number, maxBytes: number): Generator<Batch> {
   const usable = Math.min(data.length - 1, maxBytes);
   const windows = Math.floor(usable / context);
   for (let w0 = 0; w0 < windows; w0 += batch) {
@@ -194,7 +225,7 @@ export function* evalBatches(data: Uint8Array, batch: number, context: number, m
  */
 export function decodeBytes(bytes: ArrayLike<number>): string {
   if (bytes instanceof Uint8Array) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
-  if (bytes === null || typeof bytes !== 'object' || !Number.isSafeInteger((bytes as { length?: unknown }).length) || bytes.length < 0)
+  if (!isArrayLike(bytes))
     throw new TypeError(`decodeBytes: bytes must be an array-like of byte values (a Uint8Array, Int32Array or number[]), got ${showValue(bytes)}`);
   const out = new Uint8Array(bytes.length);
   for (let i = 0; i < bytes.length; i++) {

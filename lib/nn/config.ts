@@ -126,29 +126,37 @@ export function isMoe(f: FfnConfig): f is MoeFfnConfig {
   return f.kind === 'sigma-moe' || f.kind === 'switch' || f.kind === 'softmax-moe' || f.kind === 'adaptive';
 }
 
-/** Checks a model configuration; throws ConfigError naming the field, the expected and the actual value. */
-export function validateModelConfig(cfg: ModelConfig): void {
-  if (!cfg || typeof cfg !== 'object') throw new ConfigError(`model config must be an object, got ${String(cfg)}`);
-  posInt(cfg.vocab, 'vocab');
-  posInt(cfg.dModel, 'dModel');
-  posInt(cfg.nLayers, 'nLayers');
-  posInt(cfg.nHeads, 'nHeads');
-  posInt(cfg.context, 'context');
-  frac(cfg.dropout, 'dropout');
+/**
+ * Checks a model configuration; throws ConfigError naming the field, the expected and the actual value. `at` names
+ * the config in the messages (e.g. `modelParams: cfg` gives `modelParams: cfg.dModel must be ...`); without it the
+ * fields are named on their own (`dModel must be ...`).
+ */
+export function validateModelConfig(cfg: ModelConfig, at?: string): void {
+  if (!cfg || typeof cfg !== 'object' || Array.isArray(cfg))
+    throw new ConfigError(
+      at === undefined ? `model config must be an object, got ${showValue(cfg)}` : `${at} must be an object (ModelConfig), got ${showValue(cfg)}`,
+    );
+  const p = at === undefined ? '' : `${at}.`;
+  posInt(cfg.vocab, `${p}vocab`);
+  posInt(cfg.dModel, `${p}dModel`);
+  posInt(cfg.nLayers, `${p}nLayers`);
+  posInt(cfg.nHeads, `${p}nHeads`);
+  posInt(cfg.context, `${p}context`);
+  frac(cfg.dropout, `${p}dropout`);
   if (cfg.dModel % cfg.nHeads !== 0)
-    throw new ConfigError(`dModel must be divisible by nHeads: dModel=${cfg.dModel}, nHeads=${cfg.nHeads}`);
+    throw new ConfigError(`${p}dModel must be divisible by nHeads: dModel=${cfg.dModel}, nHeads=${cfg.nHeads}`);
   if ((cfg.dModel / cfg.nHeads) % 2 !== 0)
-    throw new ConfigError(`the head width dModel/nHeads must be even for rotary embeddings, got ${cfg.dModel / cfg.nHeads}`);
+    throw new ConfigError(`${at === undefined ? '' : `${at}: `}the head width dModel/nHeads must be even for rotary embeddings, got ${cfg.dModel / cfg.nHeads}`);
   if (Array.isArray(cfg.ffn) && cfg.ffn.length !== cfg.nLayers)
-    throw new ConfigError(`ffn has ${cfg.ffn.length} entries, expected one per layer (nLayers=${cfg.nLayers})`);
+    throw new ConfigError(`${p}ffn has ${cfg.ffn.length} entries, expected one per layer (nLayers=${cfg.nLayers})`);
   let moeExperts = -1;
   for (let l = 0; l < cfg.nLayers; l++) {
     const f = layerFfn(cfg, l);
-    const at = Array.isArray(cfg.ffn) ? `ffn[${l}]` : 'ffn';
-    validateFfnConfig(cfg.dModel, f, at);
+    const fat = Array.isArray(cfg.ffn) ? `${p}ffn[${l}]` : `${p}ffn`;
+    validateFfnConfig(cfg.dModel, f, fat);
     if (cfg.sharedRouter && isMoe(f)) {
       if (moeExperts >= 0 && moeExperts !== f.experts)
-        throw new ConfigError(`sharedRouter needs the same number of experts in every MoE layer, got ${moeExperts} and ${f.experts}`);
+        throw new ConfigError(`${p}sharedRouter needs the same number of experts in every MoE layer, got ${moeExperts} and ${f.experts}`);
       moeExperts = f.experts;
     }
   }
@@ -237,6 +245,7 @@ export function ffnParams(D: number, f: FfnConfig): number {
 
 /** Parameters of a whole TransformerLM (embedding, attention, norms, FFNs, output head). */
 export function modelParams(cfg: ModelConfig): number {
+  validateModelConfig(cfg, 'modelParams: cfg');
   const D = cfg.dModel;
   let n = cfg.vocab * D + cfg.vocab * D + cfg.vocab + 2 * D; // embedding, head W [V, D] + bias, final norm
   for (let l = 0; l < cfg.nLayers; l++) {
@@ -280,6 +289,7 @@ export function ffnFlopsPerToken(D: number, f: FfnConfig): number {
 
 /** Forward FLOPs per token of the whole model, and the FFN share of them. */
 export function modelFlopsPerToken(cfg: ModelConfig): { total: number; ffn: number } {
+  validateModelConfig(cfg, 'modelFlopsPerToken: cfg');
   const D = cfg.dModel;
   let ffn = 0;
   let rest = 2 * D * cfg.vocab; // output head

@@ -3,9 +3,22 @@
  * and the backward closure calls its native backward. The few glue ops here that have no kernel (residual
  * add, scaling a loss, reshape) are single passes over memory.
  */
-import { ShapeError } from '../errors.js';
-import { Tensor, shapeStr } from '../tensor.js';
+import { ShapeError, isObject, showValue } from '../errors.js';
+import { Tensor, expectTensor, shapeStr } from '../tensor.js';
 import { Variable, record1 } from '../autograd.js';
+
+/** Checks that each named argument of F.op is a Variable (null / undefined allowed for the names in `optional`). */
+function vars(op: string, args: Record<string, unknown>, optional: readonly string[] = []): void {
+  for (const [name, v] of Object.entries(args)) {
+    if ((v === null || v === undefined) && optional.includes(name)) continue;
+    if (!(v instanceof Variable))
+      throw new TypeError(`F.${op}: ${name} must be a Variable${optional.includes(name) ? ' or null' : ''}, got ${showValue(v)}`);
+  }
+}
+
+function options(op: string, name: string, o: unknown): void {
+  if (!isObject(o)) throw new TypeError(`F.${op}: ${name} must be an object, got ${showValue(o)}`);
+}
 
 function sameShape(op: string, a: Variable, b: Variable): void {
   if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i]))
@@ -19,6 +32,7 @@ function host(t: Tensor, op: string): Float32Array {
 
 /** y = a + b (same shapes): the residual connection. */
 export function add(a: Variable, b: Variable): Variable {
+  vars('add', { a, b });
   sameShape('add', a, b);
   const x = host(a.data, 'add');
   const z = host(b.data, 'add');
@@ -29,6 +43,10 @@ export function add(a: Variable, b: Variable): Variable {
 
 /** y = Σ_i alpha_i · v_i for scalar (one-element) variables: combines losses (CE + γ·regulariser). */
 export function weightedSum(vs: Variable[], alphas: number[]): Variable {
+  if (!Array.isArray(vs)) throw new TypeError(`F.weightedSum: vs must be an array of Variables, got ${showValue(vs)}`);
+  vs.forEach((v, i) => vars('weightedSum', { [`vs[${i}]`]: v }));
+  if (!Array.isArray(alphas) || !alphas.every((a) => typeof a === 'number'))
+    throw new TypeError(`F.weightedSum: alphas must be an array of numbers, got ${showValue(alphas)}`);
   if (vs.length !== alphas.length) throw new ShapeError(`weightedSum: ${vs.length} values but ${alphas.length} weights`);
   let s = 0;
   vs.forEach((v, i) => {
@@ -43,6 +61,8 @@ export function weightedSum(vs: Variable[], alphas: number[]): Variable {
 
 /** y = alpha · x. */
 export function scale(x: Variable, alpha: number): Variable {
+  vars('scale', { x });
+  if (typeof alpha !== 'number') throw new TypeError(`F.scale: alpha must be a number, got ${showValue(alpha)}`);
   const xs = host(x.data, 'scale');
   const y = Float32Array.from(xs, (v) => v * alpha);
   return record1('scale', [x], Tensor.fromHost(y, x.shape), (g) => {
@@ -53,6 +73,7 @@ export function scale(x: Variable, alpha: number): Variable {
 
 /** A view with another shape (the gradient is reshaped back). */
 export function reshape(x: Variable, shape: readonly number[]): Variable {
+  vars('reshape', { x });
   const y = x.data.reshape(shape);
   return record1('reshape', [x], y, (g) => [g.reshape(x.shape)]);
 }
@@ -63,6 +84,7 @@ import * as nnops from '../ops/nn.js';
 
 /** y [T, N] = x [T, K]·Wᵀ + b with W [N, K]. */
 export function linear(x: Variable, w: Variable, b: Variable | null): Variable {
+  vars('linear', { x, w, b }, ['b']);
   const y = nnops.linear(x.data, w.data, b?.data);
   return record1('linear', [x, w, b], y, (dy) => {
     const needX = x.requiresGrad || x.node !== null;
@@ -73,12 +95,15 @@ export function linear(x: Variable, w: Variable, b: Variable | null): Variable {
 
 /** Rows of W [V, D] for ids [T] (a constant i32 tensor). */
 export function embedding(w: Variable, ids: Tensor): Variable {
+  vars('embedding', { w });
+  expectTensor(ids, 'F.embedding', 'ids');
   const y = nnops.embedding(w.data, ids);
   return record1('embedding', [w], y, (dy) => [nnops.embeddingBackward(dy, ids, w.shape[0])], [ids]);
 }
 
 /** Layer norm over the last dim of x [T, D]. */
 export function layerNorm(x: Variable, g: Variable, b: Variable, eps = 1e-5): Variable {
+  vars('layerNorm', { x, g, b });
   const { y, saved } = nnops.layerNorm(x.data, g.data, b.data, eps);
   return record1(
     'layerNorm',
@@ -94,6 +119,7 @@ export function layerNorm(x: Variable, g: Variable, b: Variable, eps = 1e-5): Va
 
 /** Causal multi-head self-attention with rotary positions: qkv [B·S, 3D] → [B·S, D]. */
 export function causalAttention(qkv: Variable, dims: nnops.AttentionDims): Variable {
+  vars('causalAttention', { qkv });
   const { out, saved } = nnops.attention(qkv.data, dims);
   // saved.out is `out` itself: the tape keeps a node's output alive until its backward ran, so it is not listed
   // among the tensors the node frees.
@@ -102,6 +128,7 @@ export function causalAttention(qkv: Variable, dims: nnops.AttentionDims): Varia
 
 /** Inverted dropout with a stateless mask seeded by `seed` (p = 0 returns x itself). */
 export function dropout(x: Variable, p: number, seed: number): Variable {
+  vars('dropout', { x });
   if (p === 0) return x;
   const y = nnops.dropout(x.data, p, seed);
   return record1('dropout', [x], y, (dy) => [nnops.dropout(dy, p, seed)]);
@@ -109,6 +136,8 @@ export function dropout(x: Variable, p: number, seed: number): Variable {
 
 /** Mean cross-entropy (nats) of logits [T, V] against targets [T] (a constant i32 tensor): a scalar Variable. */
 export function crossEntropy(logits: Variable, targets: Tensor): Variable {
+  vars('crossEntropy', { logits });
+  expectTensor(targets, 'F.crossEntropy', 'targets');
   const { loss, lse } = nnops.crossEntropy(logits.data, targets);
   return record1(
     'crossEntropy',
@@ -132,6 +161,8 @@ import { record } from '../autograd.js';
  * W2 [F, D]. One tape node over the native ffnDense / ffnDenseBackward.
  */
 export function ffn(x: Variable, w1: Variable, b1: Variable | null, w2: Variable, b2: Variable | null, opts: { topk?: number } = {}): Variable {
+  vars('ffn', { x, w1, b1, w2, b2 }, ['b1', 'b2']);
+  options('ffn', 'opts', opts);
   const p = { w1: w1.data, w2: w2.data, b1: b1?.data, b2: b2?.data };
   const o = { act: 'relu' as const, topk: opts.topk ?? 0 };
   const { y, saved } = ffnDense(x.data, p, o);
@@ -180,6 +211,8 @@ export interface MoeResult {
  * gradients) to dz.
  */
 export function moe(x: Variable, z: Variable, w1: Variable, w2: Variable, opts: RouteOptions): MoeResult {
+  vars('moe', { x, z, w1, w2 });
+  options('moe', 'opts (RouteOptions)', opts);
   const r = moeRoute(z.data, {
     k: opts.k,
     gate: opts.gate,
@@ -235,6 +268,8 @@ export function pkmTopkSelect(
   keys: Variable,
   o: { H: number; Hq: number; Dk: number; k: number; act: PkmScoreAct },
 ): PkmSelection {
+  vars('pkmTopkSelect', { q, keys });
+  options('pkmTopkSelect', 'o ({ H, Hq, Dk, k, act })', o);
   const T = q.shape[0];
   const q3 = q.data.reshape([T, o.Hq, o.Dk]);
   const sel = pkmTopk(q3, keys.data, o.k, { act: o.act });
@@ -268,6 +303,8 @@ function giveSparse(p: Variable, rows: Tensor, values: Tensor): void {
  * sparse Parameter: its gradient is the touched rows only.
  */
 export function embeddingBagSum(idx: Tensor, w: Variable, V: Parameter): Variable {
+  expectTensor(idx, 'F.embeddingBagSum', 'idx');
+  vars('embeddingBagSum', { w, V });
   const T = idx.shape[0];
   const J = idx.size / Math.max(T, 1);
   const idx2 = idx.reshape([T, J]);
@@ -296,6 +333,9 @@ export function embeddingBagSum(idx: Tensor, w: Variable, V: Parameter): Variabl
  * Parameters.
  */
 export function peer(x: Variable, idx: Tensor, g: Variable, U: Parameter, V: Parameter): Variable {
+  vars('peer', { x });
+  expectTensor(idx, 'F.peer', 'idx');
+  vars('peer', { g, U, V });
   const T = idx.shape[0];
   const J = idx.size / Math.max(T, 1);
   const idx2 = idx.reshape([T, J]);

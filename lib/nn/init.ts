@@ -6,6 +6,7 @@
  */
 import { Tensor } from '../tensor.js';
 import { Rng } from '../data/random.js';
+import { showValue } from '../errors.js';
 import { ConfigError } from './config.js';
 
 /**
@@ -18,8 +19,15 @@ export interface InitOptions {
   seed?: number;
 }
 
+/** A layer's `opts` (undefined or an object); `layer` prefixes the error. */
+export function checkLayerOptions(layer: string, opts: unknown): void {
+  if (opts !== undefined && (opts === null || typeof opts !== 'object' || Array.isArray(opts)))
+    throw new ConfigError(`${layer}: opts must be an object, got ${showValue(opts)}`);
+}
+
 /** The generator `opts` names (see InitOptions); `layer` prefixes the errors. */
 export function initRng(layer: string, opts: InitOptions | undefined): Rng {
+  checkLayerOptions(layer, opts);
   if (opts?.rng !== undefined) {
     if (!(opts.rng instanceof Rng)) throw new ConfigError(`${layer}: opts.rng must be an Rng, got ${String(opts.rng)}`);
     return opts.rng;

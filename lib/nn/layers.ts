@@ -9,7 +9,7 @@ import { Variable } from '../autograd.js';
 import { ConfigError, posInt } from './config.js';
 import * as F from './functional.js';
 import { Module, layerInput, type Parameter } from './module.js';
-import { initRng, normal, positive, truncNormal, type InitOptions } from './init.js';
+import { checkLayerOptions, initRng, normal, positive, truncNormal, type InitOptions } from './init.js';
 
 /** y = x·Wᵀ + b, W [Dout, Din]. Init: truncated normal, std = 1/√Din unless `std` is given. */
 export class Linear extends Module {
@@ -23,6 +23,7 @@ export class Linear extends Module {
     super();
     posInt(inFeatures, 'Linear: inFeatures');
     posInt(outFeatures, 'Linear: outFeatures');
+    checkLayerOptions('Linear', opts);
     const std = positive(opts.std, 1 / Math.sqrt(inFeatures), 'Linear: opts.std');
     this.weight = this.param('weight', truncNormal([outFeatures, inFeatures], std, initRng('Linear', opts)));
     this.bias = opts.bias === false ? null : this.param('bias', Tensor.zeros([outFeatures]), { noDecay: true });
@@ -44,6 +45,7 @@ export class Embedding extends Module {
     super();
     posInt(num, 'Embedding: num');
     posInt(dim, 'Embedding: dim');
+    checkLayerOptions('Embedding', opts);
     this.weight = this.param('weight', normal([num, dim], positive(opts.std, 1, 'Embedding: opts.std'), initRng('Embedding', opts)));
   }
   /** ids [T] (an i32 Tensor or an Int32Array, each in [0, num)) → [T, D]. */
@@ -125,6 +127,7 @@ export class DenseFFN extends Module {
     const name = this.constructor.name;
     posInt(dModel, `${name}: dModel`);
     posInt(dFF, `${name}: dFF`);
+    checkLayerOptions(name, opts);
     const c = positive(opts.c, 1, `${name}: opts.c`);
     const rng = initRng(name, opts);
     this.w1 = this.param('w1', truncNormal([dModel, dFF], c / Math.sqrt(dModel), rng));

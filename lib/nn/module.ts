@@ -14,8 +14,8 @@
  * m.eval();                // m.training === false (dropout off, expert dropout off)
  * ```
  */
-import { ShapeError, showValue } from '../errors.js';
-import { Tensor, keep, shapeStr } from '../tensor.js';
+import { ShapeError, isObject, showValue } from '../errors.js';
+import { Tensor, expectTensor, keep, shapeStr } from '../tensor.js';
 import { Variable } from '../autograd.js';
 
 /**
@@ -58,6 +58,9 @@ export class Parameter extends Variable {
 
   /** Adds a row-sparse gradient (takes ownership of rows and values); merges with an earlier one by row. */
   accumulateSparse(rows: Tensor, values: Tensor): void {
+    const op = `${this.describe()}: accumulateSparse`;
+    expectTensor(rows, op, 'rows', 'i32');
+    expectTensor(values, op, 'values', 'f32');
     const [N, D] = this.shape;
     if (values.shape[1] !== D || values.shape[0] !== rows.size)
       throw new ShapeError(`${this.describe()}: sparse gradient must be [U, ${D}] for ${rows.size} rows, got ${shapeStr(values.shape)}`);
@@ -113,6 +116,10 @@ export class Parameter extends Variable {
   }
 }
 
+function checkPrefix(prefix: unknown, op: string): void {
+  if (typeof prefix !== 'string') throw new TypeError(`${op}: prefix must be a string, got ${showValue(prefix)}`);
+}
+
 export abstract class Module {
   training = true;
   readonly #params = new Map<string, Parameter>();
@@ -142,6 +149,7 @@ export abstract class Module {
 
   /** (name, parameter) pairs of this module and its children, depth-first, in registration order. */
   namedParameters(prefix = ''): [string, Parameter][] {
+    checkPrefix(prefix, 'Module.namedParameters');
     const out: [string, Parameter][] = [];
     const seen = new Set<Parameter>();
     const walk = (m: Module, pre: string): void => {
@@ -162,6 +170,7 @@ export abstract class Module {
   }
 
   namedBuffers(prefix = ''): [string, Tensor][] {
+    checkPrefix(prefix, 'Module.namedBuffers');
     const out: [string, Tensor][] = [];
     for (const [n, b] of this.#buffers) out.push([prefix + n, b]);
     for (const [n, c] of this.#children) out.push(...c.namedBuffers(`${prefix}${n}.`));
@@ -182,6 +191,7 @@ export abstract class Module {
 
   /** Training mode: dropout and expert dropout on, routing statistics collected. */
   train(on = true): this {
+    if (typeof on !== 'boolean') throw new TypeError(`Module.train: on must be a boolean, got ${showValue(on)}`);
     for (const m of this.modules()) m.training = on;
     return this;
   }
@@ -208,7 +218,14 @@ export abstract class Module {
    * shape and dtype (strict), so a checkpoint of another architecture fails with a clear message.
    */
   loadStateDict(sd: Map<string, Tensor> | Record<string, Tensor>, opts: { strict?: boolean } = {}): void {
+    const op = 'loadStateDict';
+    if (!(sd instanceof Map) && !isObject(sd))
+      throw new TypeError(`${op}: sd must be a Map<string, Tensor> or an object of Tensors (a state dict), got ${showValue(sd)}`);
+    if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object ({ strict?: boolean }), got ${showValue(opts)}`);
+    if (opts.strict !== undefined && typeof opts.strict !== 'boolean') throw new TypeError(`${op}: opts.strict must be a boolean, got ${showValue(opts.strict)}`);
     const src = sd instanceof Map ? sd : new Map(Object.entries(sd));
+    for (const [k, t] of src as Map<unknown, unknown>)
+      if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${String(k)} must be a Tensor, got ${showValue(t)}`);
     const strict = opts.strict ?? true;
     const own = this.stateDict();
     if (strict) {

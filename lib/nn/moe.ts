@@ -14,9 +14,10 @@ import type { Tensor } from '../tensor.js';
 import { Variable } from '../autograd.js';
 import * as F from './functional.js';
 import { Module, layerInput, type Parameter } from './module.js';
-import { initRng, normal, positive, selectorInit, type InitOptions } from './init.js';
+import { checkLayerOptions, initRng, normal, positive, selectorInit, type InitOptions } from './init.js';
 import { ConfigError, isMoe, posInt, validateFfnConfig, type FfnConfig, type MoeFfnConfig } from './config.js';
 import { UsageCounter } from '../train/usage.js';
+import { showValue } from '../errors.js';
 
 /** What a sparse FFN returns besides its output: loss terms (Variables with their weights) for the model. */
 export interface FfnAux {
@@ -51,6 +52,7 @@ export class Router extends Module {
     super();
     posInt(experts, 'Router: experts');
     posInt(dModel, 'Router: dModel');
+    checkLayerOptions('Router', opts);
     const std = positive(opts.std, 1 / Math.sqrt(dModel), 'Router: opts.std');
     this.weight = this.param('weight', selectorInit(experts, dModel, std, initRng('Router', opts), opts.renormalize ?? true));
   }
@@ -77,6 +79,7 @@ export class MoEBase extends Module {
     const name = this.constructor.name;
     validateFfnConfig(dModel, cfg, `${name}: cfg`);
     if (!isMoe(cfg)) throw new ConfigError(`${name}: cfg.kind must be 'sigma-moe', 'switch', 'softmax-moe' or 'adaptive', got '${(cfg as FfnConfig).kind}'`);
+    checkLayerOptions(name, opts);
     const { experts: E, expertSize: G } = cfg;
     const D = dModel;
     const c = positive(opts.c, 1, `${name}: opts.c`);
@@ -115,6 +118,8 @@ export class MoEBase extends Module {
   forward(x: Variable | Tensor, ctx?: FfnContext): { y: Variable; aux: FfnAux } {
     const op = `${this.constructor.name}.forward`;
     const v = layerInput(op, x, this.dModel);
+    if (ctx !== undefined && (ctx === null || typeof ctx !== 'object'))
+      throw new ConfigError(`${op}: ctx must be an object ({ seed }) or undefined, got ${showValue(ctx)}`);
     const seed = ctx === undefined ? this.#calls : ctx.seed;
     if (!Number.isSafeInteger(seed)) throw new ConfigError(`${op}: ctx.seed must be an integer, got ${String(seed)}`);
     this.#calls++;
@@ -150,6 +155,7 @@ function describeRouter(r: unknown): string {
 export class SigmaMoE extends MoEBase {
   constructor(dModel: number, cfg: MoeFfnConfig, opts: MoeOptions = {}) {
     if (cfg?.kind !== 'sigma-moe') throw new ConfigError(`SigmaMoE: cfg.kind must be 'sigma-moe', got '${String(cfg?.kind)}'`);
+    checkLayerOptions('SigmaMoE', opts);
     super(dModel, cfg, { ...opts, renormalize: true });
   }
 }
@@ -159,6 +165,7 @@ export class SoftmaxMoE extends MoEBase {
   constructor(dModel: number, cfg: MoeFfnConfig, opts: MoeOptions = {}) {
     if (cfg?.kind !== 'switch' && cfg?.kind !== 'softmax-moe' && cfg?.kind !== 'adaptive')
       throw new ConfigError(`SoftmaxMoE: cfg.kind must be 'switch', 'softmax-moe' or 'adaptive', got '${String(cfg?.kind)}'`);
+    checkLayerOptions('SoftmaxMoE', opts);
     const D = dModel;
     const G = cfg.expertSize;
     const c = positive(opts.c, 1, 'SoftmaxMoE: opts.c');

@@ -15,7 +15,7 @@ import { Tensor } from '../tensor.js';
 import { Variable } from '../autograd.js';
 import * as F from './functional.js';
 import { Module, layerInput, type Parameter } from './module.js';
-import { initRng, normal, positive, truncNormal, uniform, type InitOptions } from './init.js';
+import { checkLayerOptions, initRng, normal, positive, truncNormal, uniform, type InitOptions } from './init.js';
 import { ConfigError, validateFfnConfig, type PeerFfnConfig, type PkmFfnConfig } from './config.js';
 import type { FfnAux } from './moe.js';
 import { UsageCounter } from '../train/usage.js';
@@ -29,6 +29,7 @@ export interface PkmOptions extends InitOptions {
 function checkPkmArgs(layer: string, kind: 'pkm' | 'peer', dModel: number, cfg: PkmFfnConfig | PeerFfnConfig, opts: PkmOptions): number {
   if (cfg?.kind !== kind) throw new ConfigError(`${layer}: cfg.kind must be '${kind}', got '${String(cfg?.kind)}'`);
   validateFfnConfig(dModel, cfg, `${layer}: cfg`);
+  checkLayerOptions(layer, opts);
   return positive(opts.c, 1, `${layer}: opts.c`);
 }
 

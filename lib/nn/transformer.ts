@@ -14,6 +14,7 @@
  * loss.backward();
  * ```
  */
+import { ShapeError, showValue } from '../errors.js';
 import { Tensor, tidy } from '../tensor.js';
 import { Variable, noGrad, scope } from '../autograd.js';
 import { Rng, hash32 } from '../data/random.js';
@@ -63,6 +64,11 @@ export class Block extends Module {
     router?: Router,
   ) {
     super();
+    validateModelConfig(cfg, 'Block: cfg');
+    if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= cfg.nLayers)
+      throw new ConfigError(`Block: index must be an integer in [0, nLayers=${cfg.nLayers}), got ${showValue(index)}`);
+    if (!(rng instanceof Rng)) throw new ConfigError(`Block: rng must be an Rng, got ${showValue(rng)}`);
+    if (router !== undefined && !(router instanceof Router)) throw new ConfigError(`Block: router must be a Router or undefined, got ${showValue(router)}`);
     const D = cfg.dModel;
     const c = Math.sqrt(2 / cfg.nLayers);
     this.ln1 = this.child('ln1', new LayerNorm(D));
@@ -112,6 +118,13 @@ export interface ForwardResult {
   logits?: Variable;
 }
 
+/** x [B, S] ids as an Int32Array, B and S positive integers. */
+function checkIds(op: string, x: unknown, B: unknown, S: unknown): void {
+  if (!(x instanceof Int32Array)) throw new TypeError(`${op}: x must be an Int32Array of token ids [B·S], got ${showValue(x)}`);
+  for (const [name, v] of [['B', B], ['S', S]] as const)
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new RangeError(`${op}: ${name} must be an integer ≥ 1, got ${showValue(v)}`);
+}
+
 export class TransformerLM extends Module {
   readonly config: ModelConfig;
   readonly embed: Embedding;
@@ -124,6 +137,10 @@ export class TransformerLM extends Module {
   constructor(config: ModelConfig, opts: { seed?: number } = {}) {
     super();
     validateModelConfig(config);
+    if (!opts || typeof opts !== 'object' || Array.isArray(opts))
+      throw new ConfigError(`TransformerLM: opts must be an object ({ seed?: number }), got ${showValue(opts)}`);
+    if (opts.seed !== undefined && (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed)))
+      throw new ConfigError(`TransformerLM: opts.seed must be an integer, got ${showValue(opts.seed)}`);
     this.config = config;
     this.seed = opts.seed ?? 0;
     const rng = new Rng(hash32(this.seed, 0x1417));
@@ -146,6 +163,13 @@ export class TransformerLM extends Module {
    * enabled) and its parts as numbers.
    */
   forward(x: Int32Array, y: Int32Array, B: number, S: number, opts: ForwardOptions = {}): ForwardResult {
+    const op = 'TransformerLM.forward';
+    checkIds(op, x, B, S);
+    if (!(y instanceof Int32Array)) throw new TypeError(`${op}: y must be an Int32Array of target ids, got ${showValue(y)}`);
+    if (y.length !== x.length) throw new ShapeError(`${op}: y must have B·S = ${x.length} ids like x, got ${y.length}`);
+    if (!opts || typeof opts !== 'object' || Array.isArray(opts)) throw new TypeError(`${op}: opts must be an object (ForwardOptions), got ${showValue(opts)}`);
+    if (opts.step !== undefined && (typeof opts.step !== 'number' || !Number.isSafeInteger(opts.step) || opts.step < 0))
+      throw new RangeError(`${op}: opts.step must be an integer ≥ 0, got ${showValue(opts.step)}`);
     const logits = this.logits(x, B, S, opts.step ?? 0);
     const targets = Tensor.fromHost(y, [B * S]);
     const ce = scope('embed+head', () => F.crossEntropy(logits.v, targets));
@@ -161,6 +185,9 @@ export class TransformerLM extends Module {
 
   /** Logits [B·S, V] for ids x [B, S], and the auxiliary loss terms of the sparse layers. */
   logits(x: Int32Array, B: number, S: number, step = 0): { v: Variable; aux: FfnAux['terms'] } {
+    checkIds('TransformerLM.logits', x, B, S);
+    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
+      throw new RangeError(`TransformerLM.logits: step must be an integer ≥ 0, got ${showValue(step)}`);
     if (x.length !== B * S) throw new ConfigError(`TransformerLM: x has ${x.length} ids, expected B·S = ${B}·${S}`);
     if (S > this.config.context) throw new ConfigError(`TransformerLM: sequence length ${S} exceeds the context ${this.config.context}`);
     const seed = hash32(this.seed, step, 0x5eed);
@@ -186,6 +213,8 @@ export class TransformerLM extends Module {
 
   /** Next-byte logits for one context (evaluation mode, no graph), as a Float32Array [V]. */
   nextLogits(ctx: Int32Array): Float32Array {
+    if (!(ctx instanceof Int32Array) || ctx.length === 0)
+      throw new TypeError(`TransformerLM.nextLogits: ctx must be a non-empty Int32Array of byte ids, got ${showValue(ctx)}`);
     const V = this.config.vocab;
     const S = ctx.length;
     let out = new Float32Array(V);

@@ -16,7 +16,7 @@
  * const { loss, saved: ce } = crossEntropy(logits, targets);  // mean nats
  * ```
  */
-import { DeviceError, ShapeError } from '../errors.js';
+import { DeviceError, ShapeError, showValue } from '../errors.js';
 import { native } from '../native/loader.js';
 import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
 import type { Device } from '../tensor.js';
@@ -339,11 +339,21 @@ export function scaleInPlace(x: Tensor, s: number): void {
   native().scaleInPlace(x.nativeArg(op, 'x'), s);
 }
 
+/** @internal maxNorm of the clipGradNorm functions: a number, not NaN (≤ 0 only measures). */
+export function checkMaxNorm(maxNorm: unknown, op: string): void {
+  if (typeof maxNorm !== 'number') throw new TypeError(`${op}: maxNorm must be a number (≤ 0: measure only), got ${showValue(maxNorm)}`);
+  if (Number.isNaN(maxNorm)) throw new RangeError(`${op}: maxNorm must be a number (≤ 0: measure only), got NaN`);
+}
+
 /**
  * Clips the global L2 norm of a list of gradient tensors to maxNorm (in place; maxNorm ≤ 0 only measures).
  * Returns the norm before clipping.
  */
 export function clipGradNorm(grads: Tensor[], maxNorm: number): number {
+  const op = 'clipGradNormTensors'; // its name in the package's exports (clipGradNorm there takes Parameters)
+  if (!Array.isArray(grads)) throw new TypeError(`${op}: grads must be an array of Tensors, got ${showValue(grads)}`);
+  grads.forEach((g, i) => expectTensor(g, op, `grads[${i}]`, 'f32'));
+  checkMaxNorm(maxNorm, op);
   let s = 0;
   for (const g of grads) s += sumSquares(g);
   const norm = Math.sqrt(s);

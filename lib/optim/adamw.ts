@@ -13,9 +13,11 @@
  * model.zeroGrad();
  * ```
  */
+import { isObject, showValue } from '../errors.js';
 import { Tensor, keep } from '../tensor.js';
 import { adamwStep, sparseAdamwStep } from '../ops/optim.js';
-import type { Parameter } from '../nn/module.js';
+import { ConfigError } from '../nn/config.js';
+import { Parameter } from '../nn/module.js';
 
 export interface AdamWOptions {
   lr: number;
@@ -35,6 +37,23 @@ interface State {
   steps: Tensor | null;
 }
 
+/** Checks AdamWOptions (ConfigError naming the field, the expected and the actual value). */
+function checkAdamWOptions(o: unknown): asserts o is AdamWOptions {
+  if (!isObject(o)) throw new ConfigError(`AdamW: opts must be an object (AdamWOptions), got ${showValue(o)}`);
+  const r = o as Record<string, unknown>;
+  const check = (f: string, ok: (v: number) => boolean, expected: string, optional = true): void => {
+    const v = r[f];
+    if (optional && v === undefined) return;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new ConfigError(`AdamW: opts.${f} must be ${expected}, got ${showValue(v)}`);
+  };
+  check('lr', (v) => v >= 0, 'a finite number ≥ 0', false);
+  check('beta1', (v) => v >= 0 && v < 1, 'a number in [0, 1)');
+  check('beta2', (v) => v >= 0 && v < 1, 'a number in [0, 1)');
+  check('eps', (v) => v > 0, 'a finite number > 0');
+  check('weightDecay', (v) => v >= 0, 'a finite number ≥ 0');
+  check('sparseLr', (v) => v >= 0, 'a finite number ≥ 0');
+}
+
 export class AdamW {
   readonly params: [string, Parameter][];
   readonly opts: Required<Omit<AdamWOptions, 'sparseLr'>> & { sparseLr?: number };
@@ -43,7 +62,13 @@ export class AdamW {
   stepCount = 0;
 
   constructor(params: [string, Parameter][], opts: AdamWOptions) {
-    if (!(opts.lr >= 0)) throw new RangeError(`AdamW: lr must be ≥ 0, got ${opts.lr}`);
+    if (!Array.isArray(params))
+      throw new TypeError(`AdamW: params must be an array of [name, Parameter] pairs (module.namedParameters()), got ${showValue(params)}`);
+    params.forEach((e, i) => {
+      if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string' || !(e[1] instanceof Parameter))
+        throw new TypeError(`AdamW: params[${i}] must be a [name, Parameter] pair, got ${showValue(e)}`);
+    });
+    checkAdamWOptions(opts);
     this.params = params;
     this.opts = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, ...opts };
     for (const [, p] of params) {
@@ -58,6 +83,7 @@ export class AdamW {
 
   /** One update with learning rate `lr` (the schedule's value for this step). Parameters without a gradient are skipped. */
   step(lr = this.opts.lr): void {
+    if (typeof lr !== 'number' || !Number.isFinite(lr) || lr < 0) throw new RangeError(`AdamW.step: lr must be a finite number ≥ 0, got ${showValue(lr)}`);
     this.stepCount++;
     const scale = this.opts.lr > 0 ? lr / this.opts.lr : 0;
     const base = { beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps };
@@ -89,17 +115,21 @@ export class AdamW {
   }
 
   loadStateDict(sd: Map<string, Tensor>): void {
+    if (!(sd instanceof Map)) throw new TypeError(`AdamW.loadStateDict: sd must be a Map<string, Tensor> (what stateDict() returns), got ${showValue(sd)}`);
     for (const [n, p] of this.params) {
       const s = this.state.get(p)!;
       for (const [k, t] of [[`${n}.m`, s.m], [`${n}.v`, s.v], ...(s.steps ? [[`${n}.steps`, s.steps]] : [])] as [string, Tensor][]) {
         const src = sd.get(k);
         if (!src) throw new RangeError(`AdamW.loadStateDict: missing ${k}`);
+        if (!(src instanceof Tensor)) throw new TypeError(`AdamW.loadStateDict: ${k} must be a Tensor, got ${showValue(src)}`);
         if (src.size !== t.size || src.dtype !== t.dtype) throw new RangeError(`AdamW.loadStateDict: ${k} has the wrong shape or dtype`);
         (t.data() as Float32Array | Int32Array).set(src.data() as Float32Array & Int32Array);
       }
     }
     const st = sd.get('__step');
     if (!st) throw new RangeError('AdamW.loadStateDict: missing __step');
+    if (!(st instanceof Tensor) || st.size !== 1)
+      throw new RangeError(`AdamW.loadStateDict: __step must be a one-element Tensor, got ${st instanceof Tensor ? `${st.size} elements` : showValue(st)}`);
     this.stepCount = st.item();
   }
 

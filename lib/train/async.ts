@@ -17,8 +17,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
+import { isObject, showValue } from '../errors.js';
+import { ConfigError } from '../nn/config.js';
 import { packageRoot } from '../native/loader.js';
-import type { EvalResult, LayerUsage, StepResult, TrainConfig } from './trainer.js';
+import { validateTrainConfig, type EvalResult, type LayerUsage, type StepResult, type TrainConfig } from './trainer.js';
 import type { SampleOptions } from './sample.js';
 
 /** The compiled worker script (from the TypeScript sources, the dist/ build is used: run `npm run build:ts`). */
@@ -30,6 +32,9 @@ function workerPath(): string {
   return dist;
 }
 
+// Only create() may call the constructor (it starts a worker thread): it passes this token.
+const INTERNAL: unique symbol = Symbol('AsyncTrainer.internal');
+
 export class AsyncTrainer {
   readonly #worker: Worker;
   #next = 0;
@@ -37,7 +42,8 @@ export class AsyncTrainer {
   /** Step count and parameter count after init. */
   info: { step: number; params: number; config: TrainConfig } | null = null;
 
-  private constructor() {
+  private constructor(token: typeof INTERNAL) {
+    if (token !== INTERNAL) throw new TypeError(`AsyncTrainer: the constructor is internal; use await AsyncTrainer.create(config, opts), got new AsyncTrainer(${showValue(token)})`);
     this.#worker = new Worker(workerPath());
     this.#worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: { name: string; message: string } }) => {
       const p = this.#pending.get(m.id);
@@ -56,7 +62,10 @@ export class AsyncTrainer {
     });
   }
 
+  #closed = false;
+
   #call<T>(op: string, ...args: unknown[]): Promise<T> {
+    if (this.#closed) return Promise.reject(new Error(`AsyncTrainer: ${op} after close(); the worker has stopped`));
     const id = this.#next++;
     return new Promise<T>((resolve, reject) => {
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
@@ -66,7 +75,14 @@ export class AsyncTrainer {
 
   /** Starts a worker with a new Trainer (config validated there; errors reject), or resumes a checkpoint. */
   static async create(config: TrainConfig | null, opts: { resume?: string } = {}): Promise<AsyncTrainer> {
-    const t = new AsyncTrainer();
+    // Argument errors reject before the worker starts.
+    if (!isObject(opts)) throw new TypeError(`AsyncTrainer.create: opts must be an object ({ resume?: string }), got ${showValue(opts)}`);
+    if (opts.resume !== undefined && (typeof opts.resume !== 'string' || opts.resume.length === 0))
+      throw new TypeError(`AsyncTrainer.create: opts.resume must be a non-empty string (a checkpoint path), got ${showValue(opts.resume)}`);
+    if (opts.resume === undefined) validateTrainConfig(config!);
+    else if (config !== null && config !== undefined && !isObject(config))
+      throw new ConfigError(`AsyncTrainer.create: config must be null or an object of overrides when resuming, got ${showValue(config)}`);
+    const t = new AsyncTrainer(INTERNAL);
     try {
       t.info = await t.#call('init', config, opts.resume ?? null);
     } catch (e) {
@@ -94,9 +110,11 @@ export class AsyncTrainer {
   }
   /** Frees the model and stops the worker. */
   async close(): Promise<void> {
+    if (this.#closed) return;
     try {
       await this.#call('close');
     } finally {
+      this.#closed = true;
       await this.#worker.terminate();
     }
   }

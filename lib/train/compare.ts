@@ -11,8 +11,8 @@ import path from 'node:path';
 import { getNumThreads } from '../info.js';
 import { type FfnKind, type ModelConfig, type SparseOptions, FFN_KINDS, checkSparseOptions, parameterEqual, modelFlopsPerToken, modelParams, ConfigError } from '../nn/config.js';
 import { loadCorpus, type Corpus } from '../data/corpus.js';
-import { showValue } from '../errors.js';
-import { Trainer, validateTrainConfig, type TrainConfig, type LayerUsage } from './trainer.js';
+import { isObject, showValue } from '../errors.js';
+import { Trainer, checkCorpus, validateTrainConfig, type TrainConfig, type LayerUsage } from './trainer.js';
 import { Progress } from './log.js';
 import { compareSvg, type Histogram, type Series } from './plot.js';
 
@@ -99,10 +99,27 @@ export function compareConfigs(base: ModelConfig, kinds: FfnKind[], sparse: Spar
   });
 }
 
+/** Checks runCompare's options (types only; the configs they build are validated before any training). */
+function checkCompareOptions(opts: unknown): asserts opts is CompareOptions {
+  const op = 'runCompare';
+  if (!isObject(opts)) throw new ConfigError(`${op}: opts must be an object (CompareOptions), got ${showValue(opts)}`);
+  const o = opts as Record<string, unknown>;
+  for (const f of ['preset', 'data', 'outDir'] as const)
+    if (o[f] !== undefined && (typeof o[f] !== 'string' || o[f] === '')) throw new ConfigError(`${op}: opts.${f} must be a non-empty string, got ${showValue(o[f])}`);
+  if (o.steps !== undefined && (typeof o.steps !== 'number' || !Number.isSafeInteger(o.steps) || o.steps < 0))
+    throw new ConfigError(`${op}: opts.steps must be an integer ≥ 1 (0: the preset's), got ${showValue(o.steps)}`);
+  if (o.quiet !== undefined && typeof o.quiet !== 'boolean') throw new ConfigError(`${op}: opts.quiet must be a boolean, got ${showValue(o.quiet)}`);
+  for (const f of ['train', 'base'] as const)
+    if (o[f] !== undefined && !isObject(o[f])) throw new ConfigError(`${op}: opts.${f} must be an object, got ${showValue(o[f])}`);
+  if (o.log !== undefined && typeof o.log !== 'function') throw new ConfigError(`${op}: opts.log must be a function (line: string) => void, got ${showValue(o.log)}`);
+  if (o.corpus !== undefined) checkCorpus(o.corpus, `${op}: opts.corpus`);
+}
+
 export function runCompare(opts: CompareOptions = {}): { rows: CompareRow[]; svg?: string; json?: string; table: string } {
+  checkCompareOptions(opts);
   const log = opts.log ?? ((s: string) => console.log(s));
   const presetName = opts.preset ?? 'quick';
-  const preset = PRESETS[presetName];
+  const preset = Object.hasOwn(PRESETS, presetName) ? PRESETS[presetName] : undefined;
   if (!preset) throw new ConfigError(`compare: unknown preset '${presetName}', expected one of ${Object.keys(PRESETS).join(', ')}`);
   const base: ModelConfig = { ...preset.base, ...opts.base };
   const train = { ...preset.train, ...(opts.data ? { data: opts.data } : {}), ...(opts.steps ? { steps: opts.steps } : {}), ...opts.train };

@@ -6,14 +6,20 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
+import { isObject, showValue } from '../errors.js';
+
 export class JsonlLog {
   readonly file: string;
   constructor(file: string, opts: { append?: boolean } = {}) {
+    if (typeof file !== 'string' || file.length === 0) throw new TypeError(`JsonlLog: file must be a non-empty string (a path), got ${showValue(file)}`);
+    if (!isObject(opts)) throw new TypeError(`JsonlLog: opts must be an object ({ append?: boolean }), got ${showValue(opts)}`);
+    if (opts.append !== undefined && typeof opts.append !== 'boolean') throw new TypeError(`JsonlLog: opts.append must be a boolean, got ${showValue(opts.append)}`);
     this.file = file;
     mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     if (!opts.append) appendFileSync(file, '', { flag: 'w' });
   }
   write(record: Record<string, unknown>): void {
+    if (!isObject(record)) throw new TypeError(`JsonlLog.write: record must be an object, got ${showValue(record)}`);
     appendFileSync(this.file, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
   }
 }
@@ -46,6 +52,17 @@ export class Progress {
   #dirty = false;
 
   constructor(total: number, opts: { label?: string; stream?: ProgressStream; tty?: boolean; every?: number; startStep?: number } = {}) {
+    const op = 'Progress';
+    if (typeof total !== 'number' || !Number.isSafeInteger(total) || total < 1)
+      throw new RangeError(`${op}: total must be an integer ≥ 1 (steps), got ${showValue(total)}`);
+    if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object ({ label?, stream?, tty?, every?, startStep? }), got ${showValue(opts)}`);
+    if (opts.label !== undefined && typeof opts.label !== 'string') throw new TypeError(`${op}: opts.label must be a string, got ${showValue(opts.label)}`);
+    if (opts.stream !== undefined && !(isObject(opts.stream) && typeof opts.stream.write === 'function'))
+      throw new TypeError(`${op}: opts.stream must be an object with a write(s) method, got ${showValue(opts.stream)}`);
+    if (opts.tty !== undefined && typeof opts.tty !== 'boolean') throw new TypeError(`${op}: opts.tty must be a boolean, got ${showValue(opts.tty)}`);
+    for (const [name, v, lo] of [['every', opts.every, 1], ['startStep', opts.startStep, 0]] as const)
+      if (v !== undefined && (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo))
+        throw new RangeError(`${op}: opts.${name} must be an integer ≥ ${lo}, got ${showValue(v)}`);
     this.total = total;
     this.label = opts.label ?? '';
     this.stream = opts.stream ?? process.stderr;
@@ -56,6 +73,13 @@ export class Progress {
 
   /** Reports step `step` (1-based count of finished steps) with the tokens done since the start. */
   update(step: number, info: { loss?: number; lossLabel?: string; tokens?: number; extra?: string }): void {
+    const op = 'Progress.update';
+    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0) throw new RangeError(`${op}: step must be an integer ≥ 0, got ${showValue(step)}`);
+    if (!isObject(info)) throw new TypeError(`${op}: info must be an object ({ loss?, lossLabel?, tokens?, extra? }), got ${showValue(info)}`);
+    for (const f of ['loss', 'tokens'] as const)
+      if (info[f] !== undefined && typeof info[f] !== 'number') throw new TypeError(`${op}: info.${f} must be a number, got ${showValue(info[f])}`);
+    for (const f of ['lossLabel', 'extra'] as const)
+      if (info[f] !== undefined && typeof info[f] !== 'string') throw new TypeError(`${op}: info.${f} must be a string, got ${showValue(info[f])}`);
     const elapsed = (Date.now() - this.#start) / 1000;
     const done = step - this.#startStep;
     const rate = done > 0 ? elapsed / done : NaN;
@@ -84,6 +108,7 @@ export class Progress {
 
   /** Prints a message above the bar (evaluation results). */
   note(msg: string): void {
+    if (typeof msg !== 'string') throw new TypeError(`Progress.note: msg must be a string, got ${showValue(msg)}`);
     if (this.tty && this.#dirty) this.stream.write('\r\x1b[2K');
     this.stream.write(msg + '\n');
   }

@@ -20,7 +20,7 @@ import { Tensor, tidy, memory } from '../tensor.js';
 import { getNumThreads, setNumThreads } from '../info.js';
 import { noGrad } from '../autograd.js';
 import { BYTE_VOCAB, Batcher, DataError, evalBatches, loadCorpus, encodeText, decodeBytes, type Corpus } from '../data/corpus.js';
-import { showValue } from '../errors.js';
+import { isObject, showValue } from '../errors.js';
 import { Rng, hash32 } from '../data/random.js';
 import { TransformerLM } from '../nn/transformer.js';
 import { ConfigError, validateModelConfig, modelParams, type ModelConfig } from '../nn/config.js';
@@ -157,6 +157,20 @@ export interface LayerUsage extends UsageStats {
 
 const FORMAT = 'sparse-ffn-checkpoint-1';
 
+/** @internal Checks a Corpus given as `at` (e.g. `Trainer: opts.corpus`): a name and three Uint8Array splits. */
+export function checkCorpus(c: unknown, at: string): asserts c is Corpus {
+  const r = c as Record<string, unknown>;
+  if (!isObject(c) || !(r.train instanceof Uint8Array) || !(r.valid instanceof Uint8Array) || !(r.test instanceof Uint8Array) || typeof r.name !== 'string')
+    throw new TypeError(`${at} must be a Corpus ({ name, train, valid, test } with Uint8Array splits, as loadCorpus returns), got ${showValue(c)}`);
+}
+
+/** Checks the `opts` of new Trainer / Trainer.resume: an object whose corpus, if given, is a Corpus. */
+function checkCorpusOption(opts: unknown, op: string): void {
+  if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object ({ corpus?: Corpus }), got ${showValue(opts)}`);
+  const c = (opts as { corpus?: unknown }).corpus;
+  if (c !== undefined) checkCorpus(c, `${op}: opts.corpus`);
+}
+
 export class Trainer {
   readonly config: ResolvedTrainConfig;
   readonly model: TransformerLM;
@@ -178,6 +192,9 @@ export class Trainer {
    */
   constructor(config: TrainConfig, opts: { corpus?: Corpus; appendLog?: boolean } = {}) {
     validateTrainConfig(config);
+    checkCorpusOption(opts, 'Trainer');
+    if (opts.appendLog !== undefined && typeof opts.appendLog !== 'boolean')
+      throw new TypeError(`Trainer: opts.appendLog must be a boolean, got ${showValue(opts.appendLog)}`);
     this.config = resolveTrainConfig(config);
     const c = this.config;
     this.corpus = opts.corpus ?? loadCorpus(c.data, { minBytes: c.model.context + 1 });
@@ -195,6 +212,8 @@ export class Trainer {
   }
 
   lrAt(step: number): number {
+    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
+      throw new RangeError(`Trainer.lrAt: step must be an integer ≥ 0, got ${showValue(step)}`);
     const c = this.config;
     return cosineLr(step, { lr: c.lr, total: c.steps, warmup: c.warmup, minLr: c.minLr });
   }
@@ -230,6 +249,10 @@ export class Trainer {
 
   /** Mean cross-entropy and bits per byte over the first `maxBytes` of a split (deterministic windows). */
   evaluate(split: 'valid' | 'test' | 'train' = 'valid', maxBytes = this.config.evalBytes): EvalResult {
+    if (split !== 'valid' && split !== 'test' && split !== 'train')
+      throw new RangeError(`Trainer.evaluate: split must be 'valid', 'test' or 'train', got ${showValue(split)}`);
+    if (typeof maxBytes !== 'number' || !(maxBytes >= 1))
+      throw new RangeError(`Trainer.evaluate: maxBytes must be a number ≥ 1 (Infinity: the whole split), got ${showValue(maxBytes)}`);
     const c = this.config;
     const data = this.corpus[split];
     this.model.eval();
@@ -261,6 +284,7 @@ export class Trainer {
 
   /** Saves model, optimiser state, step and config to a safetensors file (atomic). */
   save(file: string): void {
+    if (typeof file !== 'string' || file.length === 0) throw new TypeError(`Trainer.save: file must be a non-empty string (a path), got ${showValue(file)}`);
     mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     const tensors = new Map<string, Tensor>();
     for (const [k, t] of this.model.stateDict()) tensors.set(`model.${k}`, t);
@@ -279,6 +303,10 @@ export class Trainer {
    * run would have given, bit for bit.
    */
   static resume(file: string, overrides: Partial<TrainConfig> = {}, opts: { corpus?: Corpus } = {}): Trainer {
+    if (typeof file !== 'string' || file.length === 0)
+      throw new TypeError(`Trainer.resume: file must be a non-empty string (a checkpoint path), got ${showValue(file)}`);
+    if (!isObject(overrides)) throw new ConfigError(`Trainer.resume: overrides must be an object (TrainConfig fields), got ${showValue(overrides)}`);
+    checkCorpusOption(opts, 'Trainer.resume');
     if (!existsSync(file)) throw new DataError(`resume: checkpoint not found: ${path.resolve(file)}`);
     const { tensors, metadata } = loadSafetensors(file);
     try {
@@ -305,6 +333,12 @@ export class Trainer {
    * Returns the final validation result.
    */
   run(opts: { progress?: Progress | false; label?: string; quiet?: boolean } = {}): EvalResult {
+    const op = 'Trainer.run';
+    if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object ({ progress?, label?, quiet? }), got ${showValue(opts)}`);
+    if (opts.progress !== undefined && opts.progress !== false && !(opts.progress instanceof Progress))
+      throw new TypeError(`${op}: opts.progress must be a Progress or false, got ${showValue(opts.progress)}`);
+    if (opts.label !== undefined && typeof opts.label !== 'string') throw new TypeError(`${op}: opts.label must be a string, got ${showValue(opts.label)}`);
+    if (opts.quiet !== undefined && typeof opts.quiet !== 'boolean') throw new TypeError(`${op}: opts.quiet must be a boolean, got ${showValue(opts.quiet)}`);
     const c = this.config;
     const progress = opts.progress === false ? null : (opts.progress ?? new Progress(c.steps, { label: opts.label, startStep: this.step }));
     this.#log?.write({ event: 'start', step: this.step, params: this.numParameters, config: c });

@@ -5,15 +5,20 @@
  * balanced use, log N when one expert takes everything). The PEER paper accumulates router scores
  * instead of counts; counts are what a deterministic test can pin, so we use them.
  */
+import { ShapeError, isArrayLike, showValue } from '../errors.js';
+
 export class UsageCounter {
   readonly size: number;
   readonly counts: Float64Array;
   constructor(size: number) {
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)
+      throw new RangeError(`UsageCounter: size must be an integer ≥ 0 (experts or memory slots), got ${showValue(size)}`);
     this.size = size;
     this.counts = new Float64Array(size);
   }
   /** Adds one selection for every non-negative id. */
   addIds(ids: ArrayLike<number>): void {
+    if (!isArrayLike(ids)) throw new TypeError(`UsageCounter.addIds: ids must be an array or typed array of ids, got ${showValue(ids)}`);
     for (let i = 0; i < ids.length; i++) {
       const e = ids[i];
       if (e >= 0 && e < this.size) this.counts[e]++;
@@ -21,6 +26,8 @@ export class UsageCounter {
   }
   /** Adds per-expert counts. */
   addCounts(c: ArrayLike<number>): void {
+    if (!isArrayLike(c)) throw new TypeError(`UsageCounter.addCounts: c must be an array or typed array of counts, got ${showValue(c)}`);
+    if (c.length !== this.size) throw new ShapeError(`UsageCounter.addCounts: c must have size=${this.size} entries, got ${c.length}`);
     for (let i = 0; i < this.size; i++) this.counts[i] += c[i];
   }
   reset(): void {
@@ -43,6 +50,7 @@ export interface UsageStats {
 }
 
 export function usageStats(counts: ArrayLike<number>): UsageStats {
+  if (!isArrayLike(counts)) throw new TypeError(`usageStats: counts must be an array or typed array of counts, got ${showValue(counts)}`);
   const n = counts.length;
   let total = 0;
   let used = 0;

@@ -14,6 +14,11 @@ interface Request {
   args: unknown[];
 }
 
+function live(op: string): Trainer {
+  if (!trainer) throw new Error(`AsyncTrainer worker: ${op} before init or after close`);
+  return trainer;
+}
+
 function handle(req: Request): unknown {
   switch (req.op) {
     case 'init': {
@@ -22,16 +27,16 @@ function handle(req: Request): unknown {
       return { step: trainer.step, params: trainer.numParameters, config: trainer.config };
     }
     case 'step':
-      return trainer!.trainStep();
+      return live(req.op).trainStep();
     case 'evaluate':
-      return trainer!.evaluate(...(req.args as [('valid' | 'test' | 'train')?, number?]));
+      return live(req.op).evaluate(...(req.args as [('valid' | 'test' | 'train')?, number?]));
     case 'save':
-      trainer!.save(req.args[0] as string);
+      live(req.op).save(req.args[0] as string);
       return null;
     case 'generate':
-      return trainer!.generate(...(req.args as [string, number, object?]));
+      return live(req.op).generate(...(req.args as [string, number, object?]));
     case 'usage':
-      return trainer!.usage();
+      return live(req.op).usage();
     case 'close':
       trainer?.dispose();
       trainer = null;
