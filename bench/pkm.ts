@@ -2,7 +2,8 @@
  * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt] [--rounds 7] [--threads n] [--no-huge]`;
  * `--device cuda` runs bench/pkm-cuda.ts instead.
  *
- * Tables use transparent huge pages (adviseHugePages) unless --no-huge.
+ * Tables use transparent huge pages (adviseHugePages, and the library's own advice for arrays of 32 MiB or more)
+ * unless --no-huge (which also sets SPARSE_FFN_HUGE_PAGES=0).
  *
  * - PKM (Lample): Dk = 256, H = 4, k = 32, N = 512², value width D = 256, per-head sub-keys, softmax.
  * - PEER (He): D = 256, H = 8, k = 16, N = 1024², query width Dk = 256, sub-keys shared by heads, softmax, GELU.
@@ -369,6 +370,8 @@ export async function run(args: string[]): Promise<void> {
   const only = typeof opts.only === 'string' ? opts.only : undefined;
   const bwMiB = 256;
   huge = !opts['no-huge'];
+  // The library itself advises host arrays of 32 MiB or more onto huge pages; --no-huge turns that off too.
+  if (!huge) process.env.SPARSE_FFN_HUGE_PAGES = '0';
   if (typeof opts.rounds === 'string') rounds_ = Math.max(1, Number(opts.rounds));
   if (typeof opts.threads === 'string') setNumThreads(Number(opts.threads));
   const m = machine();

@@ -46,28 +46,29 @@ export function positive(v: number | undefined, dflt: number, what: string): num
 
 /** A tensor of truncated-normal draws with the given std. */
 export function truncNormal(shape: readonly number[], std: number, rng: Rng): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const d = new Float32Array(n);
+  const t = Tensor.zeros(shape);
+  const d = t.data() as Float32Array;
+  const n = d.length;
   // The truncated (±2σ) normal has std ≈ 0.8796; divide so the result has exactly `std` (as the paper's code rescales).
   const k = std / 0.87962566;
   for (let i = 0; i < n; i++) d[i] = rng.truncNormal() * k;
-  return Tensor.fromHost(d, shape);
+  return t;
 }
 
 /** A tensor of normal draws with the given std. */
 export function normal(shape: readonly number[], std: number, rng: Rng): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const d = new Float32Array(n);
-  for (let i = 0; i < n; i++) d[i] = rng.normal() * std;
-  return Tensor.fromHost(d, shape);
+  const t = Tensor.zeros(shape);
+  const d = t.data() as Float32Array;
+  for (let i = 0; i < d.length; i++) d[i] = rng.normal() * std;
+  return t;
 }
 
 /** Uniform draws in [-a, a). */
 export function uniform(shape: readonly number[], a: number, rng: Rng): Tensor {
-  const n = shape.reduce((x, y) => x * y, 1);
-  const d = new Float32Array(n);
-  for (let i = 0; i < n; i++) d[i] = (2 * rng.next() - 1) * a;
-  return Tensor.fromHost(d, shape);
+  const t = Tensor.zeros(shape);
+  const d = t.data() as Float32Array;
+  for (let i = 0; i < d.length; i++) d[i] = (2 * rng.next() - 1) * a;
+  return t;
 }
 
 function std(d: Float32Array): number {

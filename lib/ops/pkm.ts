@@ -730,13 +730,14 @@ export function batchNormBackward(
 /**
  * Asks the OS to back a large table with transparent huge pages (Linux madvise MADV_HUGEPAGE; a no-op
  * returning false elsewhere). Random row reads over a 1 GiB table miss the TLB on nearly every row with
- * 4 KiB pages; with 2 MiB pages they do not. Call it right after creating the table (Tensor.zeros) and before
- * filling it: only pages touched afterwards are affected. Worth it for value tables, PEER's U and V, and their
- * AdamW moments.
+ * 4 KiB pages; with 2 MiB pages they do not. Only pages touched afterwards are affected, so call it right after
+ * creating the table and before filling it. Host arrays of 32 MiB or more that the library allocates (Tensor.zeros,
+ * layer weights, optimiser moments) get this advice already (unless SPARSE_FFN_HUGE_PAGES=0): use it for smaller
+ * tables, or for arrays made elsewhere and adopted with Tensor.fromHost before they are written.
  *
  * @example
  * ```ts
- * const values = Tensor.zeros([1024 * 1024, 256]);
+ * const values = Tensor.fromHost(new Float32Array(256 * 1024 * 256), [256 * 1024, 256]);  // not yet written
  * adviseHugePages(values);
  * values.data().set(init);
  * ```

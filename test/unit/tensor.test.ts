@@ -1,3 +1,6 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+
 import { describe, expect, it } from 'vitest';
 
 import {
@@ -11,7 +14,7 @@ import {
   memory,
   tidy,
 } from '../../lib/index.js';
-import { native } from '../../lib/native/loader.js';
+import { native, packageRoot } from '../../lib/native/loader.js';
 import { guardLeaks } from '../helpers.js';
 
 describe('Tensor', () => {
@@ -81,6 +84,37 @@ describe('Tensor', () => {
     expect(() => b.alignOffset(new ArrayBuffer(8), 48)).toThrow(/alignOffset: align must be a power of two, got 48/);
     expect(() => b.alignOffset(new ArrayBuffer(8), 8192)).toThrow(/align/);
   });
+
+  // Transparent huge pages: the mode the kernel runs in ('always', 'madvise' or 'never'), or null off Linux.
+  const thpFile = '/sys/kernel/mm/transparent_hugepage/enabled';
+  const thp = existsSync(thpFile) ? (/\[(\w+)\]/.exec(readFileSync(thpFile, 'utf8'))?.[1] ?? null) : null;
+  it.skipIf(thp === null || thp === 'never')(
+    'host arrays of 32 MiB or more are advised onto huge pages before first touch; SPARSE_FFN_HUGE_PAGES=0 turns it off',
+    () => {
+      // A fresh process each time (the setting is read once): allocate 64 MiB, write it, report the growth of
+      // AnonHugePages (MiB) and whether the array starts where the advice can cover it.
+      const code = `
+        import { readFileSync } from 'node:fs';
+        import { Tensor } from './dist/lib/index.js';
+        const huge = () => +/AnonHugePages:\\s+(\\d+)/.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'))[1] / 1024;
+        const before = huge();
+        const t = Tensor.zeros([16 << 20]);
+        t.data().fill(1);
+        console.log(JSON.stringify({ grew: huge() - before }));`;
+      const run = (env: Record<string, string>) =>
+        spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: packageRoot(), env: { ...process.env, ...env }, encoding: 'utf8' });
+      const on = run({});
+      expect(on.status, on.stderr).toBe(0);
+      // 64 MiB minus at most one partial 2 MiB page at each end.
+      expect(JSON.parse(on.stdout).grew).toBeGreaterThanOrEqual(60);
+      const off = run({ SPARSE_FFN_HUGE_PAGES: '0' });
+      expect(off.status, off.stderr).toBe(0);
+      if (thp === 'madvise') expect(JSON.parse(off.stdout).grew).toBe(0);
+      const bad = run({ SPARSE_FFN_HUGE_PAGES: 'yes' });
+      expect(bad.status).not.toBe(0);
+      expect(bad.stderr).toContain("sparse-ffn: SPARSE_FFN_HUGE_PAGES must be 0 or 1, got 'yes'");
+    },
+  );
 
   it('reshape is a view over the same storage; -1 infers a dim', () => {
     using t = Tensor.from([1, 2, 3, 4, 5, 6]);
