@@ -43,15 +43,13 @@ import {
   type ModelConfig,
   type TrainConfig,
 } from '../../lib/index.js';
-import { guardLeaks } from '../helpers.js';
+import { guardLeaks, loose } from '../helpers.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'sffn-api-utils-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const tinyModel: ModelConfig = { vocab: 256, dModel: 16, nLayers: 1, nHeads: 2, context: 8, ffn: { kind: 'dense', dFF: 32 } };
 const okTrain: TrainConfig = { model: tinyModel, steps: 10, batch: 2, lr: 1e-3 };
-/** Calls fn with arguments the types forbid (bad-input cases). */
-const loose = <F>(fn: F): ((...args: unknown[]) => unknown) => fn as unknown as (...args: unknown[]) => unknown;
 
 describe('encodeText / decodeBytes / BYTE_VOCAB', () => {
   it('BYTE_VOCAB is the 256 byte values', () => {

@@ -53,6 +53,7 @@ import {
   type ModelConfig,
   type TrainConfig,
 } from '../../lib/index.js';
+import { loose } from '../helpers.js';
 
 const BAD: readonly unknown[] = [undefined, null, 5, -1, 'x', {}, [], NaN];
 const INTERNAL =
@@ -93,8 +94,6 @@ function thrown(fn: () => unknown): Error {
   throw new Error('expected a throw, but the call returned');
 }
 
-/** Calls fn with arguments its types forbid. */
-const loose = <T>(fn: T): ((...args: unknown[]) => unknown) => fn as unknown as (...args: unknown[]) => unknown;
 
 // ---- the exports, enumerated ------------------------------------------------------------------------------------
 
