@@ -56,8 +56,17 @@ export function showValue(v: unknown): string {
   return ctor && ctor !== 'Object' ? `a ${ctor}` : 'an object';
 }
 
+/**
+ * `v` if it is a (safe) integer ≥ `lo`, else an error of class `Err` (RangeError by default) whose message names
+ * `what`, the expected and the actual value: `Batcher.batch: step must be an integer ≥ 0, got -1`.
+ */
+export function checkInt(v: unknown, what: string, lo = -Infinity, Err: new (message: string) => Error = RangeError): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo) throw new Err(`${what} must be an integer${lo > -Infinity ? ` ≥ ${lo}` : ''}, got ${showValue(v)}`);
+  return v;
+}
+
 /** Whether `v` can be an options object: a non-null object that is not an array. */
-export function isObject(v: unknown): boolean {
+export function isObject(v: unknown): v is object {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 

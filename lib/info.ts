@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
-import { showValue } from './errors.js';
+import { isObject, showValue } from './errors.js';
 import { backend, native, packageRoot } from './native/loader.js';
 import type { CudaDeviceInfo } from './native/binding.js';
 
@@ -69,10 +69,10 @@ export function info(): BackendInfo {
 /** Checks that i has the shape formatInfo reads (it is normally what info() returned, possibly via JSON). */
 function checkBackendInfo(i: unknown): asserts i is BackendInfo {
   const what = 'formatInfo: i must be a BackendInfo (the object info() returns)';
-  if (i === null || typeof i !== 'object' || Array.isArray(i)) throw new TypeError(`${what}, got ${showValue(i)}`);
+  if (!isObject(i)) throw new TypeError(`${what}, got ${showValue(i)}`);
   const o = i as Record<string, unknown>;
   const cpu = o.cpu as Record<string, unknown> | undefined;
-  if (cpu === null || typeof cpu !== 'object' || Array.isArray(cpu)) throw new TypeError(`${what}: i.cpu must be an object, got ${showValue(cpu)}`);
+  if (!isObject(cpu)) throw new TypeError(`${what}: i.cpu must be an object, got ${showValue(cpu)}`);
   if (!Array.isArray(cpu.features)) throw new TypeError(`${what}: i.cpu.features must be an array of strings, got ${showValue(cpu.features)}`);
   if (o.gpu !== undefined) {
     const gpu = o.gpu as Record<string, unknown> | null;

@@ -282,11 +282,12 @@ export class Tensor {
   }
 
   /** Wraps host storage (not copied). Internal: ops use this to return results. */
-  static fromHost(data: HostData, shape: readonly number[], dtype: DType = dtypeOfArray(data)!): Tensor {
+  static fromHost(data: HostData, shape: readonly number[], dtypeArg?: DType): Tensor {
     const op = 'Tensor.fromHost';
     const kind = dtypeOfArray(data);
     if (!kind)
       throw new DTypeError(`${op}: data must be a Float32Array, Int32Array, BigInt64Array or Uint16Array, got ${showValue(data)}`);
+    const dtype = dtypeArg === undefined ? kind : dtypeArg;
     checkDType(dtype, op);
     if (kind !== dtype) throw new DTypeError(`${op}: dtype ${dtype} needs a ${ARRAY_NAME[dtype]}, got ${showValue(data)}`);
     const n = checkShape(shape, op);
@@ -351,7 +352,7 @@ export class Tensor {
     const n = checkShape(shape, op);
     if (n !== host.length)
       throw new ShapeError(`${op}: shape ${shapeStr(shape)} needs ${n} elements, data has ${host.length}`);
-    const t = Tensor.fromHost(host, shape, opts.dtype ?? dtypeOfArray(host)!);
+    const t = Tensor.fromHost(host, shape, opts.dtype);
     if (device === 'cpu') return t;
     const d = t.to(device);
     t.dispose();

@@ -18,7 +18,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { isArrayLike, isObject, showValue } from '../errors.js';
+import { checkInt, isArrayLike, isObject, showValue } from '../errors.js';
 import { ConfigError, posInt } from '../nn/config.js';
 import { hash32 } from './random.js';
 
@@ -115,8 +115,7 @@ export function loadCorpus(spec = 'moby-dick', opts: { minBytes?: number } = {})
   if (typeof spec !== 'string' || spec.length === 0)
     throw new TypeError(`loadCorpus: spec must be a non-empty string ('moby-dick', 'sotu', 'enwik8:<file>' or a file path), got ${showValue(spec)}`);
   if (!isObject(opts)) throw new TypeError(`loadCorpus: opts must be an object ({ minBytes?: number }), got ${showValue(opts)}`);
-  if (opts.minBytes !== undefined && (typeof opts.minBytes !== 'number' || !Number.isSafeInteger(opts.minBytes) || opts.minBytes < 0))
-    throw new RangeError(`loadCorpus: opts.minBytes must be an integer ≥ 0, got ${showValue(opts.minBytes)}`);
+  if (opts.minBytes !== undefined) checkInt(opts.minBytes, 'loadCorpus: opts.minBytes', 0);
   let name = spec;
   let parts: Pick<Corpus, 'train' | 'valid' | 'test'>;
   if (spec === 'moby-dick') parts = splitBytes(mobyDick());
@@ -160,8 +159,7 @@ export class Batcher {
     if (!isObject(opts)) throw new ConfigError(`Batcher: opts must be an object (BatchOptions), got ${showValue(opts)}`);
     posInt(opts.batch, 'Batcher: opts.batch');
     posInt(opts.context, 'Batcher: opts.context');
-    if (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed))
-      throw new ConfigError(`Batcher: opts.seed must be an integer, got ${showValue(opts.seed)}`);
+    checkInt(opts.seed, 'Batcher: opts.seed', -Infinity, ConfigError);
     if (data.length < opts.context + 1)
       throw new DataError(`Batcher: the split has ${data.length} bytes, need at least context + 1 = ${opts.context + 1}`);
     this.data = data;
@@ -170,8 +168,7 @@ export class Batcher {
 
   /** The training batch of step `step`. */
   batch(step: number): Batch {
-    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
-      throw new RangeError(`Batcher.batch: step must be an integer ≥ 0, got ${showValue(step)}`);
+    checkInt(step, 'Batcher.batch: step', 0);
     const { batch: B, context: S, seed } = this.opts;
     const span = this.data.length - S; // offsets 0 .. len-S-1, so off+S (the last target) is in range
     const x = new Int32Array(B * S);
@@ -195,8 +192,8 @@ export class Batcher {
  */
 export function evalBatches(data: Uint8Array, batch: number, context: number, maxBytes = Infinity): Generator<Batch> {
   checkBytes(data, 'evalBatches', 'data');
-  for (const [name, v] of [['batch', batch], ['context', context]] as const)
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new RangeError(`evalBatches: ${name} must be an integer ≥ 1, got ${showValue(v)}`);
+  checkInt(batch, 'evalBatches: batch', 1);
+  checkInt(context, 'evalBatches: context', 1);
   if (typeof maxBytes !== 'number' || !(maxBytes >= 0)) throw new RangeError(`evalBatches: maxBytes must be a number ≥ 0, got ${showValue(maxBytes)}`);
   return evalBatchesOf(data, batch, context, maxBytes);
 }

@@ -3,7 +3,7 @@
  * an initialiser resumed at step n produces exactly what an uninterrupted run would (bit-identical resume).
  */
 
-import { showValue } from '../errors.js';
+import { checkInt, showValue } from '../errors.js';
 
 /** 32-bit mix of up to four integers (a murmur3-style finaliser over a running hash). */
 export function hash32(a: number, b = 0, c = 0, d = 0): number {
@@ -23,7 +23,7 @@ export function hash32(a: number, b = 0, c = 0, d = 0): number {
 export class Rng {
   #s: number;
   constructor(seed: number) {
-    if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) throw new RangeError(`Rng: seed must be an integer, got ${showValue(seed)}`);
+    checkInt(seed, 'Rng: seed');
     this.#s = hash32(seed) >>> 0;
   }
   /** Uniform in [0, 1). */
@@ -36,7 +36,7 @@ export class Rng {
   }
   /** Integer in [0, n). */
   int(n: number): number {
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) throw new RangeError(`Rng.int: n must be an integer ≥ 1, got ${showValue(n)}`);
+    checkInt(n, 'Rng.int: n', 1);
     return Math.floor(this.next() * n);
   }
   /** Standard normal (Box-Muller). */

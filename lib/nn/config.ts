@@ -90,7 +90,7 @@ export interface ModelConfig {
   sharedRouter?: boolean;
 }
 
-import { showValue } from '../errors.js';
+import { isObject, showValue } from '../errors.js';
 
 /** A configuration problem, raised before any tensor is allocated. */
 export class ConfigError extends Error {
@@ -132,7 +132,7 @@ export function isMoe(f: FfnConfig): f is MoeFfnConfig {
  * fields are named on their own (`dModel must be ...`).
  */
 export function validateModelConfig(cfg: ModelConfig, at?: string): void {
-  if (!cfg || typeof cfg !== 'object' || Array.isArray(cfg))
+  if (!isObject(cfg))
     throw new ConfigError(
       at === undefined ? `model config must be an object, got ${showValue(cfg)}` : `${at} must be an object (ModelConfig), got ${showValue(cfg)}`,
     );
@@ -220,6 +220,11 @@ export function validateFfnConfig(D: number, f: FfnConfig, at = 'ffn'): void {
 /** Parameters of one FFN block of width D (closed form; the layers allocate exactly these). */
 export function ffnParams(D: number, f: FfnConfig): number {
   validateFfnConfig(D, f, 'ffnParams: f');
+  return ffnParamsOf(D, f);
+}
+
+/** ffnParams of a config already checked (the model-level counts and the parameter-equal search). */
+function ffnParamsOf(D: number, f: FfnConfig): number {
   switch (f.kind) {
     case 'dense':
     case 'topk':
@@ -246,12 +251,16 @@ export function ffnParams(D: number, f: FfnConfig): number {
 /** Parameters of a whole TransformerLM (embedding, attention, norms, FFNs, output head). */
 export function modelParams(cfg: ModelConfig): number {
   validateModelConfig(cfg, 'modelParams: cfg');
+  return modelParamsOf(cfg);
+}
+
+function modelParamsOf(cfg: ModelConfig): number {
   const D = cfg.dModel;
   let n = cfg.vocab * D + cfg.vocab * D + cfg.vocab + 2 * D; // embedding, head W [V, D] + bias, final norm
   for (let l = 0; l < cfg.nLayers; l++) {
     n += 4 * D * D + 4 * D; // Wqkv [3D, D] + Wo [D, D], two LayerNorms
     const f = layerFfn(cfg, l);
-    n += ffnParams(D, f);
+    n += ffnParamsOf(D, f);
     if (cfg.sharedRouter && isMoe(f)) n -= f.experts * D; // counted once below
   }
   if (cfg.sharedRouter) {
@@ -264,6 +273,10 @@ export function modelParams(cfg: ModelConfig): number {
 /** FLOPs of one FFN block per token, forward (multiply-adds × 2), selector and retrieval included. */
 export function ffnFlopsPerToken(D: number, f: FfnConfig): number {
   validateFfnConfig(D, f, 'ffnFlopsPerToken: f');
+  return ffnFlopsOf(D, f);
+}
+
+function ffnFlopsOf(D: number, f: FfnConfig): number {
   switch (f.kind) {
     case 'dense':
       return 4 * D * f.dFF;
@@ -294,7 +307,7 @@ export function modelFlopsPerToken(cfg: ModelConfig): { total: number; ffn: numb
   let ffn = 0;
   let rest = 2 * D * cfg.vocab; // output head
   for (let l = 0; l < cfg.nLayers; l++) {
-    ffn += ffnFlopsPerToken(D, layerFfn(cfg, l));
+    ffn += ffnFlopsOf(D, layerFfn(cfg, l));
     rest += 8 * D * D + 2 * cfg.context * D; // projections; causal attention averages S/2 keys (QKᵀ and AV)
   }
   return { total: ffn + rest, ffn };
@@ -327,7 +340,7 @@ const SPARSE_INTS = ['experts', 'k', 'pkmHeads', 'pkmK', 'peerHeads', 'peerK'] a
 
 /** Checks SparseOptions given as `at` (e.g. `parameterEqual: opts`): an object whose fields have their types. */
 export function checkSparseOptions(o: unknown, at: string): asserts o is SparseOptions {
-  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new ConfigError(`${at} must be an object (SparseOptions), got ${showValue(o)}`);
+  if (!isObject(o)) throw new ConfigError(`${at} must be an object (SparseOptions), got ${showValue(o)}`);
   const r = o as Record<string, unknown>;
   for (const f of SPARSE_INTS) if (r[f] !== undefined) posInt(r[f], `${at}.${f}`);
   nonneg(r.gamma, `${at}.gamma`);
@@ -398,14 +411,14 @@ export function parameterEqual(denseCfg: ModelConfig, kind: FfnKind, opts: Spars
     case 'peer': {
       const heads = kind === 'pkm' ? (opts.pkmHeads ?? 4) : (opts.peerHeads ?? 4);
       const k = kind === 'pkm' ? (opts.pkmK ?? 8) : (opts.peerK ?? 8);
-      const target = ffnParams(D, denseCfg.ffn);
+      const target = ffnParamsOf(D, denseCfg.ffn);
       let best: FfnConfig | undefined;
       for (let n = Math.max(k, 2); n <= 4096; n++) {
         // PEER's query width: D/2 per head (the query projection, H·Dk·D, would otherwise cost more than the experts).
         const f: FfnConfig =
           kind === 'pkm' ? { kind: 'pkm', variant: 'csordas', heads, subKeys: n, k } : { kind: 'peer', heads, subKeys: n, k, queryDim: Math.max(16, 2 * Math.floor(D / 4)) };
-        if (!best || Math.abs(ffnParams(D, f) - target) < Math.abs(ffnParams(D, best) - target)) best = f;
-        if (ffnParams(D, f) > target) break;
+        if (!best || Math.abs(ffnParamsOf(D, f) - target) < Math.abs(ffnParamsOf(D, best) - target)) best = f;
+        if (ffnParamsOf(D, f) > target) break;
       }
       sparseFfn = best!;
       break;
@@ -414,7 +427,7 @@ export function parameterEqual(denseCfg: ModelConfig, kind: FfnKind, opts: Spars
   const sparse = withFfn(denseCfg, sparseFfn);
   validateModelConfig(sparse);
   // Grow (or shrink) the dense twin's d_ff until its FFN matches the sparse FFN's parameters: 2D+1 per channel.
-  const dFF = Math.max(1, Math.round((ffnParams(D, sparseFfn) - D) / (2 * D + 1)));
+  const dFF = Math.max(1, Math.round((ffnParamsOf(D, sparseFfn) - D) / (2 * D + 1)));
   const dense = withFfn(denseCfg, { kind: 'dense', dFF });
-  return { dense, sparse, denseParams: modelParams(dense), sparseParams: modelParams(sparse) };
+  return { dense, sparse, denseParams: modelParamsOf(dense), sparseParams: modelParamsOf(sparse) };
 }

@@ -6,7 +6,7 @@
  */
 import { Tensor } from '../tensor.js';
 import { Rng } from '../data/random.js';
-import { showValue } from '../errors.js';
+import { isObject, showValue } from '../errors.js';
 import { ConfigError } from './config.js';
 
 /**
@@ -21,13 +21,12 @@ export interface InitOptions {
 
 /** A layer's `opts` (undefined or an object); `layer` prefixes the error. */
 export function checkLayerOptions(layer: string, opts: unknown): void {
-  if (opts !== undefined && (opts === null || typeof opts !== 'object' || Array.isArray(opts)))
+  if (opts !== undefined && !isObject(opts))
     throw new ConfigError(`${layer}: opts must be an object, got ${showValue(opts)}`);
 }
 
-/** The generator `opts` names (see InitOptions); `layer` prefixes the errors. */
+/** The generator `opts` names (see InitOptions; `opts` already passed checkLayerOptions); `layer` prefixes the errors. */
 export function initRng(layer: string, opts: InitOptions | undefined): Rng {
-  checkLayerOptions(layer, opts);
   if (opts?.rng !== undefined) {
     if (!(opts.rng instanceof Rng)) throw new ConfigError(`${layer}: opts.rng must be an Rng, got ${String(opts.rng)}`);
     return opts.rng;

@@ -90,6 +90,7 @@ export class CausalSelfAttention extends Module {
     posInt(nHeads, 'CausalSelfAttention: nHeads');
     if (dModel % nHeads !== 0 || (dModel / nHeads) % 2 !== 0)
       throw new ConfigError(`CausalSelfAttention: dModel / nHeads must be an even integer (rotary embeddings), got ${dModel} / ${nHeads}`);
+    checkLayerOptions('CausalSelfAttention', opts);
     const rng = initRng('CausalSelfAttention', opts);
     const std = positive(opts.std, 1 / Math.sqrt(dModel), 'CausalSelfAttention: opts.std');
     this.qkv = this.child('qkv', new Linear(dModel, 3 * dModel, { bias: true, std, rng }));

@@ -14,7 +14,7 @@
  * loss.backward();
  * ```
  */
-import { ShapeError, showValue } from '../errors.js';
+import { ShapeError, checkInt, isObject, showValue } from '../errors.js';
 import { Tensor, tidy } from '../tensor.js';
 import { Variable, noGrad, scope } from '../autograd.js';
 import { Rng, hash32 } from '../data/random.js';
@@ -121,8 +121,8 @@ export interface ForwardResult {
 /** x [B, S] ids as an Int32Array, B and S positive integers. */
 function checkIds(op: string, x: unknown, B: unknown, S: unknown): void {
   if (!(x instanceof Int32Array)) throw new TypeError(`${op}: x must be an Int32Array of token ids [B·S], got ${showValue(x)}`);
-  for (const [name, v] of [['B', B], ['S', S]] as const)
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new RangeError(`${op}: ${name} must be an integer ≥ 1, got ${showValue(v)}`);
+  checkInt(B, `${op}: B`, 1);
+  checkInt(S, `${op}: S`, 1);
 }
 
 export class TransformerLM extends Module {
@@ -137,10 +137,9 @@ export class TransformerLM extends Module {
   constructor(config: ModelConfig, opts: { seed?: number } = {}) {
     super();
     validateModelConfig(config);
-    if (!opts || typeof opts !== 'object' || Array.isArray(opts))
+    if (!isObject(opts))
       throw new ConfigError(`TransformerLM: opts must be an object ({ seed?: number }), got ${showValue(opts)}`);
-    if (opts.seed !== undefined && (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed)))
-      throw new ConfigError(`TransformerLM: opts.seed must be an integer, got ${showValue(opts.seed)}`);
+    if (opts.seed !== undefined) checkInt(opts.seed, 'TransformerLM: opts.seed', -Infinity, ConfigError);
     this.config = config;
     this.seed = opts.seed ?? 0;
     const rng = new Rng(hash32(this.seed, 0x1417));
@@ -167,10 +166,10 @@ export class TransformerLM extends Module {
     checkIds(op, x, B, S);
     if (!(y instanceof Int32Array)) throw new TypeError(`${op}: y must be an Int32Array of target ids, got ${showValue(y)}`);
     if (y.length !== x.length) throw new ShapeError(`${op}: y must have B·S = ${x.length} ids like x, got ${y.length}`);
-    if (!opts || typeof opts !== 'object' || Array.isArray(opts)) throw new TypeError(`${op}: opts must be an object (ForwardOptions), got ${showValue(opts)}`);
-    if (opts.step !== undefined && (typeof opts.step !== 'number' || !Number.isSafeInteger(opts.step) || opts.step < 0))
-      throw new RangeError(`${op}: opts.step must be an integer ≥ 0, got ${showValue(opts.step)}`);
-    const logits = this.logits(x, B, S, opts.step ?? 0);
+    if (!isObject(opts)) throw new TypeError(`${op}: opts must be an object (ForwardOptions), got ${showValue(opts)}`);
+    const step = opts.step === undefined ? 0 : checkInt(opts.step, `${op}: opts.step`, 0);
+    this.#checkLength(x, B, S);
+    const logits = this.#logits(x, B, S, step);
     const targets = Tensor.fromHost(y, [B * S]);
     const ce = scope('embed+head', () => F.crossEntropy(logits.v, targets));
     const ceVal = ce.data.item();
@@ -186,10 +185,19 @@ export class TransformerLM extends Module {
   /** Logits [B·S, V] for ids x [B, S], and the auxiliary loss terms of the sparse layers. */
   logits(x: Int32Array, B: number, S: number, step = 0): { v: Variable; aux: FfnAux['terms'] } {
     checkIds('TransformerLM.logits', x, B, S);
-    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
-      throw new RangeError(`TransformerLM.logits: step must be an integer ≥ 0, got ${showValue(step)}`);
+    checkInt(step, 'TransformerLM.logits: step', 0);
+    this.#checkLength(x, B, S);
+    return this.#logits(x, B, S, step);
+  }
+
+  /** x holds B·S ids and S fits the context (after checkIds). */
+  #checkLength(x: Int32Array, B: number, S: number): void {
     if (x.length !== B * S) throw new ConfigError(`TransformerLM: x has ${x.length} ids, expected B·S = ${B}·${S}`);
     if (S > this.config.context) throw new ConfigError(`TransformerLM: sequence length ${S} exceeds the context ${this.config.context}`);
+  }
+
+  /** logits() on checked arguments (forward checks its own first). */
+  #logits(x: Int32Array, B: number, S: number, step: number): { v: Variable; aux: FfnAux['terms'] } {
     const seed = hash32(this.seed, step, 0x5eed);
     let h = scope('embed+head', () => this.embed.forward(Tensor.fromHost(x, [B * S])));
     const aux: FfnAux['terms'] = [];

@@ -6,7 +6,7 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-import { isObject, showValue } from '../errors.js';
+import { checkInt, isObject, showValue } from '../errors.js';
 
 export class JsonlLog {
   readonly file: string;
@@ -60,9 +60,8 @@ export class Progress {
     if (opts.stream !== undefined && !(isObject(opts.stream) && typeof opts.stream.write === 'function'))
       throw new TypeError(`${op}: opts.stream must be an object with a write(s) method, got ${showValue(opts.stream)}`);
     if (opts.tty !== undefined && typeof opts.tty !== 'boolean') throw new TypeError(`${op}: opts.tty must be a boolean, got ${showValue(opts.tty)}`);
-    for (const [name, v, lo] of [['every', opts.every, 1], ['startStep', opts.startStep, 0]] as const)
-      if (v !== undefined && (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo))
-        throw new RangeError(`${op}: opts.${name} must be an integer ≥ ${lo}, got ${showValue(v)}`);
+    if (opts.every !== undefined) checkInt(opts.every, `${op}: opts.every`, 1);
+    if (opts.startStep !== undefined) checkInt(opts.startStep, `${op}: opts.startStep`, 0);
     this.total = total;
     this.label = opts.label ?? '';
     this.stream = opts.stream ?? process.stderr;
@@ -74,7 +73,7 @@ export class Progress {
   /** Reports step `step` (1-based count of finished steps) with the tokens done since the start. */
   update(step: number, info: { loss?: number; lossLabel?: string; tokens?: number; extra?: string }): void {
     const op = 'Progress.update';
-    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0) throw new RangeError(`${op}: step must be an integer ≥ 0, got ${showValue(step)}`);
+    checkInt(step, `${op}: step`, 0);
     if (!isObject(info)) throw new TypeError(`${op}: info must be an object ({ loss?, lossLabel?, tokens?, extra? }), got ${showValue(info)}`);
     for (const f of ['loss', 'tokens'] as const)
       if (info[f] !== undefined && typeof info[f] !== 'number') throw new TypeError(`${op}: info.${f} must be a number, got ${showValue(info[f])}`);

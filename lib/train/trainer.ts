@@ -20,7 +20,7 @@ import { Tensor, tidy, memory } from '../tensor.js';
 import { getNumThreads, setNumThreads } from '../info.js';
 import { noGrad } from '../autograd.js';
 import { BYTE_VOCAB, Batcher, DataError, evalBatches, loadCorpus, encodeText, decodeBytes, type Corpus } from '../data/corpus.js';
-import { isObject, showValue } from '../errors.js';
+import { checkInt, isObject, showValue } from '../errors.js';
 import { Rng, hash32 } from '../data/random.js';
 import { TransformerLM } from '../nn/transformer.js';
 import { ConfigError, validateModelConfig, modelParams, type ModelConfig } from '../nn/config.js';
@@ -73,6 +73,11 @@ export type ResolvedTrainConfig = Required<Omit<TrainConfig, 'checkpoint' | 'log
  */
 export function resolveTrainConfig(cfg: TrainConfig): ResolvedTrainConfig {
   validateTrainConfig(cfg);
+  return withDefaults(cfg);
+}
+
+/** resolveTrainConfig of a config already validated (the Trainer validates before checking its options). */
+function withDefaults(cfg: TrainConfig): ResolvedTrainConfig {
   const out: Record<string, unknown> = {
     data: 'moby-dick',
     minLr: 0,
@@ -102,7 +107,7 @@ function str(v: unknown, what: string): void {
 
 /** Validates a training configuration (model included) without touching data or allocating tensors. */
 export function validateTrainConfig(cfg: TrainConfig): void {
-  if (!cfg || typeof cfg !== 'object' || Array.isArray(cfg)) throw new ConfigError(`train config must be an object, got ${showValue(cfg)}`);
+  if (!isObject(cfg)) throw new ConfigError(`train config must be an object, got ${showValue(cfg)}`);
   validateModelConfig(cfg.model);
   num(cfg.steps, 'steps', 1, true);
   num(cfg.batch, 'batch', 1, true);
@@ -195,7 +200,7 @@ export class Trainer {
     checkCorpusOption(opts, 'Trainer');
     if (opts.appendLog !== undefined && typeof opts.appendLog !== 'boolean')
       throw new TypeError(`Trainer: opts.appendLog must be a boolean, got ${showValue(opts.appendLog)}`);
-    this.config = resolveTrainConfig(config);
+    this.config = withDefaults(config);
     const c = this.config;
     this.corpus = opts.corpus ?? loadCorpus(c.data, { minBytes: c.model.context + 1 });
     if (this.corpus.valid.length < c.model.context + 1)
@@ -212,8 +217,7 @@ export class Trainer {
   }
 
   lrAt(step: number): number {
-    if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0)
-      throw new RangeError(`Trainer.lrAt: step must be an integer ≥ 0, got ${showValue(step)}`);
+    checkInt(step, 'Trainer.lrAt: step', 0);
     const c = this.config;
     return cosineLr(step, { lr: c.lr, total: c.steps, warmup: c.warmup, minLr: c.minLr });
   }
@@ -390,14 +394,12 @@ export class Trainer {
 export function generateText(model: TransformerLM, prompt: string, n: number, context: number, opts: SampleOptions & { seed?: number } = {}): string {
   if (!(model instanceof TransformerLM)) throw new TypeError(`generateText: model must be a TransformerLM, got ${showValue(model)}`);
   if (typeof prompt !== 'string') throw new TypeError(`generateText: prompt must be a string, got ${showValue(prompt)}`);
-  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
-    throw new RangeError(`generateText: n (bytes to generate) must be an integer ≥ 0, got ${showValue(n)}`);
+  checkInt(n, 'generateText: n (bytes to generate)', 0);
   const maxContext = model.config.context;
   if (typeof context !== 'number' || !Number.isInteger(context) || context < 1 || context > maxContext)
     throw new RangeError(`generateText: context must be an integer in [1, model.config.context=${maxContext}], got ${showValue(context)}`);
   if (opts === null || typeof opts !== 'object') throw new TypeError(`generateText: opts must be an object, got ${showValue(opts)}`);
-  if (opts.seed !== undefined && (typeof opts.seed !== 'number' || !Number.isSafeInteger(opts.seed)))
-    throw new RangeError(`generateText: opts.seed must be an integer, got ${showValue(opts.seed)}`);
+  if (opts.seed !== undefined) checkInt(opts.seed, 'generateText: opts.seed');
   if (opts.temperature !== undefined && !(typeof opts.temperature === 'number' && opts.temperature >= 0))
     throw new RangeError(`generateText: opts.temperature must be a number ≥ 0, got ${showValue(opts.temperature)}`);
   if (opts.topP !== undefined && !(typeof opts.topP === 'number' && opts.topP > 0 && opts.topP <= 1))
