@@ -1,5 +1,5 @@
 /**
- * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt] [--rounds 7] [--threads n] [--no-huge]`;
+ * PKM / PEER benchmark: `npm run bench -- pkm [--tokens 1,512,4096] [--only pkm|peer|opt|layer] [--rounds 7] [--threads n] [--no-huge]`;
  * `--device cuda` runs bench/pkm-cuda.ts instead.
  *
  * Tables use transparent huge pages (adviseHugePages, and the library's own advice for arrays of 32 MiB or more)
@@ -13,12 +13,20 @@
  * measured copy bandwidth. The floor of a bandwidth-bound kernel is the bytes it must move divided by that
  * bandwidth: forward reads the J = H·k selected rows of each table per token; backward reads them again and
  * writes one gradient row per distinct row touched. Peak memory is the process's max RSS.
+ *
+ * `layer`: the PEER layer as users train it (lib/nn PEER + AdamW, T = 4096), in a process of its own so that its
+ * peak RSS is the layer's alone.
  */
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import process from 'node:process';
 
 import {
+  AdamW,
+  F,
+  PEER,
   Tensor,
+  Variable,
   adamwStep,
   adviseHugePages,
   embeddingBag,
@@ -26,12 +34,14 @@ import {
   getNumThreads,
   setNumThreads,
   memBandwidth,
+  noGrad,
   peerExperts,
   peerExpertsBackward,
   pkmTopk,
   pkmTopkBackward,
   sparseAdamwStep,
   SparseGradWorkspace,
+  tidy,
   type SparseRows,
 } from '../lib/index.js';
 import { machine, median, parseArgs, printTable, time, type Timing } from './harness.js';
@@ -362,6 +372,59 @@ function benchOptScaling(rows: Row[], json: unknown[]): void {
     }
 }
 
+// The PEER layer of the issue's training target (1024² experts, D = 256, H = 8, k = 16) trained the way a user
+// would: forward (query projection, product-key retrieval, experts), a cross-entropy loss over D classes as a
+// stand-in for the rest of a model, backward, AdamW (sparse row updates for U and V, dense for the rest),
+// zeroGrad. The first step also first-touches the 4 GiB of moments, so it is reported apart.
+function benchPeerLayer(steps: number): void {
+  const D = 256;
+  const T = 4096;
+  const layer = new PEER(D, { kind: 'peer', heads: 8, subKeys: 1024, k: 16 }, { seed: 1 });
+  const opt = new AdamW(layer.namedParameters(), { lr: 1e-3 });
+  const x = new Variable(randTensor([T, D], 7, 1));
+  const labels = Int32Array.from({ length: T }, (_, t) => (t * 7) % D);
+  const parts: Record<'fwd' | 'bwd' | 'opt' | 'step', number[]> = { fwd: [], bwd: [], opt: [], step: [] };
+  let touched = 0;
+  for (let s = 0; s < steps; s++) {
+    const t0 = performance.now();
+    let t1 = 0;
+    let t2 = 0;
+    tidy(() => {
+      const loss = F.crossEntropy(layer.forward(x).y, Tensor.fromHost(labels.slice(), [T]));
+      t1 = performance.now();
+      loss.backward();
+      t2 = performance.now();
+      touched = layer.namedParameters().find(([, p]) => p.sparse)![1].sparseGrad!.rows.size;
+      noGrad(() => opt.step());
+      layer.zeroGrad();
+      return null;
+    });
+    const t3 = performance.now();
+    parts.fwd.push(t1 - t0);
+    parts.bwd.push(t2 - t1);
+    parts.opt.push(t3 - t2);
+    parts.step.push(t3 - t0);
+  }
+  const later = (a: number[]) => median(a.slice(1));
+  const row: Row = {
+    layer: 'PEER (nn.PEER + AdamW)',
+    T,
+    'first step ms': Math.round(parts.step[0]),
+    'step ms': Math.round(later(parts.step)),
+    'train tok/s': Math.round(T / (later(parts.step) / 1e3)),
+    'fwd ms': Math.round(later(parts.fwd)),
+    'bwd ms': Math.round(later(parts.bwd)),
+    'opt ms': Math.round(later(parts.opt)),
+    'rows U': touched,
+    'maxRSS GiB': maxRssGiB().toFixed(2),
+  };
+  printTable([row], `PEER layer training step, ${steps} steps (medians of steps 2..${steps}); its own process`);
+  writeResults('pkm-layer', { loadavg: os.loadavg(), steps, parts, result: row, maxRssGiB: maxRssGiB() });
+  x.dispose();
+  opt.dispose();
+  layer.dispose();
+}
+
 export async function run(args: string[]): Promise<void> {
   const opts = parseArgs(args);
   // `--device cuda`: PKM and PEER on cuda tensors (bench/pkm-cuda.ts).
@@ -381,6 +444,7 @@ export async function run(args: string[]): Promise<void> {
     `memory bandwidth (STREAM-like, ${bwMiB} MiB buffers, ${getNumThreads()} threads): copy ${bwAll.copy.toFixed(1)} GB/s, ` +
       `triad ${bwAll.triad.toFixed(1)} GB/s, read ${bwAll.read.toFixed(1)} GB/s`,
   );
+  if (only === 'layer') return benchPeerLayer(typeof opts.steps === 'string' ? Math.max(2, Number(opts.steps)) : 10);
   const rows: Row[] = [];
   const json: unknown[] = [];
   if (!only || only === 'pkm') benchPkm(tokens, rows, json);
@@ -399,4 +463,10 @@ export async function run(args: string[]): Promise<void> {
     printTable(optRows, 'Sparse AdamW step: same touched rows U on tables of N rows (28 bytes moved per element)');
   }
   writeResults('pkm', { bandwidth: bwAll, loadavg: os.loadavg(), tokens, results: json, optimizerScaling: optJson, maxRssGiB: maxRssGiB() });
+  if (!only) {
+    // Its own process: this one's peak RSS already holds the op benchmarks' tables.
+    const pass = args.filter((a, i) => a === '--no-huge' || a === '--threads' || args[i - 1] === '--threads');
+    const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1], 'pkm', '--only', 'layer', ...pass], { stdio: 'inherit' });
+    if (r.status !== 0) throw new Error(`pkm --only layer failed (exit ${r.status ?? r.signal})`);
+  }
 }

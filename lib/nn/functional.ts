@@ -317,7 +317,7 @@ export function embeddingBagSum(idx: Tensor, w: Variable, V: Parameter): Variabl
     out,
     (dout) => {
       const wv = w.data.reshape([T, J]);
-      const g = embeddingBagBackward(dout, V.data, idx2, wv);
+      const g = embeddingBagBackward(dout, V.data, idx2, wv, { workspace: V.reusableSparseWorkspace() });
       wv.dispose();
       giveSparse(V, g.dV.rows, g.dV.values);
       const dw = g.dWeights.reshape(w.shape);
@@ -348,7 +348,7 @@ export function peer(x: Variable, idx: Tensor, g: Variable, U: Parameter, V: Par
     out,
     (dout) => {
       const gv = g.data.reshape([T, J]);
-      const r = peerExpertsBackward(dout, x.data, U.data, V.data, idx2, gv, h, { act: 'relu' });
+      const r = peerExpertsBackward(dout, x.data, U.data, V.data, idx2, gv, h, { act: 'relu', workspace: U.reusableSparseWorkspace(V) });
       gv.dispose();
       giveSparse(U, r.dU.rows, r.dU.values);
       giveSparse(V, r.dV.rows, r.dV.values);

@@ -17,6 +17,7 @@
 import { ShapeError, isObject, showValue } from '../errors.js';
 import { Tensor, expectTensor, keep, shapeStr } from '../tensor.js';
 import { Variable } from '../autograd.js';
+import { SparseGradWorkspace } from '../ops/pkm.js';
 
 /**
  * A layer's input as the [T, width] Variable its forward works on: a Tensor is taken as a constant (no
@@ -49,6 +50,11 @@ export class Parameter extends Variable {
    * (f32 [U, D]). Dense `grad` stays null for these.
    */
   sparseGrad: { rows: Tensor; values: Tensor; numRows: number } | null = null;
+  /**
+   * @internal Host buffers the backward ops write this parameter's sparse gradient into, reused from step to step
+   * (see {@link Parameter.reusableSparseWorkspace}); dropped by dispose().
+   */
+  sparseWorkspace: SparseGradWorkspace | null = null;
 
   constructor(data: Tensor, name: string, opts: ParamOptions = {}) {
     super(data, { requiresGrad: true, name });
@@ -104,6 +110,23 @@ export class Parameter extends Variable {
       values: keep(Tensor.fromHost(outV.slice(0, U * D), [U, D])),
       numRows: N,
     };
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.sparseWorkspace = null;
+  }
+
+  /**
+   * @internal The workspace a backward op may write the sparse gradients of this parameter and of `others` (tables
+   * the same op reads at the same rows) into: this parameter's own, kept from step to step, when none of them holds
+   * a gradient yet. A 1024² table's gradient is hundreds of MB per step: as fresh arrays it costs page faults on
+   * every step and stays resident until V8 collects it. A pending gradient (accumulation across backward calls, a
+   * table read twice) may be a view of the workspace, so such a backward gets fresh arrays instead.
+   */
+  reusableSparseWorkspace(...others: Parameter[]): SparseGradWorkspace | undefined {
+    if (this.sparseGrad || others.some((p) => p.sparseGrad)) return undefined;
+    return (this.sparseWorkspace ??= new SparseGradWorkspace());
   }
 
   override zeroGrad(): void {

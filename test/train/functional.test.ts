@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { Tensor } from '../../lib/index.js';
+import { Tensor, sparseRowsToDense } from '../../lib/index.js';
 import { Variable, record1 } from '../../lib/autograd.js';
 import * as F from '../../lib/nn/functional.js';
 import { Parameter } from '../../lib/nn/module.js';
@@ -142,6 +142,67 @@ describe('functional wrappers of the sparse ops', () => {
       { eps: 1e-3, rtol: 3e-2 },
     );
     for (const v of [x, q, keys, U, V]) v.dispose();
+  });
+
+  it('sparse table gradients reuse their buffers from step to step and stay exact under accumulation', () => {
+    const n = 5;
+    const H = 2;
+    const Dk = 4;
+    const x = leaf([T, D], 61);
+    const q = leaf([T, H * Dk], 62);
+    const keys = leaf([1, 2, n, Dk / 2], 63, 0.8);
+    const U = sparseParam([n * n, D], 64, 0.5);
+    const V = sparseParam([n * n, D], 65, 0.5);
+    const bag = sparseParam([n * n, D], 66, 0.5);
+    const tables = [U, V, bag];
+    const R1 = randn(T * D, 67);
+    const R2 = randn(T * D, 68);
+    // One backward through a PEER read of U, V and an embedding-bag read of `bag`, upstream gradient R.
+    const backward = (R: Float32Array) => {
+      const sel = F.pkmTopkSelect(q, keys, { H, Hq: H, Dk, k: 3, act: 'softmax' });
+      const l = dotConst(F.add(F.peer(x, sel.idx, sel.weights, U, V), F.embeddingBagSum(sel.idx, sel.weights, bag)), R);
+      l.backward();
+      l.dispose();
+    };
+    const dense = (p: Parameter) => sparseRowsToDense(p.sparseGrad!);
+    const grads = () => tables.map((p) => {
+      const t = dense(p);
+      const a = t.data() as Float32Array;
+      t.dispose();
+      return a;
+    });
+    const buffers = () => tables.map((p) => p.sparseGrad!.values.data().buffer);
+
+    backward(R1);
+    const g1 = grads();
+    const b1 = buffers();
+    for (const p of tables) p.zeroGrad();
+    backward(R2);
+    const g2 = grads();
+    // The second step wrote into the first step's buffers (no fresh hundreds of MB per step at 1024² rows).
+    for (const [i, b] of buffers().entries()) expect(b).toBe(b1[i]);
+    for (const p of tables) p.zeroGrad();
+    backward(R1);
+    expect(grads()).toEqual(g1);
+
+    // Without zeroGrad the second gradient is merged into the pending one, which must not be overwritten even
+    // though it lives in the reused buffers: the sum of the two single-step gradients, rounded to f32 once.
+    backward(R2);
+    const sum = g1.map((a, i) => a.map((v, j) => v + g2[i][j]));
+    expect(grads()).toEqual(sum);
+    for (const p of tables) p.zeroGrad();
+
+    // A table read twice in one backward gets the same merged gradient.
+    const sel = F.pkmTopkSelect(q, keys, { H, Hq: H, Dk, k: 3, act: 'softmax' });
+    const l = F.add(
+      dotConst(F.add(F.peer(x, sel.idx, sel.weights, U, V), F.embeddingBagSum(sel.idx, sel.weights, bag)), R1),
+      dotConst(F.add(F.peer(x, sel.idx, sel.weights, U, V), F.embeddingBagSum(sel.idx, sel.weights, bag)), R2),
+    );
+    l.backward();
+    l.dispose();
+    expect(grads()).toEqual(sum);
+    for (const v of [x, q, keys, U, V, bag]) v.dispose();
+    expect(U.sparseWorkspace).toBeNull();
   });
 
   it('sparse gradients accumulate by row across backward calls', () => {
