@@ -93,12 +93,13 @@ export function linear(x: Variable, w: Variable, b: Variable | null): Variable {
   });
 }
 
-/** Rows of W [V, D] for ids [T] (a constant i32 tensor). */
+/** Rows of W [V, D] for ids [T] (a constant i32 tensor; it stays the caller's: the node keeps a copy). */
 export function embedding(w: Variable, ids: Tensor): Variable {
   vars('embedding', { w });
   expectTensor(ids, 'F.embedding', 'ids');
   const y = nnops.embedding(w.data, ids);
-  return record1('embedding', [w], y, (dy) => [nnops.embeddingBackward(dy, ids, w.shape[0])], [ids]);
+  const kept = ids.clone();
+  return record1('embedding', [w], y, (dy) => [nnops.embeddingBackward(dy, kept, w.shape[0])], [kept]);
 }
 
 /** Layer norm over the last dim of x [T, D]. */
@@ -134,17 +135,21 @@ export function dropout(x: Variable, p: number, seed: number): Variable {
   return record1('dropout', [x], y, (dy) => [nnops.dropout(dy, p, seed)]);
 }
 
-/** Mean cross-entropy (nats) of logits [T, V] against targets [T] (a constant i32 tensor): a scalar Variable. */
+/**
+ * Mean cross-entropy (nats) of logits [T, V] against targets [T] (a constant i32 tensor; it stays the caller's: the
+ * node keeps a copy): a scalar Variable.
+ */
 export function crossEntropy(logits: Variable, targets: Tensor): Variable {
   vars('crossEntropy', { logits });
   expectTensor(targets, 'F.crossEntropy', 'targets');
   const { loss, lse } = nnops.crossEntropy(logits.data, targets);
+  const kept = targets.clone();
   return record1(
     'crossEntropy',
     [logits],
     Tensor.fromHost(Float32Array.of(loss), []),
-    (g) => [nnops.crossEntropyBackward(g.item(), logits.data, targets, lse)],
-    [lse, targets],
+    (g) => [nnops.crossEntropyBackward(g.item(), logits.data, kept, lse)],
+    [lse, kept],
   );
 }
 

@@ -50,7 +50,13 @@ export class Embedding extends Module {
   }
   /** ids [T] (an i32 Tensor or an Int32Array, each in [0, num)) → [T, D]. */
   forward(ids: Tensor | Int32Array): Variable {
-    return F.embedding(this.weight, ids instanceof Int32Array ? Tensor.fromHost(ids, [ids.length]) : ids);
+    if (!(ids instanceof Int32Array)) return F.embedding(this.weight, ids);
+    const t = Tensor.fromHost(ids, [ids.length]);
+    try {
+      return F.embedding(this.weight, t);
+    } finally {
+      t.dispose();
+    }
   }
 }
 

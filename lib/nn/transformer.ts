@@ -170,8 +170,14 @@ export class TransformerLM extends Module {
     const step = opts.step === undefined ? 0 : checkInt(opts.step, `${op}: opts.step`, 0);
     this.#checkLength(x, B, S);
     const logits = this.#logits(x, B, S, step);
-    const targets = Tensor.fromHost(y, [B * S]);
-    const ce = scope('embed+head', () => F.crossEntropy(logits.v, targets));
+    const ce = scope('embed+head', () => {
+      const targets = Tensor.fromHost(y, [B * S]);
+      try {
+        return F.crossEntropy(logits.v, targets);
+      } finally {
+        targets.dispose();
+      }
+    });
     const ceVal = ce.data.item();
     let loss = ce;
     let auxVal = 0;
@@ -199,7 +205,7 @@ export class TransformerLM extends Module {
   /** logits() on checked arguments (forward checks its own first). */
   #logits(x: Int32Array, B: number, S: number, step: number): { v: Variable; aux: FfnAux['terms'] } {
     const seed = hash32(this.seed, step, 0x5eed);
-    let h = scope('embed+head', () => this.embed.forward(Tensor.fromHost(x, [B * S])));
+    let h = scope('embed+head', () => this.embed.forward(x));
     const aux: FfnAux['terms'] = [];
     for (const b of this.blocks) h = b.forward(h, B, S, seed, aux);
     return { v: scope('embed+head', () => this.head.forward(this.lnf.forward(h))), aux };

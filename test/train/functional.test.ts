@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { Tensor, sparseRowsToDense } from '../../lib/index.js';
+import { Embedding, Tensor, noGrad, sparseRowsToDense, tidy } from '../../lib/index.js';
 import { Variable, record1 } from '../../lib/autograd.js';
 import * as F from '../../lib/nn/functional.js';
 import { Parameter } from '../../lib/nn/module.js';
@@ -203,6 +203,41 @@ describe('functional wrappers of the sparse ops', () => {
     expect(grads()).toEqual(sum);
     for (const v of [x, q, keys, U, V, bag]) v.dispose();
     expect(U.sparseWorkspace).toBeNull();
+  });
+
+  it('crossEntropy, embedding and Embedding.forward leave their constant inputs to the caller', () => {
+    // ids and targets reused across steps and under noGrad, as a training loop over a fixed batch would.
+    const emb = new Embedding(5, 3, { seed: 1 });
+    const ids = Tensor.from([0, 4, 2, 4], { dtype: 'i32' });
+    const targets = Tensor.from([1, 0, 2, 2], { dtype: 'i32' });
+    const losses: number[] = [];
+    const grads: number[][][] = [];
+    for (let s = 0; s < 2; s++) {
+      const l = F.crossEntropy(emb.forward(ids), targets);
+      losses.push(l.data.item());
+      l.backward();
+      l.dispose();
+      grads.push(emb.weight.grad!.toArray() as number[][]);
+    }
+    noGrad(() => tidy(() => losses.push(F.crossEntropy(F.embedding(emb.weight, ids), targets).data.item())));
+    expect(losses[1]).toBe(losses[0]);
+    expect(losses[2]).toBe(losses[0]);
+    // The second backward accumulated the same gradient again.
+    expect(grads[1]).toEqual(grads[0].map((r) => r.map((v) => Math.fround(2 * v))));
+    expect(ids.toArray()).toEqual([0, 4, 2, 4]);
+    expect(targets.toArray()).toEqual([1, 0, 2, 2]);
+    // Disposing them right after the call does not affect the backward.
+    const ids2 = ids.clone();
+    const targets2 = targets.clone();
+    emb.zeroGrad();
+    const l = F.crossEntropy(emb.forward(ids2), targets2);
+    ids2.dispose();
+    targets2.dispose();
+    l.backward();
+    l.dispose();
+    expect(emb.weight.grad!.toArray()).toEqual(grads[0]);
+    for (const t of [ids, targets]) t.dispose();
+    emb.dispose();
   });
 
   it('sparse gradients accumulate by row across backward calls', () => {

@@ -50,7 +50,10 @@ function weights(m: Module): Float32Array {
 function lossOf(y: Variable, seed: number): Variable {
   const [T, C] = y.shape;
   const r = new Rng(seed);
-  return F.crossEntropy(y, Tensor.fromHost(Int32Array.from({ length: T }, () => r.int(C)), [T]));
+  const targets = Tensor.fromHost(Int32Array.from({ length: T }, () => r.int(C)), [T]);
+  const loss = F.crossEntropy(y, targets);
+  targets.dispose();
+  return loss;
 }
 
 /** f's output values, computed without a graph and copied out of a tidy scope. */
