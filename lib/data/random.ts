@@ -19,6 +19,9 @@ export function hash32(a: number, b = 0, c = 0, d = 0): number {
   return (h ^ (h >>> 15)) >>> 0;
 }
 
+// mulberry32's state moves by this constant before each draw (native/kernels/cpu/init_fill.cpp relies on it).
+const MULBERRY_STEP = 0x6d2b79f5;
+
 /** A small sequential PRNG (mulberry32) for initialisation and sampling. */
 export class Rng {
   #s: number;
@@ -28,11 +31,17 @@ export class Rng {
   }
   /** Uniform in [0, 1). */
   next(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
+    this.#s = (this.#s + MULBERRY_STEP) >>> 0;
     let t = this.#s;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  /** Advances the generator past `draws` uniform draws (what that many next() calls would do) in O(1). */
+  skip(draws: number): void {
+    checkInt(draws, 'Rng.skip: draws', 0);
+    // The state moves by a constant per draw; reduce the count mod 2^32 before multiplying (imul wraps).
+    this.#s = (this.#s + Math.imul(draws % 4294967296, MULBERRY_STEP)) >>> 0;
   }
   /** Integer in [0, n). */
   int(n: number): number {

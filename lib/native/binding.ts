@@ -325,6 +325,7 @@ export interface NnBinding {
     ref?: boolean,
   ): void;
   dropout(x: NativeArray, y: NativeArray, p: number, seed: number): void;
+  fillNormal(out: Float32Array, state: number, std: number): void;
   sumSquares(x: NativeArray): number;
   scaleInPlace(x: NativeArray, s: number): void;
 }

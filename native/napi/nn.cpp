@@ -285,6 +285,19 @@ Napi::Value JS_dropout(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// fillNormal(out, state, std): out[i] = Rng.normal()·std for the draws of a generator at `state` (an unsigned
+// 32-bit integer), in parallel (layer initialisation of large tables, lib/nn/init.ts).
+Napi::Value JS_fillNormal(const Napi::CallbackInfo& info) {
+  const char* op = "fillNormal";
+  Buf out = arg_buf(info, 0, op, "out", DType::F32);
+  host_only(op, {{"out", &out}});
+  const int64_t state = arg_int(info, 1, op, "state", 0, 0xffffffffll);
+  const double std_dev = arg_num(info, 2, op, "std");
+  if (!std::isfinite(std_dev)) fail(ErrKind::Range, op, ": std must be finite, got ", std_dev);
+  fill_normal_mulberry(out.count, (uint32_t)state, std_dev, out.as<float>());
+  return info.Env().Undefined();
+}
+
 // sumSquares(x) → Σ x² (double)
 Napi::Value JS_sumSquares(const Napi::CallbackInfo& info) {
   const char* op = "sumSquares";
@@ -329,6 +342,7 @@ Registrar reg([](Napi::Env env, Napi::Object exports) {
   def(env, exports, "crossEntropy", JS_crossEntropy);
   def(env, exports, "crossEntropyBackward", JS_crossEntropyBackward);
   def(env, exports, "dropout", JS_dropout);
+  def(env, exports, "fillNormal", JS_fillNormal);
   def(env, exports, "sumSquares", JS_sumSquares);
   def(env, exports, "scaleInPlace", JS_scaleInPlace);
 });

@@ -276,6 +276,7 @@ const methodCases = (): MethodCase[] => {
     { name: 'new TransformerLM(config, b)', call: (b) => new api.TransformerLM(tinyModel, b as never).dispose(), accepts: [U, {}] },
     { name: 'new Rng(b)', call: (b) => new api.Rng(b as number), accepts: [5, -1] },
     { name: 'Rng.int(b)', call: (b) => new api.Rng(1).int(b as number), accepts: [5] },
+    { name: 'Rng.skip(b)', call: (b) => new api.Rng(1).skip(b as number), accepts: [5] },
     // Batcher, UsageCounter
     { name: 'Batcher.batch(b)', call: (b) => T(batcher.batch.bind(batcher))(b), accepts: [5] },
     { name: 'new Batcher(bytes, b)', call: (b) => new Batcher(new Uint8Array(64), b as never) },

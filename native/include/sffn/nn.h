@@ -69,6 +69,10 @@ void cross_entropy_backward_ref(int64_t T, int64_t V, const float* logits, const
 void dropout_apply(int64_t n, float p, uint64_t seed, const float* x, float* y);
 bool dropout_keep(uint64_t seed, int64_t i, float p);
 
+// out[i] = f32(N(0,1) · std_dev) for the n values Rng.normal() (lib/data/random.ts, mulberry32 + Box-Muller)
+// draws from `state`, bit for bit; the generator's state afterwards is state + 2n·0x6d2b79f5 (mod 2^32).
+void fill_normal_mulberry(int64_t n, uint32_t state, double std_dev, float* out);
+
 double sum_squares(int64_t n, const float* x);
 void scale_inplace(int64_t n, float s, float* x);
 
