@@ -100,6 +100,11 @@ const HOST_CTOR: Record<DType, HostArrayCtor> = {
   bf16: Uint16Array,
 };
 
+/** @internal A zeroed host array of n elements with the alignment and huge-page advice of tensor storage. */
+export function allocHostArray(dtype: DType, n: number): HostData {
+  return allocHost(dtype, n);
+}
+
 function allocHost(dtype: DType, n: number): HostData {
   const bytes = n * BYTES[dtype];
   const Ctor = HOST_CTOR[dtype];

@@ -34,7 +34,7 @@
 import { DeviceError, ShapeError } from '../errors.js';
 import type { HostArray, NativeSparsePair, NativeSparseRows } from '../native/binding.js';
 import { native } from '../native/loader.js';
-import { expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
+import { allocHostArray, expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
 import type { Device } from '../tensor.js';
 
 /** Activation of the selected scores: softmax per head (Lample, PEER), softmax over all H·k slots of a token
@@ -268,9 +268,11 @@ export interface SparseRows {
  *
  * At 1024² rows a training step touches ~400k rows, so each backward returns hundreds of MB of gradient rows;
  * fresh arrays of that size cost more in page faults than the kernel itself. With a workspace the op writes
- * into buffers kept here (grown with headroom when a batch touches more rows) and the returned tensors are views
- * into them: valid until the next call with the same workspace. Dispose them as usual; the memory stays with
- * the workspace until it is dropped.
+ * into buffers kept here and the returned tensors are views into them: valid until the next call with the same
+ * workspace. Dispose them as usual; the memory stays with the workspace until it is dropped. The buffers are
+ * sized once for the most rows a call can touch, min(T·J, N), and only replaced when a call could touch more
+ * (a larger T·J): memory pages are committed as gradient rows are written, so the unused tail costs address
+ * space, not memory, and a training loop never holds two generations of buffers.
  *
  * @example
  * ```ts
@@ -288,7 +290,7 @@ export class SparseGradWorkspace {
   /** @internal */ b: Float32Array | null = null;
   /** @internal */ D = 0;
 
-  /** Bytes held. */
+  /** Bytes reserved (memory is committed only for the gradient rows written so far). */
   get bytes(): number {
     return (this.rows?.byteLength ?? 0) + (this.a?.byteLength ?? 0) + (this.b?.byteLength ?? 0);
   }
@@ -298,18 +300,19 @@ export class SparseGradWorkspace {
     this.rows = this.a = this.b = null;
   }
 
-  /** @internal Buffers to pass for a table of width D with `nvals` value blocks (null: none yet / wrong kind). */
-  out(D: number, nvals: 1 | 2): [Int32Array | null, Float32Array | null, Float32Array | null] {
-    if (this.D !== D || !this.rows || !this.a || (nvals === 2 && !this.b)) return [null, null, null];
-    return [this.rows, this.a, nvals === 2 ? this.b : null];
-  }
-
-  /** @internal Keeps what the native call used or allocated. */
-  keep(D: number, rows: Int32Array, a: Float32Array, b: Float32Array | null): void {
-    this.D = D;
-    this.rows = rows;
-    this.a = a;
-    if (b) this.b = b;
+  /**
+   * @internal Buffers for a call on a table of width D that can touch up to `capacity` rows, with `nvals` value
+   * blocks: the kept ones when they fit, else new ones of exactly that capacity.
+   */
+  out(D: number, nvals: 1 | 2, capacity: number): [Int32Array, Float32Array, Float32Array | null] {
+    const fits = this.D === D && this.rows !== null && this.rows.length >= capacity && this.a !== null;
+    if (!fits || (nvals === 2 && !this.b)) {
+      this.D = D;
+      this.rows = allocHostArray('i32', capacity) as Int32Array;
+      this.a = allocHostArray('f32', capacity * D) as Float32Array;
+      this.b = nvals === 2 ? (allocHostArray('f32', capacity * D) as Float32Array) : null;
+    }
+    return [this.rows!, this.a!, nvals === 2 ? this.b : null];
   }
 }
 
@@ -440,7 +443,7 @@ export function embeddingBagBackward(
     }
     return { dWeights, dV: { rows, values, numRows: N } };
   }
-  const [oRows, oVals] = ws ? ws.out(D, 1) : [null, null];
+  const [oRows, oVals] = ws ? ws.out(D, 1, Math.min(T * J, N)) : [null, null];
   const dWeights = Tensor.zeros(indices.shape);
   let res: NativeSparseRows;
   try {
@@ -452,7 +455,6 @@ export function embeddingBagBackward(
     dWeights.dispose();
     throw e;
   }
-  ws?.keep(D, res.rows, res.values, null);
   return { dWeights, dV: sparseResult(res.count, res.rows, res.values, D, N, false) };
 }
 
@@ -579,7 +581,7 @@ export function peerExpertsBackward(
     // dV gets its own copy of the row list so the two gradients can be disposed independently.
     return { dx, dGates, dU: { rows, values: dU, numRows: N }, dV: { rows: rows.clone(), values: dV, numRows: N } };
   }
-  const [oRows, oU, oV] = ws ? ws.out(D, 2) : [null, null, null];
+  const [oRows, oU, oV] = ws ? ws.out(D, 2, Math.min(T * J, N)) : [null, null, null];
   const dx = Tensor.zeros([T, D]);
   const dGates = Tensor.zeros(indices.shape);
   let res: NativeSparsePair;
@@ -594,7 +596,6 @@ export function peerExpertsBackward(
     dGates.dispose();
     throw e;
   }
-  ws?.keep(D, res.rows, res.dU, res.dV);
   return {
     dx,
     dGates,

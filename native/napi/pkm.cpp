@@ -211,7 +211,8 @@ Napi::Float32Array aligned_floats(Napi::Env env, size_t n) {
 }
 
 // Output arrays of a sparse gradient: the caller's (positions `i`.. of info) when given and large enough, else
-// fresh ones. Growth leaves 25% headroom when the caller reuses buffers, so a workspace stops reallocating.
+// fresh ones. lib/ops/pkm.ts's SparseGradWorkspace passes buffers sized for the worst case min(T·J, N); given
+// buffers that are too small are replaced with 25% headroom.
 struct SparseOut {
   Napi::Int32Array rows;
   std::vector<Napi::Float32Array> vals;

@@ -241,7 +241,7 @@ describe('embeddingBag', () => {
 describe('SparseGradWorkspace', () => {
   guardLeaks();
 
-  it('reuses its buffers across calls, grows when a batch touches more rows, and gives the same gradients', () => {
+  it('reuses its buffers across calls, replaces them when a call could touch more rows, same gradients', () => {
     const N = 400;
     const D = 8;
     using V = Tensor.from(randn(N * D, 1), { shape: [N, D] });
@@ -261,9 +261,12 @@ describe('SparseGradWorkspace', () => {
       expect(Array.from(viaWs.dV.rows.data() as Int32Array)).toEqual(Array.from(fresh.dV.rows.data() as Int32Array));
       expectBitIdentical(viaWs.dV.values.data() as Float32Array, fresh.dV.values.data() as Float32Array);
       const buf = (viaWs.dV.values.data() as Float32Array).buffer;
-      // The second call (fewer rows) reuses the first buffer; the third (more rows) grows it.
-      if (seed === 2) expect(buf).toBe(prevBuffer);
+      // Sized for min(T·J, N) rows: the second call (T·J = 32 ≤ 40) reuses the first buffer, the third
+      // (T·J = 480: up to N = 400 rows) replaces it, the fourth (T·J = 400) reuses that.
+      if (seed === 1) expect(ws.rows!.length).toBe(40);
+      if (seed === 2 || seed === 4) expect(buf).toBe(prevBuffer);
       if (seed === 3) expect(buf).not.toBe(prevBuffer);
+      if (seed === 3) expect(ws.bytes).toBe(N * 4 + N * D * 4);
       prevBuffer = buf;
       for (const t of [fresh.dWeights, viaWs.dWeights]) t.dispose();
       disposeSparse(fresh.dV);
