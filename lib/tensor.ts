@@ -100,6 +100,63 @@ const HOST_CTOR: Record<DType, HostArrayCtor> = {
   bf16: Uint16Array,
 };
 
+// ---- reuse of disposed host buffers ----
+// A host array of 1 MiB or more gets memory mapped for it alone. Fresh, it is zeroed page by page as it is first
+// written (on this project's 2-core VMs ~1.3 ms per MiB: the 6 MiB of outputs of a PEER forward at T = 4096 cost
+// ~8 ms of its ~25), and V8 gives it back only when it collects the array. So when the last tensor over an array
+// the library allocated itself is disposed, and the array was never handed out (data() was not called: only native
+// ops and the tensor's own methods have read it), its buffer is kept here and the next allocation of the same size
+// gets it back, zeroed. Up to SPARSE_FFN_HOST_POOL_MB MiB are kept (default 256, oldest dropped first; 0: none);
+// they are not counted by memory(), which counts live tensors.
+const HOST_POOL_DEFAULT_MB = 256;
+let hostPoolLimit: number | undefined;
+const hostPool = new Map<number, ArrayBuffer[]>();
+const hostPoolOrder: ArrayBuffer[] = [];
+let hostPoolBytes = 0;
+
+function hostPoolMax(): number {
+  if (hostPoolLimit === undefined) {
+    const v = process.env.SPARSE_FFN_HOST_POOL_MB;
+    const mb = v === undefined ? HOST_POOL_DEFAULT_MB : Number(v);
+    if (!/^\d+$/.test(v ?? '0') || !Number.isSafeInteger(mb))
+      throw new RangeError(`sparse-ffn: SPARSE_FFN_HOST_POOL_MB must be an integer ≥ 0 (MiB), got '${v}'`);
+    hostPoolLimit = mb * 2 ** 20;
+  }
+  return hostPoolLimit;
+}
+
+function hostPoolPut(host: HostData): void {
+  const b = host.buffer as ArrayBuffer;
+  if (host.byteLength < HOST_PAGE_ALIGN_MIN_BYTES || b.byteLength !== host.byteLength + HOST_PAGE_ALIGN) return;
+  const max = hostPoolMax();
+  if (b.byteLength > max) return;
+  while (hostPoolBytes + b.byteLength > max) {
+    const old = hostPoolOrder.shift()!;
+    const list = hostPool.get(old.byteLength)!;
+    list.splice(list.indexOf(old), 1);
+    hostPoolBytes -= old.byteLength;
+  }
+  let list = hostPool.get(b.byteLength);
+  if (!list) hostPool.set(b.byteLength, (list = []));
+  list.push(b);
+  hostPoolOrder.push(b);
+  hostPoolBytes += b.byteLength;
+}
+
+function hostPoolTake(bufferBytes: number): ArrayBuffer | undefined {
+  const b = hostPool.get(bufferBytes)?.pop();
+  if (!b) return undefined;
+  hostPoolOrder.splice(hostPoolOrder.indexOf(b), 1);
+  hostPoolBytes -= b.byteLength;
+  new Uint8Array(b).fill(0);
+  return b;
+}
+
+/** @internal Buffers and bytes held for reuse (tests). */
+export function hostPoolStats(): { buffers: number; bytes: number } {
+  return { buffers: hostPoolOrder.length, bytes: hostPoolBytes };
+}
+
 /** @internal A zeroed host array of n elements with the alignment and huge-page advice of tensor storage. */
 export function allocHostArray(dtype: DType, n: number): HostData {
   return allocHost(dtype, n);
@@ -110,12 +167,14 @@ function allocHost(dtype: DType, n: number): HostData {
   const Ctor = HOST_CTOR[dtype];
   const align = hostAlignment(bytes);
   if (align === 1) return new Ctor(n);
-  const buffer = new ArrayBuffer(bytes + align);
+  const reused = align === HOST_PAGE_ALIGN ? hostPoolTake(bytes + align) : undefined;
+  const buffer = reused ?? new ArrayBuffer(bytes + align);
   const h = hostHelpers();
   let off = h ? h.alignOffset(buffer, align) : 0;
   if (off % BYTES[dtype] !== 0) off = 0; // never happens with a 16-byte-aligned allocator; stay correct if it does
   const a = new Ctor(buffer, off, n);
-  if (h && bytes >= HOST_HUGE_MIN_BYTES && hugePages()) h.adviseHugePages(a);
+  // A reused buffer was advised (or not) when it was first allocated.
+  if (!reused && h && bytes >= HOST_HUGE_MIN_BYTES && hugePages()) h.adviseHugePages(a);
   return a;
 }
 
@@ -159,6 +218,10 @@ interface Storage {
   dev?: NativeDeviceBuffer;
   bytes: number;
   refs: number;
+  /** host was allocated by this module (not adopted from a caller). */
+  owned?: boolean;
+  /** host was handed out by data(): someone else may hold it. */
+  exposed?: boolean;
 }
 
 const counters = { liveTensors: 0, hostBytes: 0, deviceBytes: 0 };
@@ -167,7 +230,7 @@ const scopes: Set<Tensor>[] = [];
 export interface MemoryInfo {
   /** Tensors created and not yet disposed. */
   liveTensors: number;
-  /** Bytes of host storage held by live tensors. */
+  /** Bytes of host storage held by live tensors (not the disposed buffers kept for reuse, see SPARSE_FFN_HOST_POOL_MB). */
   hostBytes: number;
   /** Bytes of device storage held by live tensors. */
   deviceBytes: number;
@@ -302,6 +365,13 @@ export class Tensor {
     return new Tensor(INTERNAL, storage, dtype, shape, 'cpu');
   }
 
+  // A tensor over an array allocHost made for it (its buffer may be reused once the tensor is disposed).
+  static #owned(host: HostData, shape: readonly number[], dtype: DType | undefined): Tensor {
+    const t = Tensor.fromHost(host, shape, dtype);
+    t.#storage!.owned = true;
+    return t;
+  }
+
   /** Wraps a native device buffer (ownership passes to the tensor). Internal. */
   static fromDevice(buf: NativeDeviceBuffer, shape: readonly number[], dtype: DType): Tensor {
     const op = 'Tensor.fromDevice';
@@ -357,7 +427,7 @@ export class Tensor {
     const n = checkShape(shape, op);
     if (n !== host.length)
       throw new ShapeError(`${op}: shape ${shapeStr(shape)} needs ${n} elements, data has ${host.length}`);
-    const t = Tensor.fromHost(host, shape, opts.dtype);
+    const t = ArrayBuffer.isView(data) ? Tensor.fromHost(host, shape, opts.dtype) : Tensor.#owned(host, shape, opts.dtype);
     if (device === 'cpu') return t;
     const d = t.to(device);
     t.dispose();
@@ -373,7 +443,7 @@ export class Tensor {
     checkDType(dtype, op);
     const device = opts.device ?? 'cpu';
     checkDevice(device, op);
-    if (device === 'cpu') return Tensor.fromHost(allocHost(dtype, n), shape, dtype);
+    if (device === 'cpu') return Tensor.#owned(allocHost(dtype, n), shape, dtype);
     const buf = deviceAlloc(n, dtype, op);
     native().deviceFill!(buf, 0);
     return Tensor.fromDevice(buf, shape, dtype);
@@ -417,13 +487,23 @@ export class Tensor {
    * The host typed array. On the CPU this is the live storage (writes are visible to the tensor); for a
    * CUDA tensor it is a fresh copy. Arrays of 4 KiB or more are cache-line aligned (1 MiB or more: page aligned)
    * views into a slightly longer buffer: read raw bytes with `byteOffset` and `byteLength`, not the whole `.buffer`.
+   * The array stays valid after dispose() (its buffer is then never reused for another tensor).
    */
   data(): HostData {
     const s = this.#live('Tensor.data');
-    if (s.host) return s.host;
+    if (s.host) {
+      s.exposed = true;
+      return s.host;
+    }
     const out = allocHost(this.dtype, this.size);
     native().copyToHost!(out as HostArray, s.dev!);
     return out;
+  }
+
+  // The values for a method that only reads them here: the host storage (not marked as handed out), or a copy.
+  #read(op: string): HostData {
+    const s = this.#live(op);
+    return s.host ?? this.data();
   }
 
   /** @internal What native ops receive: the host array or the device buffer. */
@@ -435,7 +515,7 @@ export class Tensor {
 
   /** Values as nested JS arrays (numbers; i64 converted with Number(), bf16 widened to f32). */
   toArray(): Nested {
-    const h = this.data();
+    const h = this.#read('Tensor.toArray');
     const flat: number[] =
       h instanceof BigInt64Array
         ? Array.from(h, Number)
@@ -455,7 +535,7 @@ export class Tensor {
   /** The single value of a one-element tensor. */
   item(): number {
     if (this.size !== 1) throw new ShapeError(`Tensor.item: tensor must have 1 element, got ${this.size}`);
-    const h = this.data();
+    const h = this.#read('Tensor.item');
     return h instanceof BigInt64Array ? Number(h[0]) : h instanceof Uint16Array ? bf16ToF32(h[0]) : h[0];
   }
 
@@ -465,7 +545,10 @@ export class Tensor {
     checkDevice(device, op);
     const s = this.#live(op);
     if (device === 'cpu') {
-      return Tensor.fromHost(s.host ? (s.host.slice() as HostData) : this.data(), this.shape, this.dtype);
+      if (!s.host) return Tensor.fromHost(this.data(), this.shape, this.dtype);
+      const copy = allocHost(this.dtype, this.size);
+      (copy as Float32Array).set(s.host as Float32Array);
+      return Tensor.#owned(copy, this.shape, this.dtype);
     }
     const buf = deviceAlloc(this.size, this.dtype, op);
     if (s.host) native().copyToDevice!(buf, s.host as HostArray);
@@ -505,7 +588,10 @@ export class Tensor {
     this.#storage = null;
     counters.liveTensors--;
     if (--s.refs === 0) {
-      if (s.host) counters.hostBytes -= s.bytes;
+      if (s.host) {
+        counters.hostBytes -= s.bytes;
+        if (s.owned && !s.exposed) hostPoolPut(s.host);
+      }
       if (s.dev) {
         counters.deviceBytes -= s.bytes;
         s.dev.dispose();

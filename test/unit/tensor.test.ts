@@ -15,6 +15,7 @@ import {
   tidy,
 } from '../../lib/index.js';
 import { native, packageRoot } from '../../lib/native/loader.js';
+import { hostPoolStats } from '../../lib/tensor.js';
 import { guardLeaks } from '../helpers.js';
 
 describe('Tensor', () => {
@@ -115,6 +116,80 @@ describe('Tensor', () => {
       expect(bad.stderr).toContain("sparse-ffn: SPARSE_FFN_HUGE_PAGES must be 0 or 1, got 'yes'");
     },
   );
+
+  describe('reuse of disposed host buffers', () => {
+    const n = 1 << 19; // 2 MiB of f32: page-aligned storage, eligible for reuse
+    const pooled = () => hostPoolStats().buffers;
+
+    it('a disposed tensor the library allocated and never handed out lends its buffer to the next allocation, zeroed', () => {
+      const a = Tensor.full([n], 7);
+      expect(a.toArray() as number[]).toContain(7); // toArray and item read without handing the array out
+      const before = pooled();
+      a.dispose();
+      expect(pooled()).toBe(before + 1);
+      using b = Tensor.zeros([n / 2, 2]);
+      expect(pooled()).toBe(before);
+      expect((b.data() as Float32Array).every((v) => v === 0)).toBe(true);
+      // clone() makes a library-owned array too, and an i32 array of the same byte size reuses an f32 one.
+      const f = Tensor.full([n], 3);
+      using c = f.clone();
+      f.dispose();
+      expect(pooled()).toBe(before + 1);
+      using e = Tensor.zeros([n], { dtype: 'i32' });
+      expect(pooled()).toBe(before);
+      expect((c.data() as Float32Array).every((v) => v === 3)).toBe(true);
+      expect((e.data() as Int32Array).every((v) => v === 0)).toBe(true);
+    });
+
+    it('never reuses an array that data() handed out, one a view still holds, or one the caller gave', () => {
+      const before = pooled();
+      const t = Tensor.zeros([n]);
+      const d = t.data() as Float32Array;
+      t.dispose();
+      d.fill(5);
+      using u = Tensor.zeros([n]);
+      expect((u.data() as Float32Array)[0]).toBe(0);
+      expect(d[0]).toBe(5);
+      expect(pooled()).toBe(before);
+      const w = Tensor.zeros([n]);
+      const v = w.reshape([512, 1024]);
+      w.dispose();
+      expect(pooled()).toBe(before);
+      v.dispose();
+      expect(pooled()).toBe(before + 1);
+      using x = Tensor.zeros([n]); // takes it back
+      const mine = new Float32Array(n);
+      Tensor.fromHost(mine, [n]).dispose();
+      Tensor.from(mine).dispose();
+      expect(pooled()).toBe(before);
+    });
+
+    it('keeps at most SPARSE_FFN_HOST_POOL_MB MiB (oldest first); 0 keeps none', () => {
+      // A fresh process each time (the limit is read once): dispose three 2 MiB tensors, report what is kept.
+      const code = `
+        import { Tensor } from './dist/lib/index.js';
+        import { hostPoolStats } from './dist/lib/tensor.js';
+        const ts = [1, 2, 3].map(() => Tensor.zeros([1 << 19]));
+        for (const t of ts) t.dispose();
+        console.log(JSON.stringify(hostPoolStats()));`;
+      const run = (env: Record<string, string>) =>
+        spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: packageRoot(), env: { ...process.env, ...env }, encoding: 'utf8' });
+      const all = run({});
+      expect(all.status, all.stderr).toBe(0);
+      expect(JSON.parse(all.stdout).buffers).toBe(3);
+      const some = run({ SPARSE_FFN_HOST_POOL_MB: '5' });
+      expect(some.status, some.stderr).toBe(0);
+      const s = JSON.parse(some.stdout);
+      expect(s.buffers).toBe(2);
+      expect(s.bytes).toBeLessThanOrEqual(5 << 20);
+      const none = run({ SPARSE_FFN_HOST_POOL_MB: '0' });
+      expect(none.status, none.stderr).toBe(0);
+      expect(JSON.parse(none.stdout)).toEqual({ buffers: 0, bytes: 0 });
+      const bad = run({ SPARSE_FFN_HOST_POOL_MB: '-1' });
+      expect(bad.status).not.toBe(0);
+      expect(bad.stderr).toContain("sparse-ffn: SPARSE_FFN_HOST_POOL_MB must be an integer ≥ 0 (MiB), got '-1'");
+    });
+  });
 
   it('reshape is a view over the same storage; -1 infers a dim', () => {
     using t = Tensor.from([1, 2, 3, 4, 5, 6]);
