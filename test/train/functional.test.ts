@@ -123,15 +123,20 @@ describe('functional wrappers of the sparse ops', () => {
     for (const v of [x, keys, values]) v.dispose();
   });
 
+  // A PEER read: n² experts, H heads of k = 3, query width Dk; leaves and tables drawn from seeds s, s+1, ...
+  const n = 5;
+  const H = 2;
+  const Dk = 4;
+  const peerLeaves = (s: number) => ({
+    x: leaf([T, D], s),
+    q: leaf([T, H * Dk], s + 1),
+    keys: leaf([1, 2, n, Dk / 2], s + 2, 0.8),
+    U: sparseParam([n * n, D], s + 3, 0.5),
+    V: sparseParam([n * n, D], s + 4, 0.5),
+  });
+
   it('PEER (shared keys, softmax per head, singleton experts): dx, dq, dkeys, sparse dU and dV', () => {
-    const n = 5;
-    const H = 2;
-    const Dk = 4;
-    const x = leaf([T, D], 41);
-    const q = leaf([T, H * Dk], 42);
-    const keys = leaf([1, 2, n, Dk / 2], 43, 0.8);
-    const U = sparseParam([n * n, D], 44, 0.5);
-    const V = sparseParam([n * n, D], 45, 0.5);
+    const { x, q, keys, U, V } = peerLeaves(41);
     const R = randn(T * D, 46);
     checkDirectional(
       [['x', x], ['q', q], ['keys', keys], ['U', U], ['V', V]],
@@ -145,14 +150,7 @@ describe('functional wrappers of the sparse ops', () => {
   });
 
   it('sparse table gradients reuse their buffers from step to step and stay exact under accumulation', () => {
-    const n = 5;
-    const H = 2;
-    const Dk = 4;
-    const x = leaf([T, D], 61);
-    const q = leaf([T, H * Dk], 62);
-    const keys = leaf([1, 2, n, Dk / 2], 63, 0.8);
-    const U = sparseParam([n * n, D], 64, 0.5);
-    const V = sparseParam([n * n, D], 65, 0.5);
+    const { x, q, keys, U, V } = peerLeaves(61);
     const bag = sparseParam([n * n, D], 66, 0.5);
     const tables = [U, V, bag];
     const R1 = randn(T * D, 67);

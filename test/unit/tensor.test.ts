@@ -18,6 +18,18 @@ import { native, packageRoot } from '../../lib/native/loader.js';
 import { hostPoolStats } from '../../lib/tensor.js';
 import { guardLeaks } from '../helpers.js';
 
+/** Runs ES-module `code` in a fresh Node process from the package root with extra environment variables. */
+function runModule(code: string, env: Record<string, string>) {
+  return spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: packageRoot(), env: { ...process.env, ...env }, encoding: 'utf8' });
+}
+
+/** runModule that must succeed; the JSON the code printed. */
+function moduleJson(code: string, env: Record<string, string>) {
+  const r = runModule(code, env);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
+
 describe('Tensor', () => {
   guardLeaks();
 
@@ -102,16 +114,11 @@ describe('Tensor', () => {
         const t = Tensor.zeros([16 << 20]);
         t.data().fill(1);
         console.log(JSON.stringify({ grew: huge() - before }));`;
-      const run = (env: Record<string, string>) =>
-        spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: packageRoot(), env: { ...process.env, ...env }, encoding: 'utf8' });
-      const on = run({});
-      expect(on.status, on.stderr).toBe(0);
       // 64 MiB minus at most one partial 2 MiB page at each end.
-      expect(JSON.parse(on.stdout).grew).toBeGreaterThanOrEqual(60);
-      const off = run({ SPARSE_FFN_HUGE_PAGES: '0' });
-      expect(off.status, off.stderr).toBe(0);
-      if (thp === 'madvise') expect(JSON.parse(off.stdout).grew).toBe(0);
-      const bad = run({ SPARSE_FFN_HUGE_PAGES: 'yes' });
+      expect(moduleJson(code, {}).grew).toBeGreaterThanOrEqual(60);
+      const off = moduleJson(code, { SPARSE_FFN_HUGE_PAGES: '0' });
+      if (thp === 'madvise') expect(off.grew).toBe(0);
+      const bad = runModule(code, { SPARSE_FFN_HUGE_PAGES: 'yes' });
       expect(bad.status).not.toBe(0);
       expect(bad.stderr).toContain("sparse-ffn: SPARSE_FFN_HUGE_PAGES must be 0 or 1, got 'yes'");
     },
@@ -172,20 +179,12 @@ describe('Tensor', () => {
         const ts = [1, 2, 3].map(() => Tensor.zeros([1 << 19]));
         for (const t of ts) t.dispose();
         console.log(JSON.stringify(hostPoolStats()));`;
-      const run = (env: Record<string, string>) =>
-        spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: packageRoot(), env: { ...process.env, ...env }, encoding: 'utf8' });
-      const all = run({});
-      expect(all.status, all.stderr).toBe(0);
-      expect(JSON.parse(all.stdout).buffers).toBe(3);
-      const some = run({ SPARSE_FFN_HOST_POOL_MB: '5' });
-      expect(some.status, some.stderr).toBe(0);
-      const s = JSON.parse(some.stdout);
-      expect(s.buffers).toBe(2);
-      expect(s.bytes).toBeLessThanOrEqual(5 << 20);
-      const none = run({ SPARSE_FFN_HOST_POOL_MB: '0' });
-      expect(none.status, none.stderr).toBe(0);
-      expect(JSON.parse(none.stdout)).toEqual({ buffers: 0, bytes: 0 });
-      const bad = run({ SPARSE_FFN_HOST_POOL_MB: '-1' });
+      expect(moduleJson(code, {}).buffers).toBe(3);
+      const some = moduleJson(code, { SPARSE_FFN_HOST_POOL_MB: '5' });
+      expect(some.buffers).toBe(2);
+      expect(some.bytes).toBeLessThanOrEqual(5 << 20);
+      expect(moduleJson(code, { SPARSE_FFN_HOST_POOL_MB: '0' })).toEqual({ buffers: 0, bytes: 0 });
+      const bad = runModule(code, { SPARSE_FFN_HOST_POOL_MB: '-1' });
       expect(bad.status).not.toBe(0);
       expect(bad.stderr).toContain("sparse-ffn: SPARSE_FFN_HOST_POOL_MB must be an integer ≥ 0 (MiB), got '-1'");
     });
