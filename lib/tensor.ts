@@ -110,8 +110,7 @@ const HOST_CTOR: Record<DType, HostArrayCtor> = {
 // they are not counted by memory(), which counts live tensors.
 const HOST_POOL_DEFAULT_MB = 256;
 let hostPoolLimit: number | undefined;
-const hostPool = new Map<number, ArrayBuffer[]>();
-const hostPoolOrder: ArrayBuffer[] = [];
+const hostPool: ArrayBuffer[] = []; // oldest first
 let hostPoolBytes = 0;
 
 function hostPoolMax(): number {
@@ -130,23 +129,17 @@ function hostPoolPut(host: HostData): void {
   if (host.byteLength < HOST_PAGE_ALIGN_MIN_BYTES || b.byteLength !== host.byteLength + HOST_PAGE_ALIGN) return;
   const max = hostPoolMax();
   if (b.byteLength > max) return;
-  while (hostPoolBytes + b.byteLength > max) {
-    const old = hostPoolOrder.shift()!;
-    const list = hostPool.get(old.byteLength)!;
-    list.splice(list.indexOf(old), 1);
-    hostPoolBytes -= old.byteLength;
-  }
-  let list = hostPool.get(b.byteLength);
-  if (!list) hostPool.set(b.byteLength, (list = []));
-  list.push(b);
-  hostPoolOrder.push(b);
+  while (hostPoolBytes + b.byteLength > max) hostPoolBytes -= hostPool.shift()!.byteLength;
+  hostPool.push(b);
   hostPoolBytes += b.byteLength;
 }
 
+// The most recently kept buffer of exactly `bufferBytes` bytes, zeroed (at most a few hundred are kept).
 function hostPoolTake(bufferBytes: number): ArrayBuffer | undefined {
-  const b = hostPool.get(bufferBytes)?.pop();
-  if (!b) return undefined;
-  hostPoolOrder.splice(hostPoolOrder.indexOf(b), 1);
+  let i = hostPool.length - 1;
+  while (i >= 0 && hostPool[i].byteLength !== bufferBytes) i--;
+  if (i < 0) return undefined;
+  const [b] = hostPool.splice(i, 1);
   hostPoolBytes -= b.byteLength;
   new Uint8Array(b).fill(0);
   return b;
@@ -154,7 +147,7 @@ function hostPoolTake(bufferBytes: number): ArrayBuffer | undefined {
 
 /** @internal Buffers and bytes held for reuse (tests). */
 export function hostPoolStats(): { buffers: number; bytes: number } {
-  return { buffers: hostPoolOrder.length, bytes: hostPoolBytes };
+  return { buffers: hostPool.length, bytes: hostPoolBytes };
 }
 
 /** @internal A zeroed host array of n elements with the alignment and huge-page advice of tensor storage. */
