@@ -210,37 +210,30 @@ Napi::Float32Array aligned_floats(Napi::Env env, size_t n) {
   return Napi::Float32Array::New(env, n, ab, align_offset(ab.Data(), 64));
 }
 
-// Output arrays of a sparse gradient: the caller's (positions `i`.. of info) when given and large enough, else
-// fresh ones. lib/ops/pkm.ts's SparseGradWorkspace passes buffers sized for the worst case min(T·J, N); given
-// buffers that are too small are replaced with 25% headroom.
+// Output arrays of a sparse gradient: the caller's (positions `i`.. of info) when given, else fresh ones of
+// exactly U rows. lib/ops/pkm.ts's SparseGradWorkspace passes buffers sized for the most rows a call can touch,
+// min(T·J, N), so given buffers always hold the U rows.
 struct SparseOut {
   Napi::Int32Array rows;
   std::vector<Napi::Float32Array> vals;
 };
 
-SparseOut sparse_out(const Napi::CallbackInfo& info, size_t i, int nvals, const char* op, int64_t U, int64_t D,
-                     int64_t cap_max) {
+SparseOut sparse_out(const Napi::CallbackInfo& info, size_t i, int nvals, const char* op, int64_t U, int64_t D) {
   SparseOut o;
-  const bool given = info.Length() > i && !info[i].IsNull() && !info[i].IsUndefined();
-  bool fits = given;
-  if (given) {
+  if (info.Length() > i && !info[i].IsNull() && !info[i].IsUndefined()) {
     Buf r = arg_buf(info, i, op, "outRows", DType::I32);
-    fits = r.count >= U;
+    if (r.count < U) fail(ErrKind::Shape, op, ": outRows must hold the ", U, " rows touched, got ", r.count);
     for (int v = 0; v < nvals; ++v) {
       Buf b = arg_buf(info, i + 1 + v, op, "outValues", DType::F32);
       if (b.count % D != 0 || b.count / D != r.count)
         fail(ErrKind::Shape, op, ": outValues must have ", r.count, "·", D, " elements, got ", b.count);
+      o.vals.push_back(info[i + 1 + v].As<Napi::Float32Array>());
     }
-  }
-  Napi::Env env = info.Env();
-  if (fits) {
     o.rows = info[i].As<Napi::Int32Array>();
-    for (int v = 0; v < nvals; ++v) o.vals.push_back(info[i + 1 + v].As<Napi::Float32Array>());
-  } else {
-    const int64_t cap = given ? std::min(cap_max, U + U / 4) : U;
-    o.rows = Napi::Int32Array::New(env, (size_t)cap);
-    for (int v = 0; v < nvals; ++v) o.vals.push_back(aligned_floats(env, (size_t)(cap * D)));
+    return o;
   }
+  o.rows = Napi::Int32Array::New(info.Env(), (size_t)U);
+  for (int v = 0; v < nvals; ++v) o.vals.push_back(aligned_floats(info.Env(), (size_t)(U * D)));
   return o;
 }
 
@@ -296,7 +289,7 @@ Napi::Value JS_embeddingBagBackward(const Napi::CallbackInfo& info) {
   host_only(op, {{"idx", &idx}, {"w", &w}, {"V", &V}, {"dout", &dout}, {"dw", &dw}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N);
-  SparseOut so = sparse_out(info, 10, 1, op, ri.U, g.D, std::min(g.T * g.J, g.N));
+  SparseOut so = sparse_out(info, 10, 1, op, ri.U, g.D);
   std::copy(ri.rows, ri.rows + ri.U, so.rows.Data());
   float* values = so.vals[0].Data();
   if (ref)
@@ -380,7 +373,7 @@ Napi::Value JS_peerExpertsBackward(const Napi::CallbackInfo& info) {
                    {"dx", &dx}, {"dg", &dg}});
   check_indices(op, "idx", idx.as<int32_t>(), g.T * g.J, g.N);
   RowIndex ri(idx.as<int32_t>(), g.T * g.J, g.N, peer_backward_work_bytes(g.T, g.J));
-  SparseOut so = sparse_out(info, 15, 2, op, ri.U, g.D, std::min(g.T * g.J, g.N));
+  SparseOut so = sparse_out(info, 15, 2, op, ri.U, g.D);
   std::copy(ri.rows, ri.rows + ri.U, so.rows.Data());
   float* dU = so.vals[0].Data();
   float* dV = so.vals[1].Data();
