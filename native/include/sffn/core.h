@@ -6,6 +6,8 @@
 // Kernels are plain functions over raw pointers: they never throw, never touch N-API, and never allocate
 // except through Ctx::scratch, a grow-only, 64-byte aligned per-thread arena owned by the addon.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -62,6 +64,28 @@ void parallel_for(int64_t n, F&& fn, int64_t min_chunk = 1) {
     int64_t b = n * tid / nt, e = n * (tid + 1) / nt;
     if (b < e) fn(b, e, tid);
     (void)nthreads;
+  });
+}
+
+// Dynamic split of [0, n): the pool threads claim blocks of about n / (16 · nthreads) indices (at least
+// min_chunk) in turn and call fn(begin, end, tid) for each, so a thread slowed by its neighbours on a shared
+// machine takes fewer blocks instead of holding the others up at the join. Only for loops in which every index
+// is computed alone, the same whichever thread or block runs it (no per-thread partial sums, no tid-dependent
+// order): their results are then identical for any thread count and schedule.
+template <class F>
+void parallel_for_dynamic(int64_t n, F&& fn, int64_t min_chunk = 1) {
+  const int nt = num_threads();
+  if (n <= 0) return;
+  if (nt == 1 || n < 2 * min_chunk) {
+    fn((int64_t)0, n, 0);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(min_chunk, (n + 16 * nt - 1) / (16 * nt));
+  std::atomic<int64_t> next{0};
+  parallel_run([&](int tid, int) {
+    for (int64_t b = next.fetch_add(block, std::memory_order_relaxed); b < n;
+         b = next.fetch_add(block, std::memory_order_relaxed))
+      fn(b, std::min(n, b + block), tid);
   });
 }
 

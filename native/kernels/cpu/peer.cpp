@@ -4,7 +4,8 @@
 //             dg = act(h) c, dh = g c act'(h), dU[i] = Σ dh · x[t], dV[i] = Σ g act(h) · dout[t]; then per token
 //             dx = Σ_j dh_j U[i_j].
 // Token-centric is the right order at N = 1024² where a row is hit ~T·J/N < 1 times per batch: there is no reuse
-// to win by sorting by expert. Deterministic for any thread count (fixed orders, no atomics).
+// to win by sorting by expert. Deterministic for any thread count and schedule: each token (forward, dx) and each
+// touched row (backward) is computed by one thread in a fixed order; threads claim blocks of them dynamically.
 // Shapes: x, out, dout, dx [T, D]; idx, g, h, dg [T, J]; U, V [N, D]; dU_rows, dV_rows [nrows, D].
 #include <algorithm>
 
@@ -18,8 +19,8 @@ void peer_forward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, const
                   const float* g, const float* U, const float* V, float* out, float* h) {
   (void)N;
   const PkmRowKernels& kern = pkm_row_kernels();
-  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_forward(b, e, J, D, (int)act, x, idx, g, U, V, out, h); },
-               2);
+  parallel_for_dynamic(
+      T, [&](int64_t b, int64_t e, int) { kern.peer_forward(b, e, J, D, (int)act, x, idx, g, U, V, out, h); }, 2);
 }
 
 size_t peer_backward_work_bytes(int64_t T, int64_t J) { return (size_t)(3 * T * J) * sizeof(float) + 256; }
@@ -46,13 +47,13 @@ void peer_backward(int64_t T, int64_t J, int64_t N, int64_t D, PeerAct act, cons
                  kern.peer_act_rows((int)act, h + i0, av + i0, ag + i0, i1 - i0);
                },
                64);
-  parallel_for(
+  parallel_for_dynamic(
       nrows,
       [&](int64_t b, int64_t e, int) {
         kern.peer_backward_rows(b, e, J, D, rows, offsets, pos, g, av, ag, V, x, dout, dg, dh, dU_rows, dV_rows);
       },
       16);
-  parallel_for(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);
+  parallel_for_dynamic(T, [&](int64_t b, int64_t e, int) { kern.peer_backward_dx(b, e, J, D, idx, U, dh, dx); }, 2);
 }
 
 }  // namespace sffn
