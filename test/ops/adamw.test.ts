@@ -134,6 +134,33 @@ describe('adamw', () => {
     expectBitIdentical(await withThreads(1, run), await withThreads(2, run));
   });
 
+  // The sparse step hands out blocks of touched rows dynamically (core.h parallel_for_dynamic): the rows each thread
+  // updates change from run to run, the result must not. Rows touched at different steps exercise the per-row
+  // counters and the bias-correction cache.
+  it('sparse step is bit-identical for 1 to 4 threads, run to run', async () => {
+    const N = 5000;
+    const D = 24;
+    const run = () => {
+      using p = Tensor.from(randn(N * D, 7), { shape: [N, D] });
+      using m = Tensor.zeros([N, D]);
+      using v = Tensor.zeros([N, D]);
+      using steps = Tensor.zeros([N], { dtype: 'i32' });
+      for (let s = 0; s < 3; s++) {
+        const rows = Int32Array.from({ length: N }, (_, i) => i).filter((i) => (i * 7 + s * 3) % 5 < 3);
+        using rt = Tensor.from(rows);
+        using vt = Tensor.from(randn(rows.length * D, 60 + s), { shape: [rows.length, D] });
+        sparseAdamwStep(p, m, v, steps, { rows: rt, values: vt, numRows: N }, HP);
+      }
+      return { p: (p.data() as Float32Array).slice(), m: (m.data() as Float32Array).slice(), v: (v.data() as Float32Array).slice(), steps: Array.from(steps.data() as Int32Array) };
+    };
+    const one = await withThreads(1, run);
+    for (const n of [2, 2, 3, 4]) {
+      const got = await withThreads(n, run);
+      for (const key of ['p', 'm', 'v'] as const) expectBitIdentical(got[key], one[key], `${key} 1 vs ${n} threads`);
+      expect(got.steps).toEqual(one.steps);
+    }
+  });
+
   it('rejects bad input with typed errors', () => {
     using p = Tensor.zeros([4, 3]);
     using m = Tensor.zeros([4, 3]);

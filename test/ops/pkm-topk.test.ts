@@ -244,7 +244,9 @@ describe('pkmTopk', () => {
     disposeSel(sel);
   });
 
-  it('is deterministic: bit-identical across runs and for 1 vs 2 threads', async () => {
+  // Tokens and sub-key rows are handed out in blocks dynamically (core.h parallel_for_dynamic), so repeated runs at
+  // one thread count schedule them differently.
+  it('is deterministic: bit-identical across runs and for 1 to 4 threads', async () => {
     const c: Cfg = { name: '', T: 300, H: 4, Hq: 4, Hk: 1, Dk: 32, n: 24, k: 8 };
     const { q, keys } = inputs(c, 4);
     const run = () => {
@@ -262,11 +264,9 @@ describe('pkmTopk', () => {
       return out;
     };
     const a = await withThreads(1, run);
-    const b = await withThreads(2, run);
-    const c2 = await withThreads(2, run);
-    for (const key of ['idx', 'w', 'dq', 'dk'] as const) {
-      expectBitIdentical(a[key], b[key], `${key} 1 vs 2 threads`);
-      expectBitIdentical(b[key], c2[key], `${key} run to run`);
+    for (const n of [2, 2, 3, 4]) {
+      const b = await withThreads(n, run);
+      for (const key of ['idx', 'w', 'dq', 'dk'] as const) expectBitIdentical(a[key], b[key], `${key} 1 vs ${n} threads`);
     }
     q.dispose();
     keys.dispose();

@@ -1,6 +1,6 @@
 // AdamW on the CPU, dense and sparse-row (math and lazy-moment semantics in sffn/optim.h; spec kernels/ref/adamw.cpp).
 // Both share one element update (pkm_rows.h, compiled per ISA), so a sparse step equals the dense step bit for bit on rows touched every step.
-// Dense: threads split the tensor; sparse: threads split the touched rows, so the cost is proportional to the
+// Dense: threads split the tensor; sparse: threads claim blocks of touched rows, so the cost is proportional to the
 // rows touched (U·D), never to N. Bandwidth-bound (p, m, v read and written, g read: 28 bytes per element).
 #include <cmath>
 
@@ -36,7 +36,7 @@ void sparse_adamw_step(int64_t N, int64_t D, float* p, float* m, float* v, int32
                        const int32_t* rows, const float* g, const AdamwHyper& hp) {
   (void)N;
   const PkmRowKernels& kern = pkm_row_kernels();
-  parallel_for(
+  parallel_for_dynamic(
       U,
       [&](int64_t b, int64_t e, int) {
         Coef cache[64];

@@ -112,7 +112,7 @@ void pkm_topk_forward(const PkmDims& d, PkmAct act, const float* q, const float*
                  d.Hq == 1 ? 0 : d.Dk, d.Hk == 1 ? 0 : 2 * n * half, Tc * n);
       }
     }
-    parallel_for(
+    parallel_for_dynamic(
         tc,
         [&](int64_t b, int64_t e, int tid) {
           SelectScratch s = carve(d, sel_base + (size_t)tid * sel_bytes);
@@ -193,7 +193,7 @@ void pkm_topk_backward(const PkmDims& d, PkmAct act, const float* q, const float
 
   const PkmRowKernels& kern = pkm_row_kernels();
   // Pass 1, one owner per token: dscore, merged sub-key entries, dq.
-  parallel_for(
+  parallel_for_dynamic(
       d.T,
       [&](int64_t b, int64_t e, int tid) {
         kern.pkm_bwd_tokens(b, e, d, (int)act, keys, idx, scores, weights, dweights, dq, ent_row, ent_g,
@@ -204,7 +204,7 @@ void pkm_topk_backward(const PkmDims& d, PkmAct act, const float* q, const float
   // Pass 2, one owner per sub-key row: dkeys[row] = Σ (in position order) g · q half.
   const int64_t nu = row_index_build(ent_row, M, R, counts, urows, offsets, pos);
   std::memset(dkeys, 0, (size_t)R * half * sizeof(float));
-  parallel_for(
+  parallel_for_dynamic(
       nu, [&](int64_t b, int64_t e, int) { kern.pkm_bwd_rows(b, e, d, q, urows, offsets, pos, ent_g, dkeys); }, 4);
 }
 
