@@ -15,7 +15,7 @@
  */
 import { DeviceError, DisposedError, DTypeError, ShapeError, BackendUnavailableError, isObject, showValue } from './errors.js';
 import type { HostArray, NativeDeviceBuffer } from './native/binding.js';
-import { backend, native } from './native/loader.js';
+import { backend, native, nativeOrNull } from './native/loader.js';
 
 export type DType = 'f32' | 'i32' | 'i64' | 'bf16';
 export type Device = 'cpu' | 'cuda';
@@ -73,12 +73,8 @@ let hostNative: HostNative | null | undefined;
 /** The addon's host-memory helpers, or null without a native build (plain arrays then; ops report the load error). */
 function hostHelpers(): HostNative | null {
   if (hostNative === undefined) {
-    try {
-      const b = native();
-      hostNative = typeof b.alignOffset === 'function' && typeof b.adviseHugePages === 'function' ? b : null;
-    } catch {
-      hostNative = null;
-    }
+    const b = nativeOrNull();
+    hostNative = b && typeof b.alignOffset === 'function' && typeof b.adviseHugePages === 'function' ? b : null;
   }
   return hostNative;
 }
@@ -151,11 +147,7 @@ export function hostPoolStats(): { buffers: number; bytes: number } {
 }
 
 /** @internal A zeroed host array of n elements with the alignment and huge-page advice of tensor storage. */
-export function allocHostArray(dtype: DType, n: number): HostData {
-  return allocHost(dtype, n);
-}
-
-function allocHost(dtype: DType, n: number): HostData {
+export function allocHost(dtype: DType, n: number): HostData {
   const bytes = n * BYTES[dtype];
   const Ctor = HOST_CTOR[dtype];
   const align = hostAlignment(bytes);

@@ -213,3 +213,12 @@ export function backend(): LoadedBackend {
 export function native(): NativeBinding {
   return backend().binding;
 }
+
+/** The native binding, or null where none loads: for helpers with a plain-JS path (the ops report the load error). */
+export function nativeOrNull(): NativeBinding | null {
+  try {
+    return native();
+  } catch {
+    return null;
+  }
+}

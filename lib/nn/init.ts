@@ -5,7 +5,7 @@
  * rescaled to keep its global std. All draws come from a seeded Rng so a model is a function of its seed.
  */
 import { Tensor } from '../tensor.js';
-import { native } from '../native/loader.js';
+import { nativeOrNull } from '../native/loader.js';
 import { Rng } from '../data/random.js';
 import { isObject, showValue } from '../errors.js';
 import { ConfigError } from './config.js';
@@ -59,13 +59,14 @@ export function truncNormal(shape: readonly number[], std: number, rng: Rng): Te
 // PEER layer's two 1 GiB tables took 22 s to draw in JS.
 const NATIVE_FILL_MIN = 1 << 16;
 
+let fillFn: ((out: Float32Array, state: number, std: number) => void) | null | undefined;
+
 function nativeFill(): ((out: Float32Array, state: number, std: number) => void) | null {
-  try {
-    const b = native();
-    return typeof b.fillNormal === 'function' ? b.fillNormal.bind(b) : null;
-  } catch {
-    return null;
+  if (fillFn === undefined) {
+    const b = nativeOrNull();
+    fillFn = b && typeof b.fillNormal === 'function' ? b.fillNormal.bind(b) : null;
   }
+  return fillFn;
 }
 
 /** A tensor of normal draws with the given std (rng.normal() · std for each value in order). */

@@ -34,7 +34,7 @@
 import { DeviceError, ShapeError } from '../errors.js';
 import type { HostArray, NativeSparsePair, NativeSparseRows } from '../native/binding.js';
 import { native } from '../native/loader.js';
-import { allocHostArray, expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
+import { allocHost, expectTensor, sameDevice, shapeStr, Tensor } from '../tensor.js';
 import type { Device } from '../tensor.js';
 
 /** Activation of the selected scores: softmax per head (Lample, PEER), softmax over all H·k slots of a token
@@ -308,9 +308,9 @@ export class SparseGradWorkspace {
     const fits = this.D === D && this.rows !== null && this.rows.length >= capacity && this.a !== null;
     if (!fits || (nvals === 2 && !this.b)) {
       this.D = D;
-      this.rows = allocHostArray('i32', capacity) as Int32Array;
-      this.a = allocHostArray('f32', capacity * D) as Float32Array;
-      this.b = nvals === 2 ? (allocHostArray('f32', capacity * D) as Float32Array) : null;
+      this.rows = allocHost('i32', capacity) as Int32Array;
+      this.a = allocHost('f32', capacity * D) as Float32Array;
+      this.b = nvals === 2 ? (allocHost('f32', capacity * D) as Float32Array) : null;
     }
     return [this.rows!, this.a!, nvals === 2 ? this.b : null];
   }

@@ -94,7 +94,6 @@ function thrown(fn: () => unknown): Error {
   throw new Error('expected a throw, but the call returned');
 }
 
-
 // ---- the exports, enumerated ------------------------------------------------------------------------------------
 
 interface Callable {
